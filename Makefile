@@ -1,0 +1,36 @@
+# The README's two commands: `make app` (set up, create the demo data, start the workbench)
+# and `make test` (set up, run the whole test suite). Everything else here serves those two.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+WORKSPACE ?= workspace
+
+.PHONY: app test setup browser lint bench
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements.txt
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Debian's Chromium for the browser test (never `playwright install`: it downloads a browser).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium missing: run 'sudo apt-get install chromium' for the browser test (it is skipped until then)"; fi; }
+
+app: $(STAMP)
+	$(BIN)/rcmae demo-data $(WORKSPACE)/data/demo --if-missing
+	RCMAE_WORKSPACE=$(WORKSPACE) $(BIN)/streamlit run app/main.py
+
+test: $(STAMP) browser
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check rcmae app pages tests bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py

@@ -1,0 +1,407 @@
+"""The ``rcmae`` command: parses arguments, calls one engine function per subcommand, prints.
+
+Every subcommand is a thin wrapper: the work lives in the engine modules, so the workbench
+and the Python API do exactly what the command line does. Engine imports are deferred to
+the handlers so that ``rcmae --help`` stays fast and needs no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+class UsageError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def _pair(text: str, kind=float) -> tuple:
+    """Parse ``MIN:MAX`` (or a single value) into a (min, max) tuple."""
+    parts = text.split(":")
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected MIN:MAX, got {text!r}")
+    try:
+        lo, hi = kind(parts[0]), kind(parts[1])
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected MIN:MAX numbers, got {text!r}") from err
+    if lo > hi:
+        raise argparse.ArgumentTypeError(f"MIN must not exceed MAX in {text!r}")
+    return lo, hi
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """Parse ``I/N`` (0-based shard I of N)."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected I/N (e.g. 0/4), got {text!r}") from err
+    if n < 1 or not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"shard {text!r}: need 0 <= I < N")
+    return i, n
+
+
+def _add_trainer_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--devices", default="auto", help="GPUs to use: a count, a list like 0,1, or 'auto' (default)")
+    p.add_argument("--num-nodes", type=int, default=1, help="number of nodes for multi-node DDP (default 1)")
+    p.add_argument("--precision", default=None, help="e.g. bf16-mixed (GPU default), 32-true (CPU default)")
+    p.add_argument("--accelerator", default="auto", help="auto (default), cpu or gpu")
+
+
+# ---------------------------------------------------------------- demo-data
+def _cmd_demo_data(args: argparse.Namespace) -> int:
+    from rcmae import demo
+
+    out = Path(args.out)
+    if args.if_missing and demo.is_demo_data(out):
+        print(f"demo data already at {out}")
+        return 0
+    root = demo.make_demo_data(
+        out,
+        seed=args.seed,
+        train_per_id=args.train_per_id,
+        test_per_id=args.test_per_id,
+        progress=not args.quiet,
+    )
+    print(f"demo data written to {root}")
+    return 0
+
+
+def _add_demo_data(sub) -> None:
+    p = sub.add_parser("demo-data", help="write the synthetic demo factory data set (DCASE 2020 layout)")
+    p.add_argument("out", help="output folder (dev_data/<type>/{train,test} is created inside)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same bytes")
+    p.add_argument("--train-per-id", type=int, default=50, help="normal training clips per machine ID (default 50)")
+    p.add_argument("--test-per-id", type=int, default=20, help="normal and anomalous test clips each per ID (default 20)")
+    p.add_argument("--if-missing", action="store_true", help="do nothing when OUT already holds demo data")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_demo_data)
+
+
+# ---------------------------------------------------------------- index
+def _cmd_index(args: argparse.Namespace) -> int:
+    from rcmae import data
+
+    index = data.index_dataset(Path(args.dir))
+    table = data.count_table(index)
+    if args.csv:
+        index.to_csv(args.csv, index=False)
+    print(table.to_string(index=False))
+    return 0
+
+
+def _add_index(sub) -> None:
+    p = sub.add_parser("index", help="print the per-type/ID/split/label clip counts of a data folder")
+    p.add_argument("dir", help="a DCASE 2020 / 2021+ data folder, or one machine-type folder")
+    p.add_argument("--csv", help="also write the full per-clip index to this CSV file")
+    p.set_defaults(func=_cmd_index)
+
+
+# ---------------------------------------------------------------- pretrain / finetune
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from rcmae import train
+
+    run = train.pretrain(
+        data=Path(args.data),
+        out=Path(args.out),
+        preset=args.preset,
+        aug=args.aug,
+        epochs=args.epochs,
+        overrides=args.set,
+        resume=args.resume,
+        devices=args.devices,
+        num_nodes=args.num_nodes,
+        precision=args.precision,
+        accelerator=args.accelerator,
+    )
+    print(f"pretrained run: {run}")
+    return 0
+
+
+def _add_pretrain(sub) -> None:
+    p = sub.add_parser("pretrain", help="self-supervised RC-MAE pretraining (MAE + InfoNCE + VCR)")
+    p.add_argument("--data", required=True, help="data folder (its train clips are used)")
+    p.add_argument("--out", required=True, help="run folder to create (or resume)")
+    p.add_argument("--preset", default="tiny", help="tiny | paper | a YAML file (default tiny)")
+    p.add_argument("--aug", default="specaugment", help="specaugment (the paper's 'without DDA' arm) or a bank folder")
+    p.add_argument("--epochs", type=int, default=None, help="override the preset's pretraining epochs")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    _add_trainer_flags(p)
+    p.set_defaults(func=_cmd_pretrain)
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from rcmae import train
+
+    run = train.finetune(
+        run=Path(args.run),
+        data=Path(args.data) if args.data else None,
+        epochs=args.epochs,
+        overrides=args.set,
+        resume=args.resume,
+        devices=args.devices,
+        num_nodes=args.num_nodes,
+        precision=args.precision,
+        accelerator=args.accelerator,
+    )
+    print(f"fine-tuned run: {run}")
+    return 0
+
+
+def _add_finetune(sub) -> None:
+    p = sub.add_parser("finetune", help="fine-tune a pretrained run on machine-ID classes (SupCon + CE)")
+    p.add_argument("--run", required=True, help="a pretrained run folder")
+    p.add_argument("--data", default=None, help="data folder (default: the one the run was pretrained on)")
+    p.add_argument("--epochs", type=int, default=None, help="override the preset's fine-tuning epochs")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+    p.add_argument("--resume", action="store_true", help="continue fine-tuning from its last checkpoint")
+    _add_trainer_flags(p)
+    p.set_defaults(func=_cmd_finetune)
+
+
+# ---------------------------------------------------------------- evaluate / score
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from rcmae import score
+
+    results = score.evaluate_run(
+        Path(args.run), data=Path(args.data) if args.data else None, scorer=args.scorer
+    )
+    for name, res in results.items():
+        avg = res["average"]
+        print(f"{name:>8}: AUC {avg['auc']:.4f}  pAUC {avg['pauc']:.4f}")
+    print(f"results in {Path(args.run) / 'eval'}")
+    return 0
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="score every labelled test clip; write eval/results*.json and challenge CSVs")
+    p.add_argument("--run", required=True, help="a run folder")
+    p.add_argument("--data", default=None, help="data folder (default: the run's)")
+    p.add_argument("--scorer", default=None, help="only this scorer (default: all; results.json holds the default)")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    import json
+
+    from rcmae import score
+
+    detector = score.Detector.load(Path(args.run))
+    rows = detector.score_paths(
+        [Path(p) for p in args.paths], scorer=args.scorer, machine_type=args.machine_type, machine_id=args.machine_id
+    )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            if r.get("error"):
+                print(f"{r['path']}: skipped ({r['error']})")
+            else:
+                print(f"{r['path']}: score {r['score']:.4f}  threshold {r['threshold']:.4f}  {r['decision']}")
+    return 1 if any(r.get("error") for r in rows) else 0
+
+
+def _add_score(sub) -> None:
+    p = sub.add_parser("score", help="score clips with a trained run: score, threshold, decision")
+    p.add_argument("--run", required=True, help="a run folder")
+    p.add_argument("paths", nargs="+", help="wav files or folders")
+    p.add_argument("--scorer", default=None, help="idprob | knn | recon (default: the run's default)")
+    p.add_argument("--machine-type", default=None, help="machine type when file names do not carry it")
+    p.add_argument("--machine-id", default=None, help="machine ID when file names do not carry it")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_score)
+
+
+# ---------------------------------------------------------------- augment
+def _cmd_augment(args: argparse.Namespace) -> int:
+    from rcmae.augment import bank
+
+    summary = bank.build_bank(
+        data=Path(args.data),
+        out=Path(args.out),
+        backend=args.backend,
+        model=args.model,
+        prompts=Path(args.prompts) if args.prompts else None,
+        per_clip=args.per_clip,
+        t0=args.t0,
+        steps=args.steps,
+        guidance=args.guidance,
+        snr=args.snr,
+        seed=args.seed,
+        shard=args.shard,
+        device=args.device,
+        allow_download=args.allow_download,
+        limit=args.limit,
+    )
+    print(summary)
+    return 0
+
+
+def _add_augment(sub) -> None:
+    p = sub.add_parser("augment", help="write an augmentation bank (procedural or AudioLDM)")
+    p.add_argument("--data", required=True, help="data folder (its train clips are augmented)")
+    p.add_argument("--out", required=True, help="bank folder (created, or resumed)")
+    p.add_argument("--backend", choices=["procedural", "audioldm"], default="procedural")
+    p.add_argument("--model", default=None, help="AudioLDM folder or model id (default cvssp/audioldm-s-full-v2)")
+    p.add_argument("--prompts", default=None, help="prompt library YAML (default: the paper's six prompts)")
+    p.add_argument("--per-clip", type=int, default=1, help="augmentations per clip (default 1)")
+    p.add_argument("--t0", type=float, default=0.5, help="AudioLDM: fraction of the S steps that are re-noised")
+    p.add_argument("--steps", type=lambda s: _pair(s, int), default=(10, 50), help="AudioLDM: S range MIN:MAX")
+    p.add_argument("--guidance", type=float, default=2.5, help="AudioLDM: classifier-free guidance (default 2.5)")
+    p.add_argument("--snr", type=_pair, default=(0.0, 10.0), help="procedural: mix SNR range in dB MIN:MAX")
+    p.add_argument("--seed", type=int, default=0, help="base seed; each clip gets its own recorded seed")
+    p.add_argument("--shard", type=_shard, default=(0, 1), help="do shard I of N (for several GPUs/machines)")
+    p.add_argument("--device", default=None, help="e.g. cuda:0 (default: cuda if available, else cpu)")
+    p.add_argument("--allow-download", action="store_true", help="AudioLDM: allow fetching weights from the hub")
+    p.add_argument("--limit", type=int, default=None, help="only the first N clips (quick looks)")
+    p.set_defaults(func=_cmd_augment)
+
+
+# ---------------------------------------------------------------- prompts
+def _cmd_prompts(args: argparse.Namespace) -> int:
+    from rcmae import prompts
+
+    return prompts.main(args)
+
+
+def _add_prompts(sub) -> None:
+    p = sub.add_parser("prompts", help="the factory-noise prompt library: list, add, remove, generate")
+    p.add_argument("--library", default=None, help="prompt library YAML (default: <workspace>/prompts.yaml)")
+    ps = p.add_subparsers(dest="action", required=True)
+    ps.add_parser("list", help="list prompts")
+    a = ps.add_parser("add", help="add a prompt")
+    a.add_argument("text")
+    a.add_argument("--tag", action="append", default=[])
+    a.add_argument("--note", default="")
+    r = ps.add_parser("remove", help="remove a prompt by id")
+    r.add_argument("id")
+    g = ps.add_parser("generate", help="generate prompts with an LLM (or the built-in template generator)")
+    g.add_argument("-n", type=int, default=5, help="how many (default 5)")
+    g.add_argument("--model", default=None, help="LLM model name (default from settings or gpt-4o-mini)")
+    g.add_argument("--base-url", default=None, help="OpenAI-compatible server (default: OPENAI_BASE_URL)")
+    g.add_argument("--template", action="store_true", help="use the template generator even if an LLM is set")
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--dry-run", action="store_true", help="print, do not add to the library")
+    p.set_defaults(func=_cmd_prompts)
+
+
+# ---------------------------------------------------------------- baseline / benchmark
+def _cmd_baseline(args: argparse.Namespace) -> int:
+    from rcmae import baselines
+
+    results = baselines.run_baseline(
+        args.name, data=Path(args.data), out=Path(args.out), epochs=args.epochs, seed=args.seed, device=args.device
+    )
+    avg = results["average"]
+    print(f"{args.name}: AUC {avg['auc']:.4f}  pAUC {avg['pauc']:.4f}  (results in {args.out})")
+    return 0
+
+
+def _add_baseline(sub) -> None:
+    p = sub.add_parser("baseline", help="run a baseline detector (ae: the DCASE 2020 autoencoder; knn)")
+    p.add_argument("name", choices=["ae", "knn"])
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--epochs", type=int, default=None, help="AE epochs (default 100, as the official baseline)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_cmd_baseline)
+
+
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from rcmae import benchmark
+
+    out = benchmark.run_benchmark(
+        data=Path(args.data),
+        out=Path(args.out),
+        systems=[s for s in args.systems.split(",") if s],
+        preset=args.preset,
+        repeat=args.repeat,
+        overrides=args.set,
+    )
+    print((Path(out) / "table.md").read_text())
+    return 0
+
+
+def _add_benchmark(sub) -> None:
+    p = sub.add_parser("benchmark", help="run several systems on the same data; one table")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--systems", default="rcmae,ae,knn", help="comma list: rcmae, ae, knn, and rcmae ablations")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--repeat", type=int, default=1, help="repeat with N seeds; mean and spread per cell")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for rcmae systems")
+    p.set_defaults(func=_cmd_benchmark)
+
+
+# ---------------------------------------------------------------- jobs
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    from rcmae import jobs
+
+    return jobs.main(args)
+
+
+def _add_jobs(sub) -> None:
+    p = sub.add_parser("jobs", help="background jobs: list, launch, cancel, log, run-queue")
+    p.add_argument("--workspace", default=None, help="workspace folder (default: $RCMAE_WORKSPACE or ./workspace)")
+    js = p.add_subparsers(dest="action", required=True)
+    js.add_parser("list", help="list jobs and their state")
+    la = js.add_parser("launch", help="queue an rcmae command as a background job")
+    la.add_argument("--gpus", default="", help="GPU ids for CUDA_VISIBLE_DEVICES, e.g. 0,1 (default: CPU)")
+    la.add_argument("--name", default=None)
+    la.add_argument("argv", nargs=argparse.REMAINDER, help="the rcmae subcommand and its arguments")
+    c = js.add_parser("cancel", help="cancel a job")
+    c.add_argument("id", type=int)
+    lg = js.add_parser("log", help="print the end of a job's log")
+    lg.add_argument("id", type=int)
+    lg.add_argument("--lines", type=int, default=40)
+    js.add_parser("run-queue", help="start queued jobs whose GPUs are free")
+    p.set_defaults(func=_cmd_jobs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rcmae",
+        description="rcmae: unsupervised anomalous machine-sound detection (RC-MAE and baselines).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (
+        _add_demo_data,
+        _add_index,
+        _add_pretrain,
+        _add_finetune,
+        _add_evaluate,
+        _add_score,
+        _add_augment,
+        _add_prompts,
+        _add_baseline,
+        _add_benchmark,
+        _add_jobs,
+    ):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    import os
+
+    args = build_parser().parse_args(argv)
+    if os.environ.get("RCMAE_DEBUG"):
+        return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (UsageError, ValueError, FileNotFoundError, KeyError) as err:
+        # Engine errors are written to be read: one line, naming the file/field and the fix.
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"rcmae {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Shared fixtures: one small DCASE 2020-layout data set written to a temp dir (no ../shared)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+# Two CI cores: one intra-op thread per test process keeps torch from oversubscribing.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SR = 16000
+TINY_TYPES = {"fan": ["00", "02"], "valve": ["00", "02"]}
+TINY_TRAIN_PER_ID = 6
+TINY_TEST_PER_ID = 4  # normal and anomalous each
+
+
+def _tone_clip(rng: np.random.Generator, f0: float, seconds: float, anomalous: bool) -> np.ndarray:
+    """A harmonic machine hum plus noise; anomalies add an off-harmonic whine and clicks."""
+    t = np.arange(int(seconds * SR)) / SR
+    y = sum((0.3 / k) * np.sin(2 * np.pi * k * f0 * (1 + 0.002 * rng.standard_normal()) * t + rng.uniform(0, 6.28))
+            for k in range(1, 6))
+    y = y + 0.05 * rng.standard_normal(t.size)
+    if anomalous:
+        y = y + 0.08 * np.sin(2 * np.pi * 3.37 * f0 * t)
+        clicks = rng.integers(0, t.size - 50, size=20)
+        for c in clicks:
+            y[c:c + 50] += 0.5 * np.hanning(50)
+    return (0.5 * y / np.max(np.abs(y))).astype(np.float32)
+
+
+def write_tiny_dcase(root: Path, seconds: float = 10.0, seed: int = 0) -> Path:
+    """Write ``root/dev_data/<type>/{train,test}`` with DCASE 2020 file names; returns ``root``."""
+    rng = np.random.default_rng(seed)
+    for t_i, (machine_type, ids) in enumerate(TINY_TYPES.items()):
+        for i_i, machine_id in enumerate(ids):
+            f0 = 60.0 + 40.0 * t_i + 15.0 * i_i
+            train = root / "dev_data" / machine_type / "train"
+            test = root / "dev_data" / machine_type / "test"
+            train.mkdir(parents=True, exist_ok=True)
+            test.mkdir(parents=True, exist_ok=True)
+            for n in range(TINY_TRAIN_PER_ID):
+                sf.write(train / f"normal_id_{machine_id}_{n:08d}.wav", _tone_clip(rng, f0, seconds, False), SR,
+                         subtype="PCM_16")
+            for n in range(TINY_TEST_PER_ID):
+                sf.write(test / f"normal_id_{machine_id}_{n:08d}.wav", _tone_clip(rng, f0, seconds, False), SR,
+                         subtype="PCM_16")
+                sf.write(test / f"anomaly_id_{machine_id}_{n:08d}.wav", _tone_clip(rng, f0, seconds, True), SR,
+                         subtype="PCM_16")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_dcase(tmp_path_factory) -> Path:
+    """A small DCASE 2020 dev-layout data set: 2 types x 2 IDs, 6 train + 4/4 test clips per ID, 10 s."""
+    return write_tiny_dcase(tmp_path_factory.mktemp("tiny_dcase"))

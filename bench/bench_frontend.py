@@ -11,8 +11,8 @@ import time
 import librosa
 import numpy as np
 import torch
-
 from _machine import header, write_result
+
 from rcmae.features import LogMel, LogMelConfig
 
 

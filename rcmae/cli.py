@@ -74,7 +74,9 @@ def _add_demo_data(sub) -> None:
     p.add_argument("out", help="output folder (dev_data/<type>/{train,test} is created inside)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same bytes")
     p.add_argument("--train-per-id", type=int, default=50, help="normal training clips per machine ID (default 50)")
-    p.add_argument("--test-per-id", type=int, default=20, help="normal and anomalous test clips each per ID (default 20)")
+    p.add_argument(
+        "--test-per-id", type=int, default=20, help="normal and anomalous test clips each per ID (default 20)"
+    )
     p.add_argument("--if-missing", action="store_true", help="do nothing when OUT already holds demo data")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_demo_data)
@@ -84,11 +86,15 @@ def _add_demo_data(sub) -> None:
 def _cmd_index(args: argparse.Namespace) -> int:
     from rcmae import data
 
-    index = data.index_dataset(Path(args.dir))
+    index = data.index_dataset(Path(args.dir), strict=not args.skip_unmatched)
     table = data.count_table(index)
     if args.csv:
         index.to_csv(args.csv, index=False)
     print(table.to_string(index=False))
+    print(f"{len(index)} clips, {index['machine_type'].nunique()} machine types, "
+          f"{len(data.id_classes(index))} train ID classes")
+    for path, problem in index.attrs.get("skipped", []):
+        print(f"skipped {path}: {problem}", file=sys.stderr)
     return 0
 
 
@@ -96,6 +102,8 @@ def _add_index(sub) -> None:
     p = sub.add_parser("index", help="print the per-type/ID/split/label clip counts of a data folder")
     p.add_argument("dir", help="a DCASE 2020 / 2021+ data folder, or one machine-type folder")
     p.add_argument("--csv", help="also write the full per-clip index to this CSV file")
+    p.add_argument("--skip-unmatched", action="store_true",
+                   help="skip (and list) .wav files that fit no layout instead of stopping at the first")
     p.set_defaults(func=_cmd_index)
 
 
@@ -284,6 +292,7 @@ def _add_prompts(sub) -> None:
     g.add_argument("--base-url", default=None, help="OpenAI-compatible server (default: OPENAI_BASE_URL)")
     g.add_argument("--template", action="store_true", help="use the template generator even if an LLM is set")
     g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the LLM (default 30)")
     g.add_argument("--dry-run", action="store_true", help="print, do not add to the library")
     p.set_defaults(func=_cmd_prompts)
 
@@ -358,7 +367,8 @@ def _add_jobs(sub) -> None:
     lg = js.add_parser("log", help="print the end of a job's log")
     lg.add_argument("id", type=int)
     lg.add_argument("--lines", type=int, default=40)
-    js.add_parser("run-queue", help="start queued jobs whose GPUs are free")
+    rq = js.add_parser("run-queue", help="start queued jobs whose GPUs are free")
+    rq.add_argument("--wait", action="store_true", help="keep starting jobs until the queue is empty")
     p.set_defaults(func=_cmd_jobs)
 
 

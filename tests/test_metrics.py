@@ -16,8 +16,8 @@ from rcmae.metrics import auc_pauc, evaluate_scores, load_results, write_results
 
 def _pair_count_auc(y, s):
     """P(score_anomaly > score_normal) + 0.5 P(tie), by looping over every pair."""
-    pos = [v for v, t in zip(s, y) if t == 1]
-    neg = [v for v, t in zip(s, y) if t == 0]
+    pos = [v for v, t in zip(s, y, strict=False) if t == 1]
+    neg = [v for v, t in zip(s, y, strict=False) if t == 0]
     total = 0.0
     for p in pos:
         for n in neg:
@@ -31,11 +31,11 @@ def _raw_partial_area(y, s, max_fpr):
     P, N = sum(y), len(y) - sum(y)
     pts = [(0.0, 0.0)]
     for th in thresholds:
-        tp = sum(1 for v, t in zip(s, y) if v >= th and t == 1)
-        fp = sum(1 for v, t in zip(s, y) if v >= th and t == 0)
+        tp = sum(1 for v, t in zip(s, y, strict=False) if v >= th and t == 1)
+        fp = sum(1 for v, t in zip(s, y, strict=False) if v >= th and t == 0)
         pts.append((fp / N, tp / P))
     area = 0.0
-    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:], strict=False):
         if x0 >= max_fpr:
             break
         if x1 > max_fpr:  # cut the segment at max_fpr

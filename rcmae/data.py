@@ -1,0 +1,281 @@
+"""Data folders -> one index table; machine-ID classes; the batch waveform loader.
+
+``index_dataset`` walks a folder and returns one row per clip, whatever the layout:
+
+- DCASE 2020: ``dev_data/<type>/{train,test}/{normal,anomaly}_id_XX_NNNNNNNN.wav``,
+  ``eval_data/<type>/train/normal_id_XX_...wav``, ``eval_data/<type>/test/id_XX_NNNNNNNN.wav`` (unlabelled);
+- the same without the ``dev_data`` level (``<root>/<type>/{train,test}``), or one machine-type folder
+  (``<type>/{train,test}``: the type is the folder's name);
+- DCASE 2021-2025: ``<type>/{train,test}/section_XX_{source,target}_{train,test}_{normal,anomaly}_NNNN*.wav``
+  (2022+ names carry attribute tails; 2021 eval ``section_XX_{source,target}_test_NNNN.wav``, 2022+ eval
+  ``section_XX_NNNN*.wav`` are unlabelled), also in 2021's ``source_test`` / ``target_test`` folders and
+  2023+'s ``dev_data/raw/<type>/...``.
+
+The split comes from the clip's folder, the machine type from the folder above it, the ID / section,
+domain and label from the file name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from rcmae.audio import AudioError, load_audio
+
+__all__ = [
+    "COLUMNS",
+    "DatasetLayoutError",
+    "LoadReport",
+    "count_table",
+    "id_classes",
+    "index_dataset",
+    "load_waveforms",
+    "parse_name",
+    "split_index",
+]
+
+COLUMNS = ["path", "machine_type", "machine_id", "section", "domain", "split", "label", "dataset"]
+SPLITS = ("train", "test")
+LABELS = ("normal", "anomaly", "unknown")
+
+# Folder name -> split. DCASE 2021 keeps its test clips in source_test / target_test.
+_SPLIT_DIRS = {"train": "train", "test": "test", "source_test": "test", "target_test": "test"}
+# Folder names that are levels of a DCASE archive, never a machine type.
+_LEVEL_DIRS = {"dev_data", "eval_data", "raw"}
+_DATASET_DIRS = {"dev_data": "dev", "eval_data": "eval"}
+
+_NAME_2020 = re.compile(r"^(?:(?P<label>normal|anomaly)_)?id_(?P<id>\d{2})_(?P<num>\d+)\.wav$", re.IGNORECASE)
+_NAME_2021 = re.compile(
+    r"^section_(?P<section>\d{2})_(?P<domain>source|target)_(?P<split>train|test)"
+    r"(?:_(?P<label>normal|anomaly))?_(?P<num>\d+)(?:_.*)?\.wav$",
+    re.IGNORECASE,
+)
+# 2022+ evaluation test clips hide domain and label: section_00_0000.wav (2023+ without any tail).
+_NAME_EVAL = re.compile(r"^section_(?P<section>\d{2})_(?P<num>\d+)(?:_.*)?\.wav$", re.IGNORECASE)
+
+_PATTERN_2020 = "dev_data/<type>/{train,test}/{normal,anomaly}_id_00_00000000.wav"
+_PATTERN_2021 = "<type>/{train,test}/section_00_{source,target}_{train,test}_{normal,anomaly}_0000.wav"
+
+
+class DatasetLayoutError(ValueError):
+    """A data folder (or a file in it) that no supported layout describes; the message is one line."""
+
+
+def parse_name(path: str | os.PathLike) -> dict | None:
+    """Parse a DCASE clip file name (the name only; folders are not looked at).
+
+    Returns:
+        ``{"machine_id", "section", "domain", "label", "split"}`` (strings; ``split`` is ``""`` when the name
+        does not say, ``label`` is ``"unknown"`` for unlabelled evaluation clips), or ``None`` when the name
+        matches no DCASE 2020-2025 pattern.
+    """
+    name = Path(path).name
+    m = _NAME_2020.match(name)
+    if m:
+        label = (m["label"] or "unknown").lower()
+        return {"machine_id": m["id"], "section": "", "domain": "", "label": label, "split": ""}
+    m = _NAME_2021.match(name)
+    if m:
+        label = (m["label"] or "unknown").lower()
+        return {"machine_id": m["section"], "section": m["section"], "domain": m["domain"].lower(),
+                "label": label, "split": m["split"].lower()}
+    m = _NAME_EVAL.match(name)
+    if m:
+        return {"machine_id": m["section"], "section": m["section"], "domain": "", "label": "unknown", "split": ""}
+    return None
+
+
+def _layout_error(root: Path, rel: str, problem: str, name: str) -> DatasetLayoutError:
+    pattern = _PATTERN_2021 if name.lower().startswith("section") else _PATTERN_2020
+    return DatasetLayoutError(
+        f"{root}: {rel}: {problem}; expected a path like {pattern} (rename/move the file, "
+        "or index with strict=False / `rcmae index --skip-unmatched` to skip it)"
+    )
+
+
+def _dataset_of(dirs: Sequence[str]) -> str:
+    for part in reversed(dirs):
+        if part.lower() in _DATASET_DIRS:
+            return _DATASET_DIRS[part.lower()]
+    return ""
+
+
+def _index_row(file: Path) -> tuple[dict | None, str]:
+    """One index row for ``file``, or ``(None, problem)`` when it fits no layout."""
+    # The root itself may be a split folder (root = .../fan/train).
+    split = _SPLIT_DIRS.get(file.parent.name.lower())
+    if split is None:
+        return None, "is not inside a train/ or test/ folder"
+    type_dir = file.parent.parent
+    if type_dir.name.lower() in _LEVEL_DIRS or not type_dir.name:
+        return None, f"has no machine-type folder above {file.parent.name}/"
+    parsed = parse_name(file)
+    if parsed is None:
+        return None, "file name matches no DCASE pattern"
+    if parsed["split"] and parsed["split"] != split:
+        return None, f"name says {parsed['split']!r} but the file is in a {file.parent.name}/ folder"
+    row = {
+        "path": os.path.abspath(file),
+        "machine_type": type_dir.name,
+        "machine_id": parsed["machine_id"],
+        "section": parsed["section"],
+        "domain": parsed["domain"],
+        "split": split,
+        "label": parsed["label"],
+        # The dev/eval level may be above the root the user gave (e.g. root = .../dev_data/fan).
+        "dataset": _dataset_of(file.parent.parts),
+    }
+    return row, ""
+
+
+def index_dataset(root: str | os.PathLike, strict: bool = True) -> pd.DataFrame:
+    """Index every ``.wav`` clip under ``root`` into one table (see the module docstring for layouts).
+
+    Args:
+        root: a DCASE 2020 / 2021-2025 data folder, a folder of machine-type folders, or one
+            machine-type folder. Files that are not ``.wav`` (README, csv) and hidden files are ignored.
+        strict: when True (default) a ``.wav`` file that fits no layout raises; when False it is skipped
+            and listed in ``index.attrs["skipped"]`` as ``(path, problem)``.
+
+    Returns:
+        A DataFrame with columns ``COLUMNS`` (all strings), sorted by path; ``attrs["root"]`` holds the root.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist or is not a folder.
+        DatasetLayoutError: no clip fits a layout, or (strict) one clip does not.
+    """
+    root = Path(os.path.abspath(root))
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: data folder not found; pass a folder such as workspace/data/demo")
+    files: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        files.extend(Path(dirpath) / f for f in filenames if f.lower().endswith(".wav") and not f.startswith("."))
+    files.sort(key=str)
+    if not files:
+        raise DatasetLayoutError(f"{root}: no .wav files found; expected a path like {_PATTERN_2020}")
+    rows: list[dict] = []
+    skipped: list[tuple[str, str]] = []
+    for file in files:
+        row, problem = _index_row(file)
+        if row is not None:
+            rows.append(row)
+            continue
+        if strict:
+            raise _layout_error(root, str(file.relative_to(root)), problem, file.name)
+        skipped.append((str(file), problem))
+    if not rows:
+        first = files[0]
+        raise _layout_error(root, str(first.relative_to(root)), skipped[0][1], first.name)
+    index = pd.DataFrame(rows, columns=COLUMNS).sort_values("path", kind="stable").reset_index(drop=True)
+    index.attrs["root"] = str(root)
+    index.attrs["skipped"] = skipped
+    return index
+
+
+def _check_index(index: pd.DataFrame, columns: Iterable[str]) -> None:
+    missing = [c for c in columns if c not in index.columns]
+    if missing:
+        raise ValueError(f"index table lacks column(s) {missing}; build it with rcmae.data.index_dataset")
+
+
+def split_index(index: pd.DataFrame, split: str) -> pd.DataFrame:
+    """The rows of one split (``"train"`` or ``"test"``), re-numbered from 0."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    _check_index(index, ["split"])
+    return index[index["split"] == split].reset_index(drop=True)
+
+
+def count_table(index: pd.DataFrame) -> pd.DataFrame:
+    """Clip counts per machine type, ID, split and label (train before test; normal, anomaly, unknown)."""
+    keys = ["machine_type", "machine_id", "split", "label"]
+    _check_index(index, keys)
+    counts = index.groupby(keys, sort=False).size().rename("clips").reset_index()
+    order = {
+        "split": {s: i for i, s in enumerate(SPLITS)},
+        "label": {s: i for i, s in enumerate(LABELS)},
+    }
+    counts = counts.sort_values(
+        keys, key=lambda col: col.map(order[col.name]) if col.name in order else col, kind="stable"
+    )
+    counts["clips"] = counts["clips"].astype(int)
+    return counts.reset_index(drop=True)
+
+
+def id_classes(index: pd.DataFrame) -> list[tuple[str, str]]:
+    """Sorted ``(machine_type, machine_id)`` pairs over the training rows: the fine-tuning classes."""
+    _check_index(index, ["machine_type", "machine_id", "split"])
+    train = index[index["split"] == "train"]
+    return sorted({(str(t), str(i)) for t, i in zip(train["machine_type"], train["machine_id"], strict=True)})
+
+
+@dataclass
+class LoadReport:
+    """What a batch load kept and skipped.
+
+    Attributes:
+        requested: number of paths asked for.
+        skipped: ``(path, reason)`` per clip that could not be loaded.
+    """
+
+    requested: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def loaded(self) -> int:
+        """Number of clips loaded."""
+        return self.requested - len(self.skipped)
+
+    def summary(self) -> str:
+        """One header line, then one line per skipped file (``path: reason``)."""
+        head = f"loaded {self.loaded} of {self.requested} clips"
+        if not self.skipped:
+            return head
+        lines = [f"{head}; skipped {len(self.skipped)}:"]
+        lines += [f"  skipped {path}: {reason}" for path, reason in self.skipped]
+        return "\n".join(lines)
+
+
+def load_waveforms(
+    paths: Sequence[str | os.PathLike],
+    sample_rate: int = 16000,
+    duration: float = 10.0,
+    progress: bool = False,
+    channel: int | str = 0,
+) -> tuple[np.ndarray, list[str], LoadReport]:
+    """Load many clips into one ``[n, N]`` float32 array; bad clips are skipped and reported, never fatal.
+
+    Args:
+        paths: clip paths (e.g. ``index["path"]``).
+        sample_rate, duration, channel: as in ``rcmae.audio.load_audio``; ``duration`` is required here so
+            that every row has the same length ``N = round(duration * sample_rate)``.
+        progress: show a tqdm bar.
+
+    Returns:
+        ``(waves [n_kept, N], kept_paths, report)``; ``kept_paths[i]`` is the clip in row ``i``.
+    """
+    if duration is None:
+        raise ValueError("load_waveforms needs a fixed duration (seconds) so that clips stack into one array")
+    paths = [str(p) for p in paths]
+    n_samples = int(round(duration * sample_rate))
+    waves = np.empty((len(paths), n_samples), dtype=np.float32)
+    kept: list[str] = []
+    report = LoadReport(requested=len(paths))
+    for path in tqdm(paths, desc="loading clips", unit="clip", disable=not progress):
+        try:
+            waves[len(kept)] = load_audio(path, sample_rate=sample_rate, duration=duration, channel=channel)
+        except AudioError as err:
+            report.skipped.append((path, f"{err.problem}; {err.fix}"))
+            continue
+        kept.append(path)
+    if len(kept) < len(paths):
+        waves = waves[: len(kept)].copy()  # release the rows reserved for skipped clips
+    return waves, kept, report

@@ -198,6 +198,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from rcmae import score
 
     detector = score.Detector.load(Path(args.run))
+    for note in detector.notes:
+        print(note, file=sys.stderr)
     rows = detector.score_paths(
         [Path(p) for p in args.paths], scorer=args.scorer, machine_type=args.machine_type, machine_id=args.machine_id
     )
@@ -207,6 +209,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
         for r in rows:
             if r.get("error"):
                 print(f"{r['path']}: skipped ({r['error']})")
+            elif r["threshold"] is None:
+                print(f"{r['path']}: score {r['score']:.4f}  ({r['scorer']}; no threshold fitted)")
             else:
                 print(f"{r['path']}: score {r['score']:.4f}  threshold {r['threshold']:.4f}  {r['decision']}")
     return 1 if any(r.get("error") for r in rows) else 0
@@ -301,8 +305,14 @@ def _add_prompts(sub) -> None:
 def _cmd_baseline(args: argparse.Namespace) -> int:
     from rcmae import baselines
 
+    knn_kw = {}
+    if args.name == "knn":
+        knn_kw = {"k": args.k, "metric": args.metric, "embeddings": Path(args.embeddings) if args.embeddings else None}
+    elif args.k != 1 or args.metric or args.embeddings:
+        raise UsageError("--k, --metric and --embeddings apply to the knn baseline only")
     results = baselines.run_baseline(
-        args.name, data=Path(args.data), out=Path(args.out), epochs=args.epochs, seed=args.seed, device=args.device
+        args.name, data=Path(args.data), out=Path(args.out), epochs=args.epochs, seed=args.seed, device=args.device,
+        **knn_kw,
     )
     avg = results["average"]
     print(f"{args.name}: AUC {avg['auc']:.4f}  pAUC {avg['pauc']:.4f}  (results in {args.out})")
@@ -317,6 +327,10 @@ def _add_baseline(sub) -> None:
     p.add_argument("--epochs", type=int, default=None, help="AE epochs (default 100, as the official baseline)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
+    p.add_argument("--k", type=int, default=1, help="knn: neighbours averaged (default 1)")
+    p.add_argument("--metric", choices=["euclidean", "cosine"], default=None,
+                   help="knn: distance (default euclidean on log-mel statistics, cosine on run embeddings)")
+    p.add_argument("--embeddings", default=None, metavar="RUN", help="knn: use this run's encoder embeddings")
     p.set_defaults(func=_cmd_baseline)
 
 

@@ -1,0 +1,182 @@
+"""Seconds per clip of the AudioLDM audio-to-audio backend: the tiny test pipeline and a real-size one.
+
+The real-size pipeline is ``cvssp/audioldm-s-full-v2``'s architecture with random weights, built from
+its published configuration (diffusers' ``scripts/convert_original_audioldm_to_diffusers.py``
+DEFAULT_CONFIG: UNet model_channels 128, channel_mult 1,2,3,5, attention at 2/4/8, 2 res blocks,
+8 latent channels, FiLM/concat CLAP conditioning of size 512; VAE ch 128, ch_mult 1,2,4, z 8;
+HiFi-GAN 1024 channels, upsampling 5,4,2,2,2; CLAP text = RoBERTa-base with a 512 projection).
+Timings of random weights equal those of the real ones (same shapes, same operations).
+
+Usage::
+
+    .venv/bin/python bench/bench_audioldm.py --repeat 3            # both pipelines; writes the results
+    .venv/bin/python bench/bench_audioldm.py --which tiny --print-only --threads 2
+
+On a shared, oversubscribed CPU keep the default of one thread: OpenMP threads that spin-wait for each other made
+the tiny pipeline's UNet step 10-40x slower with 2 threads under a load average of 6 on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rcmae.augment.audioldm import AudioLDMAugmenter, start_index
+from rcmae.augment.audioldm_testing import AUDIOLDM_SCHEDULER_CONFIG, build_tiny_pipeline, build_tiny_tokenizer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _machine import header, write_result  # noqa: E402
+
+
+def build_real_size_pipeline(seed: int = 0):
+    """``cvssp/audioldm-s-full-v2``'s architecture with random weights (in memory, not saved)."""
+    from diffusers import AudioLDMPipeline, AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import ClapTextConfig, ClapTextModelWithProjection, SpeechT5HifiGan, SpeechT5HifiGanConfig
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=128,
+        in_channels=8,
+        out_channels=8,
+        block_out_channels=(128, 256, 384, 640),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=(128, 256, 384, 640),
+        class_embed_type="simple_projection",
+        projection_class_embeddings_input_dim=512,
+        class_embeddings_concat=True,
+    )
+    vae = AutoencoderKL(
+        sample_size=512,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(128, 256, 512),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        latent_channels=8,
+        layers_per_block=2,
+        scaling_factor=0.9392935633659363,
+    )
+    # ClapTextConfig's defaults are laion/clap-htsat-unfused's text branch (RoBERTa-base, projection 512).
+    text_encoder = ClapTextModelWithProjection(ClapTextConfig())
+    vocoder = SpeechT5HifiGan(SpeechT5HifiGanConfig(
+        model_in_dim=64,
+        sampling_rate=16000,
+        upsample_initial_channel=1024,
+        upsample_rates=[5, 4, 2, 2, 2],
+        upsample_kernel_sizes=[16, 16, 8, 4, 4],
+        resblock_kernel_sizes=[3, 7, 11],
+        resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5], [1, 3, 5]],
+        normalize_before=False,
+    ))
+    with tempfile.TemporaryDirectory() as tmp:
+        # The real tokenizer is RoBERTa's (50265 tokens); the tiny BPE gives valid ids and costs the same.
+        tokenizer = build_tiny_tokenizer(Path(tmp))
+    pipe = AudioLDMPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                            scheduler=DDIMScheduler(**AUDIOLDM_SCHEDULER_CONFIG), vocoder=vocoder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _millions(module: torch.nn.Module) -> float:
+    return sum(p.numel() for p in module.parameters()) / 1e6
+
+
+def time_clip(aug: AudioLDMAugmenter, seconds: float, steps: int, t0: float, repeat: int, warmup: bool) -> dict:
+    """Median/min wall seconds of ``aug`` on one synthetic clip, plus a per-stage split of the last run."""
+    rng = np.random.default_rng(0)
+    t = np.arange(int(seconds * 16000)) / 16000
+    clip = (0.3 * np.sin(2 * np.pi * 120 * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+    if warmup:  # first-call allocations; skipped for the real-size model, where one clip is all we can afford
+        aug(clip, "factory", num_inference_steps=steps, t0=t0, generator=torch.Generator().manual_seed(99))
+    times, cpu_times = [], []
+    for i in range(repeat):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        out = aug(clip, "rhythmic buzzing of printing presses", num_inference_steps=steps, t0=t0,
+                  generator=torch.Generator().manual_seed(i))
+        times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
+        assert out.shape == clip.shape and np.all(np.isfinite(out))
+    # Stage split: encode, one guided UNet step, decode + vocoder.
+    with torch.no_grad():
+        start = time.perf_counter()
+        x0 = aug.encode(clip, torch.Generator().manual_seed(0))
+        t_encode = time.perf_counter() - start
+        cond = aug.encode_prompt("factory", None, True)
+        start = time.perf_counter()
+        aug.pipe.unet(torch.cat([x0] * 2), 401, **cond)
+        t_unet = time.perf_counter() - start
+        start = time.perf_counter()
+        aug.decode(x0, clip.size)
+        t_decode = time.perf_counter() - start
+    return {"seconds_per_clip_median": float(np.median(times)), "seconds_per_clip_min": float(np.min(times)),
+            "cpu_seconds_per_clip_median": float(np.median(cpu_times)),
+            "runs": repeat, "vae_encode_s": t_encode, "unet_step_s": t_unet, "decode_vocoder_s": t_decode,
+            "denoising_steps": steps - start_index(steps, t0)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--which", choices=["tiny", "real", "both"], default="both",
+                        help="tiny test pipeline, real-size random one, or both (default)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="clip length (default 10 s)")
+    parser.add_argument("--steps", type=int, default=10, help="S (default 10)")
+    parser.add_argument("--t0", type=float, default=0.5, help="t0 (default 0.5)")
+    parser.add_argument("--repeat", type=int, default=1, help="clips timed for the tiny pipeline (default 1)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, see above)")
+    parser.add_argument("--print-only", action="store_true", help="do not write bench/results/audioldm.md")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    rows = []
+    if args.which in ("tiny", "both"):
+        with tempfile.TemporaryDirectory() as tmp:
+            aug = AudioLDMAugmenter.from_pretrained(build_tiny_pipeline(Path(tmp) / "tiny"), device="cpu")
+            rows.append({"pipeline": "tiny (tests)", **time_clip(aug, args.seconds, args.steps, args.t0,
+                                                                   args.repeat, warmup=True)})
+    if args.which in ("real", "both"):
+        start = time.perf_counter()
+        pipe = build_real_size_pipeline()
+        build_s = time.perf_counter() - start
+        sizes = {name: round(_millions(getattr(pipe, name)), 1) for name in ("unet", "vae", "text_encoder", "vocoder")}
+        aug = AudioLDMAugmenter(pipe, model_id="random audioldm-s-full-v2 architecture", revision="random")
+        rows.append({"pipeline": "real-size, random weights", "params_M": sizes, "build_s": build_s,
+                     # One clip, no warm-up: a real-size clip costs minutes of a shared CPU.
+                     **time_clip(aug, args.seconds, args.steps, args.t0, 1, warmup=False)})
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    table = [f"Clip {args.seconds:g} s, S = {args.steps}, t0 = {args.t0} ({rows[0]['denoising_steps']} guided DDIM "
+             f"steps), guidance 2.5, float32 on CPU, {torch.get_num_threads()} torch thread(s); load average at the "
+             f"end {load} (the machine is shared, so treat these as upper bounds).", "",
+             "| pipeline | parameters (M): UNet / VAE / CLAP text / vocoder | wall s per clip (runs) "
+             "| CPU s per clip | VAE encode s | one guided UNet step s | VAE decode + vocoder s |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        sizes = r.get("params_M") or {}
+        params = " / ".join(f"{sizes[k]:.1f}" for k in ("unet", "vae", "text_encoder", "vocoder")) if sizes else "tiny"
+        table.append(f"| {r['pipeline']} | {params} | {r['seconds_per_clip_median']:.2f} ({r['runs']}) | "
+                     f"{r['cpu_seconds_per_clip_median']:.2f} | "
+                     f"{r['vae_encode_s']:.2f} | {r['unet_step_s']:.2f} | {r['decode_vocoder_s']:.2f} |")
+    table += ["", "The real-size pipeline is built from the published configuration (diffusers' "
+              "`scripts/convert_original_audioldm_to_diffusers.py` DEFAULT_CONFIG for the UNet, VAE and HiFi-GAN; "
+              "`ClapTextConfig()` defaults = laion/clap-htsat-unfused's RoBERTa-base text branch with a 512 "
+              "projection) with random weights; its parameter counts reproduce the published 421 M "
+              "(UNet 185 M, VAE 55 M, CLAP text 125 M, HiFi-GAN 55 M). Random weights cost the same time as "
+              "trained ones. Wall time on a shared machine depends on the other jobs; CPU time much less so."]
+    text = "\n".join(table) + "\n"
+    print(json.dumps(rows, indent=2))
+    print(text)
+    if not args.print_only:
+        print(f"wrote {write_result('audioldm', header('AudioLDM audio-to-audio: seconds per clip') + text)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""Jobs: launch training, augmentation, evaluation and benchmark jobs in the background; follow, cancel, resume."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from rcmae import jobs, viz, workbench
+from rcmae.workspace import Workspace
+
+ws = Workspace.default(st.session_state.get("workspace")).ensure()
+store = jobs.JobStore(ws.jobs_db)
+
+st.title("Jobs")
+st.write("Jobs run as separate processes: they keep going when the browser closes or the app restarts, "
+         "and this page picks them up again from the job database.")
+
+
+@st.cache_resource(show_spinner=False)
+def _gpus() -> list[str]:
+    return jobs.detect_gpus()
+
+
+gpus = _gpus()
+datasets = workbench.list_datasets(ws)
+runs = workbench.list_runs(ws)
+
+with st.expander("Launch a job", expanded=not store.list()):
+    kind = st.selectbox("Kind", workbench.JOB_KINDS,
+                        help="pretrain: self-supervised RC-MAE; finetune: machine-ID classes; "
+                             "evaluate: test AUC/pAUC; augment: build a procedural/AudioLDM bank; "
+                             "benchmark: RC-MAE vs baselines.")
+    c1, c2 = st.columns(2)
+    data = run = out = None
+    if kind in ("pretrain", "augment", "benchmark"):
+        if not datasets:
+            st.info("No data set yet: create the demo data on **Data** (or launch a demo-data job).",
+                    icon=":material/info:")
+        data = c1.selectbox("Data set", [str(p) for p in datasets]) if datasets else None
+        parent = {"pretrain": ws.runs, "augment": ws.banks, "benchmark": ws.benchmarks}[kind]
+        default = workbench.new_name(parent, Path(data).name if data else kind)
+        out = parent / c2.text_input("Output name", default, help=f"a folder under {parent}")
+    elif kind in ("finetune", "evaluate"):
+        if not runs:
+            st.info("No run yet: launch a pretrain job first (or the quick demo run on **Start**).",
+                    icon=":material/info:")
+        run = c1.selectbox("Run", [str(p) for p in runs], format_func=lambda p: Path(p).name) if runs else None
+    else:
+        out = ws.data / c1.text_input("Folder name", "demo")
+    preset, epochs, overrides = "tiny", None, []
+    options: dict = {}
+    if kind == "pretrain":
+        banks = workbench.list_banks(ws)
+        options["aug"] = st.selectbox(
+            "Augmentation", ["specaugment", *[str(b) for b in banks]], format_func=lambda v: Path(v).name,
+            help="specaugment: the paper's 'without DDA' arm; a bank: pairs of each clip with its augmented copies "
+                 "(build banks with an augment job or keep auditions)")
+    elif kind == "augment":
+        c1, c2 = st.columns(2)
+        options["backend"] = c1.radio("Backend", ["procedural", "audioldm"], horizontal=True,
+                                      help="audioldm needs local weights (see Start)")
+        options["per_clip"] = int(c2.number_input("Augmentations per clip", 1, 20, 1))
+    elif kind == "benchmark":
+        options["systems"] = st.text_input("Systems", "rcmae,ae,knn", help="comma list: rcmae, ae, knn, ablations")
+    if kind in ("pretrain", "finetune", "benchmark"):
+        c1, c2 = st.columns(2)
+        if kind != "finetune":
+            preset = c1.selectbox("Preset", workbench.presets(),
+                                  help="tiny: CPU-sized; paper: the paper's ViT (needs a GPU)")
+        if kind != "benchmark":
+            epochs = c2.number_input("Epochs (0 = the preset's)", 0, 10_000, 0) or None
+        text = st.text_area("Overrides (key=value, one per line)",
+                            placeholder="pretrain.lr=5e-4\nfinetune.batch_size=16")
+        try:
+            overrides = workbench.parse_overrides(text)
+        except ValueError as err:
+            st.error(str(err), icon=":material/error:")
+    if gpus and kind in ("pretrain", "finetune", "augment", "benchmark", "evaluate"):
+        chosen = st.multiselect("GPUs", [str(i) for i in range(len(gpus))], default=["0"],
+                                format_func=lambda i: f"{i}: {gpus[int(i)]}",
+                                help="CUDA_VISIBLE_DEVICES of the job; none = CPU. "
+                                     "A job waits until its GPUs are free.")
+    else:
+        chosen = []
+        st.caption("No GPU detected: the job runs on the CPU (one CPU job at a time; set RCMAE_CPU_JOBS for more).")
+    if st.button("Launch", type="primary", icon=":material/play_arrow:"):
+        try:
+            argv = workbench.job_argv(kind, data=data, run=run, out=out, preset=preset, overrides=overrides,
+                                      epochs=epochs, **options)
+            job = workbench.launch_and_start(store, argv, gpus=",".join(chosen))
+        except ValueError as err:
+            st.error(str(err), icon=":material/error:")
+        else:
+            st.session_state["job_id"] = job.id
+            st.success(f"Job {job.id} {job.state}: `rcmae {' '.join(argv)}`")
+
+
+def _when(t: float | None) -> str:
+    return dt.datetime.fromtimestamp(t).strftime("%H:%M:%S") if t else ""
+
+
+@st.fragment(run_every=2.0)
+def _live() -> None:
+    jobs.start_ready(store)
+    all_jobs = store.list()
+    if not all_jobs:
+        st.write("No jobs yet.")
+        return
+    rows = [{"id": j.id, "name": j.name, "state": j.state, "device": f"GPU {j.gpus}" if j.gpus else "CPU",
+             "started": _when(j.started), "duration": f"{j.duration:.0f} s" if j.duration is not None else "",
+             "returncode": j.returncode, "note": j.note} for j in reversed(all_jobs)]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    ids = [j.id for j in reversed(all_jobs)]
+    current = st.session_state.get("job_id")
+    if current not in ids:
+        # First visit: follow the running job, else the newest.
+        current = next((j.id for j in all_jobs if j.state == "running"), ids[0])
+    names = {j.id: j.name for j in all_jobs}
+    # Labels must not change while a job runs, or Streamlit would treat the choice as a new widget.
+    job_id = st.selectbox("Job", ids, index=ids.index(current) if current in ids else 0,
+                          format_func=lambda i: f"{i}: {names[i]}")
+    st.session_state["job_id"] = job_id
+    job = store.get(job_id)
+    st.code("rcmae " + " ".join(job.argv) if job.kind != "python" else "python " + " ".join(job.argv),
+            language="bash")
+    progress = workbench.read_progress(job.out)
+    if progress and progress.get("stage") == job.kind:
+        label = (f"{progress.get('stage') or ''} epoch {progress.get('epoch')}/{progress.get('epochs')}, "
+                 f"step {progress.get('step')}/{progress.get('steps')}"
+                 + (f", loss {progress['loss']:.4f}" if progress.get("loss") is not None else ""))
+        st.progress(workbench.progress_fraction(progress), text=label)
+    metrics = Path(job.out) / "metrics.csv" if job.out else None
+    if metrics is not None and metrics.is_file():
+        try:
+            st.plotly_chart(viz.loss_figure(metrics), width="stretch", key=f"loss_{job.id}")
+        except (ValueError, pd.errors.ParserError) as err:
+            st.caption(f"loss curves unavailable: {err}")
+    if job.state == "queued":
+        waits = f"job {job.after} to finish" if job.after else (f"GPU {job.gpus}" if job.gpus else "a free CPU slot")
+        st.info(f"Queued: waiting for {waits}.", icon=":material/schedule:")
+    if job.state == "failed":
+        st.error(f"Job {job.id} failed (return code {job.returncode}). {job.note} End of its log below.",
+                 icon=":material/error:")
+    st.text_area("Log (end)", jobs.tail_log(job, 40), height=260, key=f"log_{job.id}_{job.state}")
+    c1, c2, c3 = st.columns(3)
+    if job.state in ("queued", "running") and c1.button("Cancel", icon=":material/stop_circle:"):
+        jobs.cancel(store, job.id)
+        st.rerun()
+    if job.state in ("failed", "cancelled") and job.kind in ("pretrain", "finetune") and \
+            c2.button("Resume", icon=":material/replay:", help="continue from the last checkpoint"):
+        new = workbench.launch_and_start(store, jobs.resume_argv(job), gpus=job.gpus, name=f"{job.name} (resume)")
+        st.session_state["job_id"] = new.id
+        st.rerun()
+    if job.state in ("done", "failed", "cancelled") and job.kind != "python" and \
+            c3.button("Run again", icon=":material/restart_alt:"):
+        new = workbench.launch_and_start(store, list(job.argv), gpus=job.gpus, name=job.name)
+        st.session_state["job_id"] = new.id
+        st.rerun()
+
+
+st.subheader("Queue and history")
+_live()

@@ -1,0 +1,79 @@
+"""Score: upload clips (or point at a folder), score them with a trained run: score, threshold, decision, ID probs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from rcmae import score, workbench
+from rcmae.workspace import Workspace
+
+ws = Workspace.default(st.session_state.get("workspace")).ensure()
+
+st.title("Score")
+
+runs = workbench.list_runs(ws)
+if not runs:
+    st.info("No trained run yet: start the **quick demo run** on Start, or pretrain one on **Jobs**.",
+            icon=":material/info:")
+    st.stop()
+
+
+@st.cache_resource(show_spinner="Loading the run…", max_entries=4)
+def _detector(run: str, mtime: float) -> score.Detector:
+    return score.Detector.load(run)
+
+
+c1, c2 = st.columns(2)
+run = c1.selectbox("Run", runs, format_func=lambda p: p.name)
+ckpts = sorted((run / "checkpoints").glob("*.ckpt"))
+try:
+    detector = _detector(str(run), max((p.stat().st_mtime for p in ckpts), default=0.0))
+except (ValueError, FileNotFoundError) as err:
+    st.error(str(err), icon=":material/error:")
+    st.stop()
+scorer = c2.selectbox("Scorer", detector.scorers, index=detector.scorers.index(detector.default_scorer))
+for note in detector.notes:
+    st.caption(note)
+
+source = st.radio("Clips", ["upload", "a folder on this machine"], horizontal=True)
+paths, problems = [], []
+classes = [f"{t}/{i}" for t, i in detector.classes]
+if source == "upload":
+    files = st.file_uploader(f"WAV clips (up to {workbench.UPLOAD_LIMIT_MB:g} MB each)", type=["wav"],
+                             accept_multiple_files=True)
+    machine = st.selectbox("Machine (type/ID) of the uploaded clips", ["(from the file names)", *classes],
+                           help="Uploaded file names rarely carry the machine type; pick the machine they come from.")
+    if files:
+        paths, problems = workbench.save_uploads([(f.name, f.getvalue()) for f in files], ws.root / "uploads")
+else:
+    folder = st.text_input("Folder with .wav clips", placeholder="/data/dev_data/fan/test", key="score_folder")
+    machine = "(from the file names)"
+    if folder:
+        if Path(folder).expanduser().is_dir():
+            paths = [Path(folder).expanduser()]
+        else:
+            st.error(f"{folder}: folder not found; give a folder of .wav clips", icon=":material/error:")
+for name, why in problems:
+    st.error(f"{name}: {why}", icon=":material/error:")
+
+if paths and st.button("Score", type="primary", icon=":material/rule:"):
+    mtype, mid = (None, None) if machine.startswith("(") else machine.split("/", 1)
+    with st.spinner("Scoring…"):
+        rows = detector.score_paths(paths, scorer=scorer, machine_type=mtype, machine_id=mid)
+    st.session_state["score_rows"] = rows
+
+rows = st.session_state.get("score_rows")
+if rows:
+    table, probs = workbench.score_rows_table(rows)
+    n_bad = int((table["error"] != "").sum())
+    n_anom = int((table["decision"] == "anomaly").sum())
+    st.write(f"{len(table) - n_bad} clip(s) scored: **{n_anom} anomalous**, {len(table) - n_bad - n_anom} normal"
+             + (f"; {n_bad} skipped (see error)" if n_bad else "") + ".")
+    st.dataframe(table, hide_index=True, width="stretch",
+                 column_config={"score": st.column_config.NumberColumn(format="%.4f"),
+                                "threshold": st.column_config.NumberColumn(format="%.4f")})
+    if not probs.empty:
+        st.subheader("Machine-ID probabilities")
+        st.dataframe(probs, hide_index=True, width="stretch")

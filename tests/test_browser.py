@@ -1,0 +1,151 @@
+"""End to end in a real browser: Debian's Chromium driven by Playwright against `streamlit run app/main.py`.
+
+Creates the demo data, auditions one augmentation, runs the quick demo job chain to the end, and opens
+Results; screenshots of each step go to test-output/browser/.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from rcmae import jobs
+from rcmae.workspace import Workspace
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = ROOT / "test-output" / "browser"
+IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
+                                                    "(make browser / apt-get install chromium)"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def server(tmp_path: Path):
+    """The workbench on a free port with a fresh workspace and tiny demo sizes; stopped (process group) after."""
+    ws = Workspace(tmp_path / "workspace")
+    port = _free_port()
+    env = dict(os.environ, RCMAE_WORKSPACE=str(ws.root), OMP_NUM_THREADS="1",
+               RCMAE_DEMO_TRAIN_PER_ID="2", RCMAE_DEMO_TEST_PER_ID="1",
+               RCMAE_QUICK_PRETRAIN_EPOCHS="1", RCMAE_QUICK_FINETUNE_EPOCHS="1")
+    log = open(tmp_path / "streamlit.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"), "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        raise AssertionError("streamlit did not start: " + (tmp_path / "streamlit.log").read_text()[-2000:])
+    try:
+        yield url, ws
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+        store = jobs.JobStore(ws.jobs_db)
+        for job in store.list(["queued", "running"]):
+            jobs.cancel(store, job.id)
+
+
+def _wait_jobs(ws: Workspace, n: int, timeout: float) -> list[jobs.Job]:
+    """Wait (reading the job DB, as a restarted app would) until n jobs exist and none is queued or running."""
+    store = jobs.JobStore(ws.jobs_db)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        all_jobs = jobs.refresh(store)
+        if len(all_jobs) >= n and not any(j.state in ("queued", "running") for j in all_jobs):
+            return all_jobs
+        time.sleep(0.5)
+    raise AssertionError("jobs did not finish: " + "; ".join(f"{j.id} {j.state}" for j in store.list()))
+
+
+def test_workbench_in_chromium(server) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    url, ws = server
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.set_default_timeout(60_000)
+
+        def go(name: str) -> None:
+            page.locator('[data-testid="stSidebarNavLink"]', has_text=name).first.click()
+            page.wait_for_selector(IDLE)
+
+        # First launch: the Start page explains the missing pieces.
+        page.goto(url)
+        page.wait_for_selector(IDLE)
+        expect(page.get_by_text("No data yet")).to_be_visible()
+        page.screenshot(path=str(SHOTS / "1-start.png"), full_page=True)
+
+        # Data: one click creates the demo data (a background job); the page updates when it is done.
+        go("Data")
+        page.get_by_role("button", name="Create the demo data").click()
+        expect(page.get_by_text("Clips per machine type, ID, split and label")).to_be_visible(timeout=120_000)
+        page.wait_for_selector(IDLE)
+        expect(page.locator('[data-testid="stAudio"]')).to_have_count(1)
+        page.screenshot(path=str(SHOTS / "2-data.png"), full_page=True)
+        assert jobs.JobStore(ws.jobs_db).list()[0].state == "done"
+
+        # Audition one procedural augmentation.
+        go("Audition")
+        page.get_by_role("button", name="Augment").click()
+        expect(page.get_by_text("Original", exact=True)).to_be_visible(timeout=60_000)
+        page.wait_for_selector(IDLE)
+        expect(page.locator('[data-testid="stAudio"]')).to_have_count(2)
+        page.wait_for_timeout(1000)  # let plotly draw the spectrograms
+        page.screenshot(path=str(SHOTS / "3-audition.png"), full_page=True)
+
+        # The quick demo run: four chained background jobs, followed on the Jobs page.
+        go("Start")
+        page.get_by_role("button", name="Start the quick demo run").click()
+        expect(page.get_by_text("Queued jobs")).to_be_visible()
+        go("Jobs")
+        finished = _wait_jobs(ws, 4, timeout=300)
+        # The demo data exist now, so the chain trains on them: pretrain -> finetune -> evaluate.
+        assert [(j.kind, j.state) for j in finished[1:]] == [("pretrain", "done"), ("finetune", "done"),
+                                                             ("evaluate", "done")], jobs.tail_log(finished[-1])
+        page.wait_for_timeout(3000)  # one refresh of the live fragment
+        page.screenshot(path=str(SHOTS / "4-jobs.png"), full_page=True)
+
+        # Results: tables, ROC, histogram and the embedding maps.
+        go("Results")
+        expect(page.get_by_text("Per machine type", exact=True)).to_be_visible()
+        expect(page.locator(".js-plotly-plot")).to_have_count(4, timeout=120_000)
+        page.wait_for_selector(IDLE)
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(SHOTS / "5-results.png"), full_page=True)
+        browser.close()

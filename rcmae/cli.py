@@ -322,8 +322,8 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
 def _add_baseline(sub) -> None:
     p = sub.add_parser("baseline", help="run a baseline detector (ae: the DCASE 2020 autoencoder; knn)")
     p.add_argument("name", choices=["ae", "knn"])
-    p.add_argument("--data", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--data", required=True, help="data folder with train clips and labelled test clips")
+    p.add_argument("--out", required=True, help="folder for results.json, challenge CSVs (and AE models/)")
     p.add_argument("--epochs", type=int, default=None, help="AE epochs (default 100, as the official baseline)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
@@ -351,12 +351,15 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
 def _add_benchmark(sub) -> None:
     p = sub.add_parser("benchmark", help="run several systems on the same data; one table")
-    p.add_argument("--data", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--systems", default="rcmae,ae,knn", help="comma list: rcmae, ae, knn, and rcmae ablations")
-    p.add_argument("--preset", default="tiny")
+    p.add_argument("--data", required=True, help="data folder with train clips and labelled test clips")
+    p.add_argument("--out", required=True, help="folder for benchmark.json, table.md and each system's outputs")
+    p.add_argument("--systems", default="rcmae,ae,knn",
+                   help="comma list of: rcmae, rcmae-nodda, rcmae-novcr, rcmae-contrastive, rcmae-mae, "
+                        "rcmae-nopretrain, ae, knn (default rcmae,ae,knn)")
+    p.add_argument("--preset", default="tiny", help="rcmae preset: tiny | paper | a YAML file (default tiny)")
     p.add_argument("--repeat", type=int, default=1, help="repeat with N seeds; mean and spread per cell")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for rcmae systems")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for the rcmae systems; ae.KEY=V / knn.KEY=V go to that baseline")
     p.set_defaults(func=_cmd_benchmark)
 
 

@@ -1,0 +1,185 @@
+"""Scorers against brute-force references, thresholds against scipy/numpy, and one scoring path."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.stats
+import torch
+
+from rcmae import cli, train
+from rcmae.audio import load_audio
+from rcmae.score import Detector, ScoringError, evaluate_run, fit_threshold, knn_distances
+
+TINY = [
+    "model.embed_dim=32", "model.depth=1", "model.heads=2", "model.decoder_embed_dim=32", "model.decoder_depth=1",
+    "model.decoder_heads=2", "model.proj_dim=32", "model.mlp_ratio=2.0", "pretrain.batch_size=8",
+    "finetune.batch_size=8", "score.recon_masks=3", "score.knn_k=2", "pretrain.crop_frames=null",
+    "pretrain.crops_per_clip=1", "model.n_frames=320",
+]
+
+
+@pytest.fixture(scope="module")
+def run(tiny_dcase, tmp_path_factory):
+    out = tmp_path_factory.mktemp("score") / "run"
+    train.pretrain(tiny_dcase, out, epochs=2, overrides=TINY, progress=False)
+    train.finetune(out, epochs=2, progress=False)
+    evaluate_run(out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def det(run):
+    return Detector.load(run)
+
+
+def _clip(tiny_dcase, kind="anomaly", machine="fan", mid="02", n=1):
+    return tiny_dcase / "dev_data" / machine / "test" / f"{kind}_id_{mid}_{n:08d}.wav"
+
+
+def test_fit_threshold_gamma_and_percentile():
+    rng = np.random.default_rng(0)
+    scores = rng.gamma(shape=3.0, scale=0.5, size=4000)
+    a, loc, scale = scipy.stats.gamma.fit(scores)
+    assert fit_threshold(scores) == pytest.approx(scipy.stats.gamma.ppf(0.9, a, loc=loc, scale=scale))
+    # ... and the fit recovers the generating distribution's 0.9 quantile.
+    assert fit_threshold(scores) == pytest.approx(scipy.stats.gamma.ppf(0.9, 3.0, scale=0.5), rel=0.03)
+    assert fit_threshold(scores, "percentile", 0.8) == pytest.approx(np.percentile(scores, 80))
+    assert fit_threshold([0.2, 0.2, 0.2]) == 0.2
+    with pytest.raises(ValueError, match="gamma or percentile"):
+        fit_threshold(scores, "median")
+    with pytest.raises(ValueError, match=r"q=1.5 must be in \(0, 1\)"):
+        fit_threshold(scores, q=1.5)
+
+
+def test_knn_distances_match_a_python_loop():
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(5, 7))
+    refs = [rng.normal(size=(6, 7)) for _ in range(5)]
+    for k in (1, 3):
+        expected = []
+        for q, ref in zip(z, refs, strict=True):
+            d = sorted(1 - sum(a * b for a, b in zip(q, r, strict=True))
+                       / (np.sqrt(sum(a * a for a in q)) * np.sqrt(sum(b * b for b in r))) for r in ref)
+            expected.append(sum(d[:k]) / k)
+        assert np.allclose(knn_distances(z, refs, k), expected)
+    loo = knn_distances(refs[0][:3], [refs[0]] * 3, 1, exclude=[0, 1, 2])
+    assert np.all(loo > 1e-6)  # its own row (distance 0) is left out
+
+
+def test_idprob_is_minus_log_softmax_of_the_logits(det, tiny_dcase):
+    path = _clip(tiny_dcase)
+    wave = load_audio(path)
+    model = det.models["finetune"]
+    with torch.no_grad():
+        logits = model.classify(model.embed(det.features(wave[None])))[0].double().numpy()
+    true = det.classes.index(("fan", "02"))
+    expected = -(logits[true] - np.log(np.exp(logits).sum()))
+    row = det.score(path, scorer="idprob")
+    assert row["score"] == pytest.approx(expected, rel=1e-5)
+    assert row["probs"]["fan/02"] == pytest.approx(np.exp(-expected), rel=1e-5)
+    assert det.score(wave, scorer="idprob", machine_type="fan", machine_id="02")["score"] == pytest.approx(
+        row["score"], rel=1e-6)
+    # Another machine's class gives another number: the true class comes from the file name.
+    other = det.score(wave, scorer="idprob", machine_type="valve", machine_id="00")["score"]
+    assert other == pytest.approx(-(logits[det.classes.index(("valve", "00"))] - np.log(np.exp(logits).sum())),
+                                  rel=1e-5)
+
+
+def test_knn_is_a_brute_force_cosine_distance(det, run, tiny_dcase):
+    path = _clip(tiny_dcase, "normal", "valve", "00", 2)
+    z = det.embed(det.features(load_audio(path)[None]), "finetune")[0].double().numpy()
+    emb = np.load(run / "embeddings" / "finetune.npz")
+    sel = (emb["split"] == "train") & (emb["machine_type"] == "valve") & (emb["machine_id"] == "00")
+    dists = sorted(1 - float(z @ r) / (np.linalg.norm(z) * np.linalg.norm(r)) for r in emb["z"][sel].astype(float))
+    assert sel.sum() == 6
+    assert det.score(path, scorer="knn")["score"] == pytest.approx(np.mean(dists[:2]), rel=1e-5)
+    # Thresholds are fitted on leave-one-out training scores (a clip is not its own neighbour).
+    train_scores = pd.read_csv(run / "train_scores.csv", dtype={"machine_id": str})
+    knn = train_scores[(train_scores["scorer"] == "knn") & (train_scores["machine_type"] == "valve")
+                       & (train_scores["machine_id"] == "00")]
+    zs, paths = emb["z"][sel].astype(float), emb["path"][sel]
+    for p, s in zip(knn["path"], knn["score"], strict=True):
+        i = list(paths).index(p)
+        d = sorted(1 - zs[i] @ zs[j] / (np.linalg.norm(zs[i]) * np.linalg.norm(zs[j])) for j in range(6) if j != i)
+        assert s == pytest.approx(np.mean(d[:2]), rel=1e-5)
+    thr = json.loads((run / "thresholds.json").read_text())["thresholds"]["knn"]["valve/00"]
+    assert thr == pytest.approx(fit_threshold(knn["score"].to_numpy()))
+
+
+def test_recon_is_deterministic_and_batch_independent(det, tiny_dcase):
+    paths = [_clip(tiny_dcase, "normal", "fan", "00", 0), _clip(tiny_dcase, "anomaly", "fan", "00", 3)]
+    one = [det.score(p, scorer="recon")["score"] for p in paths]
+    x = torch.cat([det.features(load_audio(p)[None]) for p in paths])
+    batch = det.score_logmels(x, ["fan", "fan"], ["00", "00"], "recon")
+    assert np.allclose(one, batch, rtol=1e-6)
+    assert det.score(paths[0], scorer="recon")["score"] == one[0]
+    # The score is the masked MSE averaged over the configured number of masks.
+    model = det.models["pretrain"]
+    gen = torch.Generator().manual_seed(123)
+    errs = model.reconstruction_error(x[:1].expand(3, -1, -1), 0.75, gen, n_masks=1)
+    assert errs.shape == (3,) and torch.all(errs > 0)
+
+
+def test_cli_api_and_evaluate_give_the_same_number(det, run, tiny_dcase, capsys):
+    path = _clip(tiny_dcase, "anomaly", "valve", "02", 1)
+    scores = pd.read_csv(run / "eval" / "scores.csv").set_index("path")
+    for scorer in ("idprob", "knn", "recon"):
+        api = Detector.load(run).score(path, scorer=scorer)
+        assert cli.main(["score", "--run", str(run), str(path), "--scorer", scorer, "--json"]) == 0
+        cli_row = json.loads(capsys.readouterr().out)[0]
+        evaluated = scores.loc[str(path), f"score_{scorer}"]
+        csv = pd.read_csv(run / "eval" / scorer / "anomaly_score_valve_id_02.csv", header=None, index_col=0)
+        assert cli_row["score"] == pytest.approx(api["score"], rel=1e-6)
+        assert evaluated == pytest.approx(api["score"], rel=1e-5)
+        assert csv.loc[path.name, 1] == pytest.approx(api["score"], rel=1e-5)
+        assert api["threshold"] == det.threshold(scorer, "valve", "02")
+        assert api["decision"] == ("anomaly" if api["score"] > api["threshold"] else "normal")
+        assert scores.loc[str(path), f"decision_{scorer}"] == api["decision"]
+    assert det.default_scorer == "idprob"
+    assert det.score(path)["scorer"] == "idprob"
+    before = json.loads((run / "eval" / "results.knn.json").read_text())
+    assert cli.main(["evaluate", "--run", str(run), "--scorer", "knn"]) == 0
+    assert "knn: AUC" in capsys.readouterr().out
+    assert json.loads((run / "eval" / "results.knn.json").read_text()) == before
+
+
+def test_bad_clips_and_machines(det, run, tiny_dcase, tmp_path, capsys):
+    bad = tmp_path / "fan" / "test" / "normal_id_00_00000000.wav"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"garbage")
+    rows = det.score_paths([_clip(tiny_dcase), bad])
+    assert rows[0]["error"] is None and rows[1]["error"] and rows[1]["score"] is None
+    assert cli.main(["score", "--run", str(run), str(bad)]) == 1
+    assert "skipped" in capsys.readouterr().out
+    with pytest.raises(ScoringError, match="pass machine_type and machine_id"):
+        det.score(np.zeros(16000, dtype=np.float32) + 0.1)
+    with pytest.raises(ScoringError, match=r"machine pump id 00 was not in this run's training data"):
+        det.score(load_audio(_clip(tiny_dcase)), machine_type="pump", machine_id="00")
+    with pytest.raises(ScoringError, match="unknown scorer 'foo'"):
+        det.score(_clip(tiny_dcase), scorer="foo")
+    nameless = tmp_path / "clip.wav"
+    nameless.write_bytes(_clip(tiny_dcase).read_bytes())
+    assert "pass --machine-type" in det.score_paths([nameless])[0]["error"]
+    assert det.score_paths([nameless], machine_type="fan", machine_id="02")[0]["score"] == pytest.approx(
+        det.score(_clip(tiny_dcase))["score"], rel=1e-6)
+
+
+def test_crop_training_scores_by_averaging_windows(tiny_dcase, tmp_path):
+    out = train.pretrain(tiny_dcase, tmp_path / "crop", epochs=1, progress=False,
+                         overrides=TINY + ["pretrain.crop_frames=96", "model.n_frames=96", "pretrain.crops_per_clip=2",
+                                           "finetune.epochs=1"])
+    train.finetune(out, progress=False)
+    det = Detector.load(out)
+    x = det.features(load_audio(_clip(tiny_dcase))[None])
+    model = det.models["finetune"]
+    starts = [0, 48, 96, 144, 192, 217]  # half-overlapping 96-frame windows over 313 frames, the last flush
+    with torch.no_grad():
+        z = torch.stack([model.embed(x[..., s : s + 96]) for s in starts]).mean(0)
+    assert torch.allclose(det.embed(x, "finetune"), z, atol=1e-6)
+    assert json.loads((out / "progress.json").read_text())["step"] == 1 * 3
+    m = pd.read_csv(out / "metrics.csv")
+    assert (m[(m["stage"] == "pretrain") & (m["kind"] == "step")]["step"]).max() == 6  # 2 crops per clip

@@ -1,4 +1,4 @@
-"""Shared fixtures: one small DCASE 2020-layout data set written to a temp dir (no ../shared)."""
+"""Shared fixtures: one small DCASE 2020-layout data set written to a temp dir (the tests need no outside data)."""
 
 from __future__ import annotations
 

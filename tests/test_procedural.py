@@ -6,7 +6,6 @@ against the parameters the model reports it drew.
 
 from __future__ import annotations
 
-import time
 import warnings
 
 import numpy as np
@@ -128,18 +127,6 @@ def test_bad_inputs_fail_with_one_clear_line():
         aug(_clip(), PAPER_PROMPTS[0], 5.0, generator=1, seed=1)
     with pytest.raises(ValueError, match="snr_db"):
         aug(_clip(), PAPER_PROMPTS[0], float("nan"), seed=1)
-
-
-def test_a_ten_second_clip_is_fast():
-    # The bench measures the 50 ms target on an idle core; here only a generous bound for a shared CI machine.
-    aug, x = ProceduralAugmenter(), _clip()
-    aug(x, PAPER_PROMPTS[0], 5.0, seed=0)
-    times = []
-    for prompt in PAPER_PROMPTS:
-        t = time.perf_counter()
-        aug(x, prompt, 5.0, seed=0)
-        times.append(time.perf_counter() - t)
-    assert np.median(times) < 0.25
 
 
 # ---------------------------------------------------------------- signatures

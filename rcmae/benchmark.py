@@ -1,0 +1,416 @@
+"""Run several detectors on the same data and put their AUC/pAUC, wall time and peak memory in one table.
+
+Each system runs in its own child process (``python -m rcmae.benchmark --child SPEC``), so the wall
+time and the peak resident memory (``os.wait4``'s ``ru_maxrss`` of that child and its own children)
+belong to that system alone, and a system that crashes is reported as failed while the others run.
+
+Systems (``SYSTEMS``): ``rcmae`` (pretrain + finetune + evaluate with the preset; each scorer
+``idprob`` / ``knn`` / ``recon`` becomes its own row ``rcmae:<scorer>``), its ablations, and the
+baselines ``ae`` (DCASE 2020 autoencoder) and ``knn`` (per-ID kNN on mean/std log-mel).
+
+Overrides: ``KEY=VALUE`` strings go to every rcmae system's config (``pretrain.lr=1e-3``); those
+prefixed ``ae.`` or ``knn.`` go to that baseline instead (``ae.epochs=10``, ``knn.k=3``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.util
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from rcmae.files import atomic_write_text, read_json, write_json
+
+# One table of named systems: the rcmae ablations are override sets on the same pipeline.
+# aug "bank" = a procedural augmentation bank built once per benchmark (the weight-free stand-in
+# for the paper's diffusion augmentation); "specaugment" = time/frequency masking (paper's "without DDA").
+SYSTEMS: dict[str, dict] = {
+    "rcmae": {"kind": "rcmae", "aug": "bank", "overrides": [],
+              "about": "full RC-MAE: MAE + InfoNCE + VCR pretraining on augmented pairs, then SupCon + CE"},
+    "rcmae-nodda": {"kind": "rcmae", "aug": "specaugment", "overrides": [],
+                    "about": "without diffusion-style augmentation: time/frequency masking pairs"},
+    "rcmae-novcr": {"kind": "rcmae", "aug": "bank", "overrides": ["pretrain.w_vcr=0"],
+                    "about": "without the variance-covariance regulariser"},
+    "rcmae-contrastive": {"kind": "rcmae", "aug": "bank", "overrides": ["pretrain.w_mae=0"],
+                          "about": "contrastive only: InfoNCE + VCR, no masked reconstruction"},
+    "rcmae-mae": {"kind": "rcmae", "aug": "bank", "overrides": ["pretrain.w_nce=0", "pretrain.w_vcr=0"],
+                  "about": "masked autoencoder only"},
+    "rcmae-nopretrain": {"kind": "rcmae", "aug": "specaugment", "overrides": [], "pretrain_epochs": 0,
+                         "about": "no pretraining: fine-tuning from random initialisation"},
+    "ae": {"kind": "baseline", "about": "official DCASE 2020 Task 2 dense autoencoder baseline"},
+    "knn": {"kind": "baseline", "about": "per-ID nearest neighbour on standardised per-clip mean/std log-mel"},
+}
+
+
+def machine_info() -> dict:
+    """Platform, CPU model, cores, memory, GPU and torch version of this machine."""
+    import psutil
+    import torch
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    gpu = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "gpu": gpu,
+        "torch": torch.__version__,
+    }
+
+
+def _split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, dict[str, object]]]:
+    """rcmae config overrides, and ``{"ae": {...}, "knn": {...}}`` for the ``ae.``/``knn.`` prefixed ones."""
+    rc, base = [], {"ae": {}, "knn": {}}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"override {item!r} is not KEY=VALUE (e.g. pretrain.lr=1e-3 or ae.epochs=10)")
+        head, _, rest = key.strip().partition(".")
+        if head in base and rest:
+            base[head][rest] = _literal(value.strip())
+        else:
+            rc.append(item)
+    return rc, base
+
+
+def _literal(text: str) -> object:
+    """``"10"`` -> 10, ``"1e-3"`` -> 0.001, ``"true"`` -> True; anything else stays a string."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+# ---------------------------------------------------------------- child side
+def _run_bank_child(spec: dict) -> dict:
+    from rcmae.augment import bank
+
+    bank.build_bank(data=Path(spec["data"]), out=Path(spec["bank"]), backend="procedural", seed=spec["seed"])
+    return {}
+
+
+def _run_child(spec: dict) -> dict:
+    """Run one system for one seed (inside the child process); returns ``{row name: results dict}``."""
+    out = Path(spec["out"])
+    if spec["kind"] == "bank":
+        return _run_bank_child(spec)
+    if spec["kind"] == "baseline":
+        from rcmae.baselines import run_baseline
+
+        kw = dict(spec["baseline_kw"])
+        epochs = kw.pop("epochs", None)
+        res = run_baseline(spec["system"], spec["data"], out / "baseline", epochs=epochs, seed=spec["seed"],
+                           progress=True, **kw)  # tqdm goes to the system's log.txt: its progress
+        return {spec["system"]: res}
+    from rcmae import score, train
+
+    run = out / "run"
+    # A run left by an earlier failed attempt starts over: the benchmark resumes per system, not per epoch.
+    shutil.rmtree(run, ignore_errors=True)
+    overrides = [*spec["overrides"], f"seed={spec['seed']}"]
+    no_pretraining = spec.get("pretrain_epochs") == 0
+    train.pretrain(data=Path(spec["data"]), out=run, preset=spec["preset"], aug=spec["aug"],
+                   epochs=spec.get("pretrain_epochs"), overrides=overrides, progress=False,
+                   fit_scores=not no_pretraining)
+    if no_pretraining:
+        _initial_checkpoint(run)
+    train.finetune(run=run, data=Path(spec["data"]), progress=False)
+    results = score.evaluate_run(run, data=Path(spec["data"]), progress=False)
+    return {f"{spec['system']}:{name}": res for name, res in results.items()}
+
+
+def _initial_checkpoint(run: Path) -> None:
+    """For ``rcmae-nopretrain``: store the seeded random initial weights as the "pretrained" checkpoint.
+
+    Lightning writes no checkpoint for 0 epochs; fine-tuning and scoring read the model from
+    ``checkpoints/pretrain-last.ckpt`` (``state_dict`` with ``model.`` keys plus the ``rcmae`` block
+    that ``rcmae.train`` saves), so the untrained model is written in that layout. A no-op when
+    the checkpoint exists.
+    """
+    import dataclasses
+    import io
+
+    import torch
+
+    import rcmae
+    from rcmae import config as rconfig
+    from rcmae.files import atomic_write_bytes
+    from rcmae.model import RCMAE
+    from rcmae.train import checkpoint_path
+
+    ckpt = checkpoint_path(run, "pretrain", "last")
+    if ckpt.is_file():
+        return
+    cfg = rconfig.load_config(run / "config.yaml")
+    torch.manual_seed(cfg.seed)
+    model = RCMAE(cfg.model)
+    state = {
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        "rcmae": {"stage": "pretrain", "config": rconfig.config_to_dict(cfg),
+                  "model_config": dataclasses.asdict(model.config), "version": rcmae.__version__},
+    }
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(ckpt, buf.getvalue())
+
+
+def _child_main(spec_path: str) -> int:
+    spec = json.loads(Path(spec_path).read_text())
+    out = Path(spec["out"])
+    try:
+        rows = _run_child(spec)
+    except Exception as err:  # noqa: BLE001 - any failure becomes the system's one-line error
+        line = f"{type(err).__name__}: {err}".splitlines()[0]
+        write_json(out / "error.json", {"error": line})
+        import traceback
+
+        traceback.print_exc()
+        return 1
+    write_json(out / "rows.json", rows)
+    return 0
+
+
+# ---------------------------------------------------------------- parent side
+def _spawn(spec: dict, out: Path) -> dict:
+    """Run ``spec`` in a child process; returns status, error, wall_s, peak_mib, rows."""
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("rows.json", "error.json"):
+        (out / stale).unlink(missing_ok=True)
+    spec_path = out / "spec.json"
+    write_json(spec_path, spec)
+    start = time.perf_counter()
+    with open(out / "log.txt", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "rcmae.benchmark", "--child", str(spec_path)],
+                                stdout=log, stderr=subprocess.STDOUT)
+        # wait4 (not Popen.wait) hands back this child's own rusage: its peak RSS, not the maximum over all children.
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    record = {"wall_s": round(wall, 2), "peak_mib": round(usage.ru_maxrss / 1024, 1), "returncode": proc.returncode,
+              "log": str(out / "log.txt")}
+    if proc.returncode == 0 and (out / "rows.json").is_file():
+        record.update(status="ok", error=None, rows=read_json(out / "rows.json"))
+    else:
+        record.update(status="failed", rows={}, error=_error_line(out, proc.returncode))
+    write_json(out / "record.json", record)
+    return record
+
+
+def _error_line(out: Path, returncode: int) -> str:
+    if (out / "error.json").is_file():
+        return read_json(out / "error.json")["error"]
+    lines = [ln.strip() for ln in (out / "log.txt").read_text(errors="replace").splitlines() if ln.strip()]
+    return lines[-1] if lines else f"child exited with status {returncode} and no output"
+
+
+def _prepare_bank(data: Path, out: Path, seed: int) -> tuple[str | None, str]:
+    """Build (or reuse) a procedural augmentation bank for the systems with aug "bank"."""
+    if importlib.util.find_spec("rcmae.augment.bank") is None:
+        return None, "specaugment (rcmae.augment.bank is not installed, so no procedural bank)"
+    bank = out / "bank"
+    spec = {"kind": "bank", "data": str(data), "bank": str(bank), "seed": seed, "out": str(out / "bank-build")}
+    record = _spawn(spec, out / "bank-build")
+    if record["status"] != "ok":
+        return None, f"specaugment (building the procedural bank failed: {record['error']})"
+    return str(bank), f"procedural bank {bank} (built in {record['wall_s']:.0f} s)"
+
+
+def _stat(values: list[float]) -> dict:
+    arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    if arr.size == 0:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0, "n": int(arr.size)}
+
+
+def _aggregate(system_records: dict[str, dict]) -> list[dict]:
+    """One row per system[:scorer]: per-type and average AUC/pAUC, wall time and peak memory over seeds."""
+    rows = []
+    for system, rec in system_records.items():
+        runs = rec["runs"]
+        ok = [r for r in runs if r["status"] == "ok"]
+        if not ok:
+            rows.append({"row": system, "system": system, "status": "failed", "error": runs[-1]["error"]
+                         if runs else rec.get("error")})
+            continue
+        names = sorted({name for r in ok for name in r["rows"]})
+        for name in names:
+            res = [r["rows"][name] for r in ok if name in r["rows"]]
+            types = sorted({t for x in res for t in x["per_type"]})
+            rows.append({
+                "row": name,
+                "system": system,
+                "status": "ok" if len(ok) == len(runs) else "partial",
+                "error": next((r["error"] for r in runs if r["status"] != "ok"), None),
+                "seeds": [r["seed"] for r in ok if name in r["rows"]],
+                "per_type": {t: {m: _stat([x["per_type"].get(t, {}).get(m) for x in res]) for m in ("auc", "pauc")}
+                             for t in types},
+                "average": {m: _stat([x["average"][m] for x in res]) for m in ("auc", "pauc")},
+                "wall_s": _stat([r["wall_s"] for r in ok]),
+                "peak_mib": _stat([r["peak_mib"] for r in ok]),
+            })
+    return rows
+
+
+def _cell(stat: dict | None, scale: float = 100.0, digits: int = 2) -> str:
+    if not stat or stat["mean"] is None:
+        return "-"
+    text = f"{stat['mean'] * scale:.{digits}f}"
+    if stat["n"] > 1:
+        text += f" ± {stat['std'] * scale:.{digits}f}"
+    return text
+
+
+def render_table(bench: dict) -> str:
+    """The Markdown report: header lines, one table (AUC/pAUC in %), failures and notes below."""
+    rows = bench["rows"]
+    types = sorted({t for r in rows for t in r.get("per_type", {})})
+    head = ["system"] + [f"{t} {m}" for t in types for m in ("AUC", "pAUC")] + [
+        "avg AUC", "avg pAUC", "wall s", "peak MiB"]
+    lines = [
+        f"# Benchmark on {bench['data']}",
+        "",
+        f"- preset `{bench['preset']}`, seeds {list(range(bench['repeat']))}, "
+        f"overrides {bench['overrides'] or 'none'}",
+        f"- machine: {bench['machine']['cpu']}, {bench['machine']['usable_cores']} usable cores, "
+        f"GPU {', '.join(bench['machine']['gpu']) or 'none'}, torch {bench['machine']['torch']}",
+        f"- date: {bench['date']}; command: `{bench['command']}`",
+        f"- rcmae augmentation: {bench['augmentation']}",
+        "- AUC/pAUC in % (pAUC: max FPR 0.1, McClish-standardised as in DCASE); per type: mean over its IDs; "
+        "avg: mean over types" + ("; cells: mean ± std over seeds" if bench["repeat"] > 1 else ""),
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|",
+    ]
+    for r in rows:
+        if r["status"] == "failed":
+            cells = [r["row"], "failed"] + ["-"] * (len(head) - 2)
+        else:
+            cells = [r["row"]]
+            for t in types:
+                cells += [_cell(r["per_type"].get(t, {}).get("auc")), _cell(r["per_type"].get(t, {}).get("pauc"))]
+            cells += [_cell(r["average"]["auc"]), _cell(r["average"]["pauc"]),
+                      _cell(r["wall_s"], 1.0, 1), _cell(r["peak_mib"], 1.0, 0)]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    failures = [r for r in rows if r.get("error")]
+    if failures:
+        lines += ["", "Failures:", ""]
+        lines += [f"- `{r['row']}`: {r['error']}" for r in failures]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def run_benchmark(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    systems: list[str],
+    preset: str = "tiny",
+    repeat: int = 1,
+    overrides: list[str] | tuple[str, ...] = (),
+    progress: bool = True,
+    command: str | None = None,
+) -> Path:
+    """Run ``systems`` on ``data`` (seeds ``0 .. repeat-1``); write ``out/benchmark.json`` and ``out/table.md``.
+
+    A system whose result for a seed is already in ``out/systems/<system>/seed<k>/record.json``
+    with status ok is not run again, so an interrupted benchmark resumes.
+
+    Returns:
+        ``out``.
+    """
+    from tqdm.auto import tqdm
+
+    data = Path(data).resolve()
+    out = Path(out).resolve()
+    if not data.is_dir():
+        raise FileNotFoundError(f"{data}: data folder not found; pass --data a folder such as workspace/data/demo")
+    if repeat < 1:
+        raise ValueError(f"--repeat must be >= 1, got {repeat}")
+    systems = [s.strip() for s in systems if s.strip()]
+    if not systems:
+        raise ValueError(f"--systems is empty; choose from {', '.join(SYSTEMS)}")
+    rc_overrides, base_kw = _split_overrides(list(overrides))
+    out.mkdir(parents=True, exist_ok=True)
+    started = dt.datetime.now(dt.UTC)
+    augmentation, bank = "not used", None
+    if any(SYSTEMS.get(s, {}).get("aug") == "bank" for s in systems):
+        bank, augmentation = _prepare_bank(data, out, seed=0)
+    records: dict[str, dict] = {}
+    jobs = [(s, seed) for s in systems for seed in range(repeat)]
+    for system, seed in tqdm(jobs, desc="benchmark", unit="run", disable=not progress):
+        rec = records.setdefault(system, {"about": SYSTEMS.get(system, {}).get("about"), "runs": []})
+        if system not in SYSTEMS:
+            rec["runs"].append({"seed": seed, "status": "failed", "rows": {}, "wall_s": None, "peak_mib": None,
+                                "error": f"unknown system {system!r}; choose from {', '.join(SYSTEMS)}"})
+            continue
+        entry = SYSTEMS[system]
+        run_out = out / "systems" / system / f"seed{seed}"
+        if (run_out / "record.json").is_file():
+            previous = read_json(run_out / "record.json")
+            if previous.get("status") == "ok":
+                rec["runs"].append({"seed": seed, **previous})
+                continue
+        spec = {"kind": entry["kind"], "system": system, "data": str(data), "out": str(run_out), "seed": seed,
+                "preset": preset}
+        if entry["kind"] == "rcmae":
+            aug = bank if entry["aug"] == "bank" and bank else "specaugment"
+            rec["aug"] = aug
+            spec.update(aug=aug, overrides=[*entry["overrides"], *rc_overrides],
+                        pretrain_epochs=entry.get("pretrain_epochs"))
+        else:
+            spec["baseline_kw"] = base_kw[system]
+        rec["runs"].append({"seed": seed, **_spawn(spec, run_out)})
+        if progress and rec["runs"][-1]["status"] != "ok":
+            tqdm.write(f"{system} (seed {seed}) failed: {rec['runs'][-1]['error']}")
+    bench = {
+        "data": str(data),
+        "preset": preset,
+        "repeat": repeat,
+        "overrides": list(overrides),
+        "systems": records,
+        "augmentation": augmentation,
+        "rows": _aggregate(records),
+        "machine": machine_info(),
+        "date": started.isoformat(timespec="seconds"),
+        "wall_s": round((dt.datetime.now(dt.UTC) - started).total_seconds(), 1),
+        "command": command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }
+    write_json(out / "benchmark.json", bench)
+    atomic_write_text(out / "table.md", render_table(bench))
+    return out
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="rcmae.benchmark child process (used by run_benchmark)")
+    parser.add_argument("--child", required=True, help="a spec.json written by run_benchmark")
+    args = parser.parse_args()
+    sys.exit(_child_main(args.child))

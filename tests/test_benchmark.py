@@ -1,0 +1,194 @@
+"""``rcmae benchmark`` on the tiny data set: results rechecked with sklearn, failures isolated, table parsed."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from rcmae.benchmark import SYSTEMS, _aggregate, _split_overrides, render_table, run_benchmark
+from rcmae.data import index_dataset
+
+TINY = ["pretrain.epochs=1", "finetune.epochs=1", "ae.epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def bench(tiny_dcase, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bench")
+    run_benchmark(tiny_dcase, out, ["rcmae", "rcmae-nopretrain", "ae", "knn", "bogus"], preset="tiny",
+                  overrides=TINY, progress=False)
+    return out
+
+
+def check_results_dir(folder: Path, data: Path) -> dict:
+    """results.json schema; each per-ID AUC/pAUC recomputed with sklearn from the challenge CSV scores."""
+    res = json.loads((folder / "results.json").read_text())
+    assert {"system", "data", "per_id", "per_type", "average"} <= set(res)
+    index = index_dataset(data)
+    test = index[(index["split"] == "test") & index["label"].isin(["normal", "anomaly"])]
+    assert len(res["per_id"]) == 4
+    for row in res["per_id"]:
+        with open(folder / f"anomaly_score_{row['machine_type']}_id_{row['machine_id']}.csv") as f:
+            scores = {name: float(s) for name, s in csv.reader(f)}
+        sub = test[(test["machine_type"] == row["machine_type"]) & (test["machine_id"] == row["machine_id"])]
+        y = [int(lab == "anomaly") for lab in sub["label"]]
+        s = [scores[Path(p).name] for p in sub["path"]]
+        assert row["auc"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+        assert row["pauc"] == pytest.approx(roc_auc_score(y, s, max_fpr=0.1), abs=1e-12)
+    assert set(res["per_type"]) == {"fan", "valve"}
+    return res
+
+
+def test_each_system_writes_valid_results_matching_the_benchmark(bench, tiny_dcase):
+    report = json.loads((bench / "benchmark.json").read_text())
+    rows = {r["row"]: r for r in report["rows"]}
+    folders = {"ae": bench / "systems/ae/seed0/baseline", "knn": bench / "systems/knn/seed0/baseline"}
+    scorers = [name.split(":", 1)[1] for name in rows if name.startswith("rcmae:")]
+    assert "knn" in scorers and "recon" in scorers
+    for system in ("rcmae", "rcmae-nopretrain"):
+        for scorer in scorers:
+            folders[f"{system}:{scorer}"] = bench / "systems" / system / "seed0/run/eval" / scorer
+    for name, folder in folders.items():
+        res = check_results_dir(folder, tiny_dcase)
+        row = rows[name]
+        assert row["status"] == "ok" and row["seeds"] == [0]
+        for mtype, vals in res["per_type"].items():
+            assert row["per_type"][mtype]["auc"]["mean"] == pytest.approx(vals["auc"])
+            assert row["per_type"][mtype]["pauc"]["mean"] == pytest.approx(vals["pauc"])
+        assert row["average"]["auc"]["mean"] == pytest.approx(res["average"]["auc"])
+        # A python + torch child holds well over 50 MiB; the tiny jobs stay far below 8 GiB.
+        assert 50 < row["peak_mib"]["mean"] < 8192
+        assert row["wall_s"]["mean"] > 0
+    # Per-system wall time and memory: every scorer row of rcmae shares its one child process.
+    assert len({rows[f"rcmae:{s}"]["wall_s"]["mean"] for s in scorers}) == 1
+    assert report["systems"]["rcmae"]["aug"].endswith("bank")
+    assert report["systems"]["rcmae-nopretrain"]["aug"] == "specaugment"
+    run_json = json.loads((bench / "systems/rcmae-nopretrain/seed0/run/run.json").read_text())
+    assert run_json["stages"]["pretrain"]["epochs"] == 0 and run_json["stages"]["pretrain"]["steps"] == 0
+
+
+def test_failed_system_is_reported_and_the_others_complete(bench):
+    report = json.loads((bench / "benchmark.json").read_text())
+    rows = {r["row"]: r for r in report["rows"]}
+    assert rows["bogus"]["status"] == "failed"
+    assert "unknown system 'bogus'" in rows["bogus"]["error"]
+    assert rows["ae"]["status"] == rows["knn"]["status"] == "ok"
+
+
+def test_benchmark_json_records_machine_date_and_command(bench):
+    report = json.loads((bench / "benchmark.json").read_text())
+    machine = report["machine"]
+    assert {"platform", "cpu", "cores", "gpu", "torch", "memory_gib"} <= set(machine)
+    assert machine["torch"].startswith("2.")
+    assert report["date"][:2] == "20" and "T" in report["date"]
+    assert report["preset"] == "tiny" and report["repeat"] == 1 and report["overrides"] == TINY
+    assert isinstance(report["command"], str) and report["command"]
+
+
+def parse_table(text: str) -> list[dict[str, str]]:
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert all(set(c.strip()) <= set("-:") for c in lines[1].strip("|").split("|"))
+    rows = []
+    for ln in lines[2:]:
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        assert len(cells) == len(header), ln
+        rows.append(dict(zip(header, cells, strict=True)))
+    return rows
+
+
+def test_table_md_parses_and_agrees_with_the_json(bench):
+    report = json.loads((bench / "benchmark.json").read_text())
+    table = parse_table((bench / "table.md").read_text())
+    by_name = {r["system"]: r for r in table}
+    assert set(by_name) == {r["row"] for r in report["rows"]}
+    for row in report["rows"]:
+        cells = by_name[row["row"]]
+        if row["status"] == "failed":
+            assert cells["avg AUC"] == "-"
+            continue
+        assert cells["avg AUC"] == f"{100 * row['average']['auc']['mean']:.2f}"
+        assert cells["fan pAUC"] == f"{100 * row['per_type']['fan']['pauc']['mean']:.2f}"
+        assert float(cells["peak MiB"]) == pytest.approx(row["peak_mib"]["mean"], abs=0.5)
+    assert "bogus" in (bench / "table.md").read_text().split("Failures:")[1]
+
+
+def test_rerun_resumes_finished_systems(bench, tiny_dcase):
+    before = json.loads((bench / "benchmark.json").read_text())
+    stamp = (bench / "systems/ae/seed0/record.json").stat().st_mtime_ns
+    run_benchmark(tiny_dcase, bench, ["ae", "knn"], overrides=TINY, progress=False)
+    assert (bench / "systems/ae/seed0/record.json").stat().st_mtime_ns == stamp
+    after = {r["row"]: r for r in json.loads((bench / "benchmark.json").read_text())["rows"]}
+    assert after["ae"]["average"] == {r["row"]: r for r in before["rows"]}["ae"]["average"]
+
+
+def test_an_override_that_raises_inside_the_child_is_reported(tiny_dcase, tmp_path):
+    run_benchmark(tiny_dcase, tmp_path, ["knn"], overrides=["knn.metric=manhattan"], progress=False)
+    (row,) = json.loads((tmp_path / "benchmark.json").read_text())["rows"]
+    assert row["status"] == "failed"
+    assert row["error"].startswith("ValueError: knn metric must be one of")
+    assert "Traceback" in (tmp_path / "systems/knn/seed0/log.txt").read_text()
+
+
+def test_repeat_cells_are_mean_and_sample_std_over_seeds():
+    def res(auc_fan: float, auc_valve: float) -> dict:
+        per_type = {"fan": {"auc": auc_fan, "pauc": 0.5}, "valve": {"auc": auc_valve, "pauc": 0.6}}
+        return {"per_type": per_type, "average": {"auc": (auc_fan + auc_valve) / 2, "pauc": 0.55}}
+
+    records = {"ae": {"runs": [
+        {"seed": 0, "status": "ok", "error": None, "wall_s": 10.0, "peak_mib": 100.0, "rows": {"ae": res(0.8, 0.6)}},
+        {"seed": 1, "status": "ok", "error": None, "wall_s": 12.0, "peak_mib": 110.0, "rows": {"ae": res(0.9, 0.7)}},
+    ]}}
+    (row,) = _aggregate(records)
+    assert row["per_type"]["fan"]["auc"]["mean"] == pytest.approx(0.85)
+    assert row["per_type"]["fan"]["auc"]["std"] == pytest.approx(np.std([0.8, 0.9], ddof=1))
+    assert row["wall_s"]["mean"] == pytest.approx(11.0) and row["wall_s"]["std"] == pytest.approx(np.sqrt(2))
+    bench = {"data": "d", "preset": "tiny", "repeat": 2, "overrides": [], "augmentation": "not used",
+             "machine": {"cpu": "x", "usable_cores": 2, "gpu": [], "torch": "2"}, "date": "now", "command": "c",
+             "rows": [row]}
+    (cells,) = parse_table(render_table(bench))
+    assert cells["fan AUC"] == "85.00 ± 7.07"
+    assert cells["avg AUC"] == "75.00 ± 7.07"
+
+
+def test_systems_table_and_override_parsing():
+    assert {"rcmae", "rcmae-nodda", "rcmae-novcr", "rcmae-contrastive", "rcmae-mae", "rcmae-nopretrain",
+            "ae", "knn"} <= set(SYSTEMS)
+    assert SYSTEMS["rcmae-mae"]["overrides"] == ["pretrain.w_nce=0", "pretrain.w_vcr=0"]
+    rc, base = _split_overrides(["pretrain.lr=1e-3", "ae.epochs=3", "knn.metric=cosine"])
+    assert rc == ["pretrain.lr=1e-3"] and base == {"ae": {"epochs": 3}, "knn": {"metric": "cosine"}}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        _split_overrides(["pretrain.lr"])
+    with pytest.raises(FileNotFoundError, match="data folder not found"):
+        run_benchmark("/nonexistent/data", "/tmp/unused", ["knn"])
+
+
+def test_nopretrain_checkpoint_is_read_back_by_the_trainer(tmp_path):
+    import torch
+
+    from rcmae.benchmark import _initial_checkpoint
+    from rcmae.config import load_config, save_config
+    from rcmae.train import _check_resume_checkpoint, _model_from_checkpoint, checkpoint_path
+
+    cfg = load_config("tiny", ["seed=3"])
+    save_config(cfg, tmp_path / "config.yaml")
+    _initial_checkpoint(tmp_path)
+    ckpt = checkpoint_path(tmp_path, "pretrain", "last")
+    model, meta = _model_from_checkpoint(ckpt)
+    _check_resume_checkpoint(ckpt, cfg.model)
+    assert meta["stage"] == "pretrain"
+    saved = torch.load(ckpt, weights_only=False)["state_dict"]
+    assert set(saved) == {f"model.{k}" for k in model.state_dict()}
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, saved[f"model.{k}"])
+    # Seeded: a second run folder with the same seed holds the same initial weights.
+    other = tmp_path / "other"
+    other.mkdir()
+    save_config(cfg, other / "config.yaml")
+    _initial_checkpoint(other)
+    again = torch.load(checkpoint_path(other, "pretrain", "last"), weights_only=False)["state_dict"]
+    assert all(torch.equal(again[k], saved[k]) for k in saved)

@@ -77,11 +77,29 @@ class FinetuneConfig:
 class ScoreConfig:
     """Scorers and decision thresholds."""
 
-    default_scorer: Literal["idprob", "knn", "recon"] = "idprob"
+    default_scorer: Literal["idprob", "knn", "recon", "knn_joint", "maha", "recon_topk", "ensemble"] = "idprob"
     knn_k: int = 1
     knn_space: Literal["finetune", "pretrain"] = "finetune"
     recon_masks: int = 8
     recon_mask_ratio: float = 0.75
+    # knn_joint: weight of the standardised per-clip band statistics next to the unit-norm embedding.
+    joint_weight: float = 1.0
+    # maha: the same joint space, with its own weight (the Gaussian gains from a heavier statistics block).
+    maha_weight: float = 4.0
+    # recon_topk: fraction of the highest-error masked patches averaged (1.0 = every masked patch = recon).
+    recon_topk: float = 0.1
+    # ensemble: scorers combined after per-ID standardisation with their normal training scores.
+    ensemble: list[str] = field(default_factory=lambda: ["knn", "maha"])
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.recon_topk <= 1.0:
+            raise ValueError(f"score.recon_topk={self.recon_topk}: must be in (0, 1]; e.g. 0.1 for the top 10%")
+        if self.joint_weight < 0 or self.maha_weight < 0:
+            raise ValueError(f"score.joint_weight={self.joint_weight}, score.maha_weight={self.maha_weight}: "
+                             "must be >= 0 (0 = embedding only)")
+        base = ("idprob", "knn", "recon", "knn_joint", "maha", "recon_topk")
+        if not self.ensemble or any(name not in base for name in self.ensemble):
+            raise ValueError(f"score.ensemble={self.ensemble}: list one or more of {', '.join(base)}")
     threshold: Literal["gamma", "percentile"] = "gamma"
     threshold_q: float = 0.9
     batch_size: int = 32

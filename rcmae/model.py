@@ -435,6 +435,33 @@ class RCMAE(nn.Module):
             total += masked_mse(pred, target, mask, norm_pix=self.config.norm_pix_loss, reduction="none").float()
         return total / n_masks
 
+    @torch.no_grad()
+    def masked_patch_errors(self, x: Tensor, mask_ratio: float, generator: torch.Generator | None = None,
+                            n_masks: int = 1) -> Tensor:
+        """Per-patch MSE of the masked patches, for patch-level scores (``recon_topk``).
+
+        Args:
+            x: Normalised log-mel ``[B, F, T]``.
+            mask_ratio: Fraction masked.
+            generator: Draws the masks; fix its seed for repeatable scores.
+            n_masks: Random masks per clip.
+
+        Returns:
+            ``[B, n_masks * n_masked]``: each masked patch's MSE (``norm_pix_loss`` as in training), mask after mask.
+        """
+        if n_masks < 1:
+            raise ValueError(f"masked_patch_errors: n_masks={n_masks} must be >= 1")
+        target = self.target(x)
+        if self.config.norm_pix_loss:
+            target = (target - target.mean(dim=-1, keepdim=True)) / (target.var(dim=-1, keepdim=True) + 1.0e-6) ** 0.5
+        out = []
+        for _ in range(n_masks):
+            latent, mask, ids_restore = self.forward_encoder(x, mask_ratio, generator)
+            per_patch = ((self.forward_decoder(latent, ids_restore) - target) ** 2).mean(dim=-1).float()
+            # Every clip of the batch has the same number of masked patches (one ratio per call).
+            out.append(per_patch[mask.bool()].view(x.shape[0], -1))
+        return torch.cat(out, dim=1)
+
     def forward(self, x: Tensor) -> Output:
         """Eval pass: ``Output(embedding [B, proj_dim], logits [B, n_classes] or None)``."""
         z = self.embed(x)

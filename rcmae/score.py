@@ -1,11 +1,18 @@
 """Scoring a clip with a trained run: one path for ``rcmae evaluate``, ``rcmae score``, the API and the UI.
 
 :class:`Detector` loads a run folder (config, feature statistics, weights, classes, thresholds,
-normal training embeddings) and scores log-mels with one of three scorers:
+normal training embeddings) and scores log-mels with one of these scorers:
 
 - ``idprob``: ``-log softmax(logits)[true class]`` of the fine-tuned machine-ID classifier (the paper);
 - ``knn``: mean cosine distance to the ``k`` nearest normal training clips of the same machine ID;
-- ``recon``: masked-reconstruction error of the pretrained MAE, averaged over fixed random masks.
+- ``recon``: masked-reconstruction error of the pretrained MAE, averaged over fixed random masks;
+- ``knn_joint``: Euclidean kNN in a joint space, the unit-norm embedding next to the clip's per-band
+  mean/std log-mel (standardised with the training clips), which the encoder's LayerNorm and pooling lose;
+- ``maha``: Mahalanobis distance to a Gaussian (Ledoit-Wolf covariance) of the machine ID's normal clips in
+  that joint space, weighted by ``score.maha_weight``;
+- ``recon_topk``: mean of the highest ``score.recon_topk`` fraction of masked-patch errors (local anomalies);
+- ``ensemble``: mean of the ``score.ensemble`` scorers, each standardised per machine ID with the mean and
+  std of its normal training scores.
 
 Per machine ID a threshold is fitted on the normal training scores (gamma 0.9 quantile, the DCASE
 2021+ convention, or a percentile); decision = score > threshold.
@@ -32,7 +39,7 @@ from rcmae.datasets import compute_logmels, make_generator, window_starts
 from rcmae.features import FeatureStats, LogMel
 from rcmae.files import atomic_write_text, read_json, write_json
 from rcmae.metrics import evaluate_scores, write_results
-from rcmae.model import RCMAE
+from rcmae.model import RCMAE, clip_stats
 from rcmae.train import (
     RunFolderError,
     TrainData,
@@ -42,7 +49,7 @@ from rcmae.train import (
     update_run_json,
 )
 
-SCORERS = ("idprob", "knn", "recon")
+SCORERS = ("idprob", "knn", "recon", "knn_joint", "maha", "recon_topk", "ensemble")
 # Fixed stream for the recon masks: a clip gets the same masks wherever and however it is scored.
 _RECON_SEED = 20231
 _SPACES = ("pretrain", "finetune")
@@ -110,8 +117,15 @@ class Detector:
 
     def __init__(self, run: Path, cfg: rconfig.RunConfig, stats: FeatureStats, classes: list[tuple[str, str]],
                  models: dict[str, RCMAE], thresholds: dict | None = None, references: dict | None = None,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", clipstats: dict | None = None,
+                 moments: dict | None = None) -> None:
         self.run = Path(run)
+        # Per-band mean/std log-mel of the normal training clips ({"z", "machine_type", "machine_id", "path"}).
+        self.clipstats = clipstats
+        # {scorer: {"type/id": [mean, std]}} of the normal training scores (for ``ensemble``).
+        self.moments = moments or {}
+        self._maha_cache: dict[tuple, object] = {}
+        self._memo: dict[tuple, tuple] = {}
         self.cfg = cfg
         self.stats = stats
         self.classes = [tuple(c) for c in classes]
@@ -156,21 +170,19 @@ class Detector:
             models["finetune"] = _model_from_checkpoint(fin)[0]
         classes = [tuple(c) for c in info.get("classes", [])]
         thr_path = run / "thresholds.json"
-        thresholds = read_json(thr_path)["thresholds"] if thr_path.is_file() else {}
+        thr_json = read_json(thr_path) if thr_path.is_file() else {}
+        thresholds = thr_json.get("thresholds", {})
+        moments = thr_json.get("moments", {})
+        clipstats = _load_rows(run / "references" / "clipstats.npz")
         references = {}
         for space in _SPACES:
             path = run / "embeddings" / f"{space}.npz"
             if path.is_file() and space in models:
-                with np.load(path, allow_pickle=False) as npz:
-                    train = npz["split"] == "train"
-                    references[space] = {
-                        "z": npz["z"][train].astype(np.float32),
-                        "machine_type": npz["machine_type"][train].astype(str),
-                        "machine_id": npz["machine_id"][train].astype(str),
-                        "path": npz["path"][train].astype(str),
-                    }
-        det = cls(run, cfg, stats, classes, models, thresholds, references, device or "cpu")
-        if fit and (not thresholds or set(det._spaces_needed()) - set(references)):
+                references[space] = _load_rows(path)
+        det = cls(run, cfg, stats, classes, models, thresholds, references, device or "cpu", clipstats, moments)
+        # Runs fitted before the joint-space scorers lack clipstats and moments: fit them once.
+        if fit and (not thresholds or set(det._spaces_needed()) - set(references) or clipstats is None
+                    or "moments" not in thr_json):
             fit_run(run)
             return cls.load(run, device=device, fit=False)
         return det
@@ -189,6 +201,10 @@ class Detector:
                 return "the run is not fine-tuned"
         if scorer not in SCORERS:
             return f"unknown scorer; choose one of {', '.join(SCORERS)}"
+        if scorer == "ensemble":
+            missing = [c for c in self.cfg.score.ensemble if self._why_unavailable(c)]
+            if missing:
+                return f"its part(s) {', '.join(missing)} are unavailable (score.ensemble)"
         return ""
 
     def _scorer(self, scorer: str | None) -> str:
@@ -275,11 +291,14 @@ class Detector:
                                "pass the right --machine-type/--machine-id or train on it")
         return ref["z"][sel]
 
-    def _knn(self, x: torch.Tensor, machine_types, machine_ids) -> np.ndarray:
-        z = self.embed(x, self.knn_space).float().cpu().numpy()
-        return knn_distances(z, [self._reference(str(t), str(i)) for t, i in zip(machine_types, machine_ids,
-                                                                                   strict=True)],
-                             self.cfg.score.knn_k)
+    def _knn(self, x: torch.Tensor, machine_types, machine_ids, paths=None) -> np.ndarray:
+        z = self._embed_memo(x, self.knn_space)
+        refs = [self._reference(str(t), str(i)) for t, i in zip(machine_types, machine_ids, strict=True)]
+        excl = None
+        if paths is not None:
+            _, excl = self._refs_and_exclusions(self.references[self.knn_space], machine_types, machine_ids, paths,
+                                                "knn")
+        return knn_distances(z, refs, self.cfg.score.knn_k, exclude=excl)
 
     @torch.no_grad()
     def _recon(self, x: torch.Tensor) -> np.ndarray:
@@ -296,18 +315,128 @@ class Detector:
             out[row] = float(torch.stack(errs).mean())
         return out
 
+    def _embed_memo(self, x: torch.Tensor, space: str) -> np.ndarray:
+        # fit_run and ensemble score the same tensor with several scorers: embed it once per space.
+        key = ("embed", space)
+        hit = self._memo.get(key)
+        if hit is not None and hit[0] is x:
+            return hit[1]
+        z = self.embed(x, space).float().cpu().numpy()
+        self._memo[key] = (x, z)
+        return z
+
+    def _rows_of(self, table: dict, mtype: str, mid: str, what: str) -> np.ndarray:
+        sel = (table["machine_type"] == mtype) & (table["machine_id"] == mid)
+        if not sel.any():
+            raise ScoringError(f"machine {mtype} id {mid} was not in this run's training data ({what}: no normal "
+                               "training clips); pass the right --machine-type/--machine-id or train on it")
+        return np.flatnonzero(sel)
+
+    def _refs_and_exclusions(self, table: dict, machine_types, machine_ids, paths, what: str):
+        refs, excl = [], []
+        for n, (t, i) in enumerate(zip(machine_types, machine_ids, strict=True)):
+            rows = self._rows_of(table, str(t), str(i), what)
+            refs.append(rows)
+            own = np.flatnonzero(table["path"][rows] == paths[n]) if paths is not None else np.empty(0, int)
+            excl.append(int(own[0]) if own.size else None)
+        return refs, excl
+
+    def joint_space(self, x: torch.Tensor, weight: float) -> tuple[np.ndarray, np.ndarray, dict]:
+        """``(queries, references, reference table)`` in the joint space (:func:`joint_features`) of ``x``."""
+        if self.clipstats is None:
+            raise ScoringError(f"{self.run}: no references/clipstats.npz; run `rcmae evaluate --run {self.run}`")
+        ref = self.references.get(self.knn_space)
+        if ref is None:
+            raise ScoringError(f"{self.run}: no training embeddings; run `rcmae evaluate --run {self.run}`")
+        if not np.array_equal(ref["path"], self.clipstats["path"]):
+            raise ScoringError(f"{self.run}: embeddings and clipstats come from different clips; "
+                               f"run `rcmae evaluate --run {self.run}` after deleting thresholds.json")
+        cs = self.clipstats["z"].astype(np.float64)
+        mu, sd = cs.mean(0), cs.std(0)
+        q = joint_features(self._embed_memo(x, self.knn_space), clip_stats(x).double().cpu().numpy(), mu, sd, weight)
+        return q, joint_features(ref["z"], cs, mu, sd, weight), ref
+
+    def _joint(self, x: torch.Tensor, machine_types, machine_ids, paths=None) -> np.ndarray:
+        q, ref_joint, ref = self.joint_space(x, self.cfg.score.joint_weight)
+        rows, excl = self._refs_and_exclusions(ref, machine_types, machine_ids, paths, "knn_joint")
+        return knn_euclidean(q, [ref_joint[r] for r in rows], self.cfg.score.knn_k, exclude=excl)
+
+    def _maha(self, x: torch.Tensor, machine_types, machine_ids, paths=None) -> np.ndarray:
+        w = self.cfg.score.maha_weight
+        q, ref_joint, ref = self.joint_space(x, w)
+        rows, excl = self._refs_and_exclusions(ref, machine_types, machine_ids, paths, "maha")
+        out = np.empty(len(q))
+        for n, (r, e) in enumerate(zip(rows, excl, strict=True)):
+            # One Gaussian per machine ID (per left-out clip when fitting thresholds), reused across calls.
+            key = (self.knn_space, w, int(r[0]), len(r), e)
+            model = self._maha_cache.get(key)
+            if model is None:
+                model = fit_gaussian(np.delete(ref_joint[r], e, axis=0) if e is not None else ref_joint[r])
+                self._maha_cache[key] = model
+            out[n] = mahalanobis(q[n : n + 1], *model)[0]
+        return out
+
+    @torch.no_grad()
+    def _recon_topk(self, x: torch.Tensor) -> np.ndarray:
+        model = self.models["pretrain"]
+        out = np.empty(len(x), dtype=np.float64)
+        for row in range(len(x)):
+            errs = []
+            for w in self._windows(x[row : row + 1].to(self.device)):
+                gen = make_generator(_RECON_SEED, device=self.device)  # the recon scorer's masks
+                errs.append(model.masked_patch_errors(w.expand(self.cfg.score.recon_masks, -1, -1),
+                                                      self.cfg.score.recon_mask_ratio, gen).flatten())
+            out[row] = topk_mean(torch.cat(errs).cpu().numpy(), self.cfg.score.recon_topk)
+        return out
+
+    def _ensemble(self, x: torch.Tensor, machine_types, machine_ids, paths=None) -> np.ndarray:
+        parts = []
+        for name in self.cfg.score.ensemble:
+            moments = self.moments.get(name)
+            if moments is None:
+                raise ScoringError(f"{self.run}: no training-score moments of {name} for the ensemble; "
+                                   f"run `rcmae evaluate --run {self.run}` after deleting thresholds.json")
+            s = self._scores(x, machine_types, machine_ids, name, paths)
+            mean_std = np.array([moments.get(f"{t}/{i}", [np.nan, np.nan])
+                                 for t, i in zip(machine_types, machine_ids, strict=True)], dtype=np.float64)
+            if np.isnan(mean_std).any():
+                raise ScoringError(f"ensemble: a machine ID has no training-score moments of {name}; "
+                                   "train on it or pick another scorer")
+            parts.append((s - mean_std[:, 0]) / np.maximum(mean_std[:, 1], 1e-12))
+        return np.mean(parts, axis=0)
+
+    def _scores(self, x: torch.Tensor, machine_types: Sequence[str], machine_ids: Sequence[str], scorer: str,
+                paths: Sequence[str] | None = None) -> np.ndarray:
+        """Scores of ``x``; with ``paths`` (training clips), each clip is left out of its own reference set."""
+        key = ("score", scorer)
+        hit = self._memo.get(key)
+        tag = (tuple(map(str, machine_types)), tuple(map(str, machine_ids)), None if paths is None else tuple(paths))
+        if hit is not None and hit[0] is x and hit[1] == tag:
+            return hit[2]
+        if scorer == "idprob":
+            scores = self._idprob(x, machine_types, machine_ids)
+        elif scorer == "knn":
+            scores = self._knn(x, machine_types, machine_ids, paths)
+        elif scorer == "knn_joint":
+            scores = self._joint(x, machine_types, machine_ids, paths)
+        elif scorer == "maha":
+            scores = self._maha(x, machine_types, machine_ids, paths)
+        elif scorer == "recon_topk":
+            scores = self._recon_topk(x)
+        elif scorer == "ensemble":
+            scores = self._ensemble(x, machine_types, machine_ids, paths)
+        else:
+            scores = self._recon(x)
+        self._memo[key] = (x, tag, scores)
+        return scores
+
     def score_logmels(self, x: torch.Tensor, machine_types: Sequence[str], machine_ids: Sequence[str],
                       scorer: str | None = None) -> np.ndarray:
         """Scores of normalised log-mels ``x [B, F, T]`` (the one place every score is computed)."""
         scorer = self._scorer(scorer)
         if len(x) == 0:
             return np.empty(0)
-        if scorer == "idprob":
-            return self._idprob(x, machine_types, machine_ids)
-        if scorer == "knn":
-            return self._knn(x, machine_types, machine_ids)
-        # recon does not need the machine, but an unknown one still gets no threshold: check it up front.
-        return self._recon(x)
+        return self._scores(x, machine_types, machine_ids, scorer)
 
     def score_waveforms(self, waves: np.ndarray | torch.Tensor, machine_types: Sequence[str],
                         machine_ids: Sequence[str], scorer: str | None = None) -> np.ndarray:
@@ -412,6 +541,76 @@ def knn_distances(z: np.ndarray, references: Sequence[np.ndarray], k: int = 1,
     return out
 
 
+def knn_euclidean(q: np.ndarray, references: Sequence[np.ndarray], k: int = 1,
+                  exclude: Sequence[int | None] | None = None) -> np.ndarray:
+    """Mean Euclidean distance of each ``q[i]`` to its ``k`` nearest rows of ``references[i]``.
+
+    Args:
+        q: Query vectors ``[B, D]``.
+        references: One ``[n_i, D]`` array per query.
+        k: Neighbours averaged (capped at the reference size).
+        exclude: Per query, a reference row to leave out (leave-one-out), or ``None``.
+    """
+    out = np.empty(len(q), dtype=np.float64)
+    for i, (v, ref) in enumerate(zip(q, references, strict=True)):
+        d = np.sqrt(((np.asarray(ref, dtype=np.float64) - np.asarray(v, dtype=np.float64)) ** 2).sum(axis=1))
+        if exclude is not None and exclude[i] is not None:
+            d = np.delete(d, exclude[i])
+        if d.size == 0:
+            raise ScoringError("knn_joint: a machine ID with a single training clip has no neighbour to compare with")
+        out[i] = float(np.sort(d)[: min(k, d.size)].mean())
+    return out
+
+
+def joint_features(z: np.ndarray, stats: np.ndarray, mean: np.ndarray, std: np.ndarray,
+                   weight: float = 1.0) -> np.ndarray:
+    """The ``knn_joint`` space: ``[z / |z|, weight * (stats - mean) / std / sqrt(dim)]``.
+
+    Both blocks have a comparable (unit-order) norm, so neither drowns the other; ``stats`` are the
+    per-band mean/std log-mel of a clip (``rcmae.model.clip_stats``), ``mean``/``std`` those of the training clips.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    zn = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+    st = (np.asarray(stats, dtype=np.float64) - mean) / np.maximum(std, 1e-6) / np.sqrt(stats.shape[1])
+    return np.concatenate([zn, weight * st], axis=1)
+
+
+def fit_gaussian(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and precision matrix of ``z [n, D]`` with a Ledoit-Wolf shrunk covariance (few clips, many dims)."""
+    from sklearn.covariance import ledoit_wolf
+
+    z = np.asarray(z, dtype=np.float64)
+    if len(z) < 2:
+        raise ScoringError("maha: a machine ID needs at least 2 normal training clips for a covariance")
+    cov, _ = ledoit_wolf(z)
+    # The shrunk covariance is well conditioned: a plain inverse is ~10x faster than the estimator's pinvh,
+    # which matters for the leave-one-out fits (one per training clip).
+    return z.mean(axis=0), np.linalg.inv(cov)
+
+
+def mahalanobis(z: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """Mahalanobis distances ``sqrt((z - mean) P (z - mean))`` of the rows of ``z``."""
+    d = np.asarray(z, dtype=np.float64) - mean
+    return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, precision, d), 0.0))
+
+
+def topk_mean(errors: np.ndarray, fraction: float) -> float:
+    """Mean of the largest ``ceil(fraction * n)`` values (at least one) of ``errors``."""
+    errors = np.asarray(errors, dtype=np.float64).ravel()
+    k = max(1, int(np.ceil(fraction * errors.size)))
+    return float(np.partition(errors, errors.size - k)[errors.size - k :].mean())
+
+
+def _load_rows(path: Path) -> dict | None:
+    """The train rows of an ``embeddings/*.npz``-schema file, or ``None`` when it does not exist."""
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as npz:
+        train = npz["split"] == "train"
+        return {"z": npz["z"][train].astype(np.float32), "machine_type": npz["machine_type"][train].astype(str),
+                "machine_id": npz["machine_id"][train].astype(str), "path": npz["path"][train].astype(str)}
+
+
 # --------------------------------------------------------------------------------- run-level fitting/evaluation
 def _save_embeddings(path: Path, z: np.ndarray, paths, types, ids, split: str, labels, keep_other: bool) -> None:
     """Write/merge ``embeddings/<space>.npz`` rows of one split (rows of the other split are kept)."""
@@ -450,35 +649,34 @@ def fit_run(run: str | os.PathLike, train: TrainData | None = None, progress: bo
                          ["normal"] * len(z), keep_other=False)  # the weights changed: old test rows are stale
         det.references[space] = {"z": z, "machine_type": np.asarray(types), "machine_id": np.asarray(ids),
                                  "path": np.asarray(train.paths)}
+    cs = clip_stats(train.x).float().cpu().numpy()
+    _save_embeddings(run / "references" / "clipstats.npz", cs, train.paths, types, ids, "train",
+                     ["normal"] * len(cs), keep_other=False)
+    det.clipstats = {"z": cs, "machine_type": np.asarray(types), "machine_id": np.asarray(ids),
+                     "path": np.asarray(train.paths)}
     thresholds: dict[str, dict[str, float]] = {}
+    moments: dict[str, dict[str, list[float]]] = {}
+    det.moments = moments
     rows = []
+    paths = list(map(str, train.paths))
     for scorer in det.scorers:
-        if scorer == "knn":
-            # Leave-one-out: a training clip must not be its own nearest neighbour.
-            ref = det.references[det.knn_space]
-            refs, excl = [], []
-            for t, i, p in zip(types, ids, train.paths, strict=True):
-                sel = np.flatnonzero((ref["machine_type"] == t) & (ref["machine_id"] == i))
-                refs.append(ref["z"][sel])
-                own = np.flatnonzero(ref["path"][sel] == p)
-                excl.append(int(own[0]) if own.size else None)
-            if any(len(r) < 2 for r in refs):
-                print("knn: a machine ID has a single training clip; its knn threshold is not fitted", file=sys.stderr)
-                continue
-            z = det.embed(train.x, det.knn_space).float().cpu().numpy()
-            scores = knn_distances(z, refs, cfg.score.knn_k, exclude=excl)
-        else:
-            scores = det.score_logmels(train.x, types, ids, scorer)
-        thresholds[scorer] = {}
+        try:
+            # Leave-one-out (knn, knn_joint, maha): a training clip is not its own reference.
+            scores = det._scores(train.x, types, ids, scorer, paths)
+        except ScoringError as err:
+            print(f"{scorer}: {err}; its threshold is not fitted", file=sys.stderr)
+            continue
+        thresholds[scorer], moments[scorer] = {}, {}
         for key in sorted(set(zip(types, ids, strict=True))):
             sel = [n for n, ti in enumerate(zip(types, ids, strict=True)) if ti == key]
             thresholds[scorer][f"{key[0]}/{key[1]}"] = fit_threshold(scores[sel], cfg.score.threshold,
                                                                      cfg.score.threshold_q)
+            moments[scorer][f"{key[0]}/{key[1]}"] = [float(np.mean(scores[sel])), float(np.std(scores[sel]))]
         rows += [{"path": p, "machine_type": t, "machine_id": i, "scorer": scorer, "score": float(s)}
                  for p, t, i, s in zip(train.paths, types, ids, scores, strict=True)]
     write_json(run / "thresholds.json", {"method": cfg.score.threshold, "q": cfg.score.threshold_q,
                                          "scorers": det.scorers, "default_scorer": det.default_scorer,
-                                         "thresholds": thresholds})
+                                         "thresholds": thresholds, "moments": moments})
     frame = pd.DataFrame(rows, columns=["path", "machine_type", "machine_id", "scorer", "score"])
     atomic_write_text(run / "train_scores.csv", frame.to_csv(index=False))
     for note in det.notes:

@@ -104,7 +104,7 @@ def test_page_renders_with_finished_run(page: str, full_ws: Workspace) -> None:
     elif page == "results":
         assert len(at.get("plotly_chart")) >= 4  # ROC, histogram and the two embedding maps
     elif page == "score":
-        assert at.selectbox[0].value.name == "tiny-run" and at.selectbox[1].value in ("idprob", "knn", "recon")
+        assert at.selectbox[0].value.name == "tiny-run" and at.selectbox[1].value in ("idprob", "knn", "recon", "maha")
 
 
 def test_data_page_counts(full_ws: Workspace, tiny_dcase: Path) -> None:

@@ -67,6 +67,13 @@ def test_overrides_are_typed_by_field():
     assert cfg.score.knn_space == "pretrain"
     assert cfg.features.fmax == 7000.0 and isinstance(cfg.features.fmax, float)
     assert cfg.pretrain.grad_clip is None
+    # The paper stays paper-faithful (idprob, its loss weights); tiny scores with maha (bench/results/training.md).
+    paper = load_config("paper")
+    assert paper.score.default_scorer == "idprob" and cfg.score.default_scorer == "maha"
+    assert (paper.pretrain.w_nce, paper.pretrain.w_vcr, paper.pretrain.w_mae) == (0.3, 0.3, 0.4)
+    assert (paper.finetune.w_supcon, paper.finetune.w_ce) == (1.0, 1.0)
+    scored = load_config("tiny", ["score.ensemble=[knn_joint, recon]", "score.maha_weight=2"])
+    assert scored.score.ensemble == ["knn_joint", "recon"] and scored.score.maha_weight == 2.0
     again = apply_overrides(cfg, ["pretrain.crop_frames=none"])
     assert again.pretrain.crop_frames is None and cfg.pretrain.crop_frames == 48  # a copy, not in place
 
@@ -83,6 +90,10 @@ def test_overrides_are_typed_by_field():
         ("pretrain=3", "is a section"),
         ("pretrain.lr", "not KEY=VALUE"),
         ("model.embed_dim=30", "multiple of 4"),
+        ("score.recon_topk=0", "score.recon_topk=0.0: must be in (0, 1]"),
+        ("score.maha_weight=-1", "must be >= 0"),
+        ("score.ensemble=[knn,bogus]", "list one or more of idprob, knn, recon"),
+        ("score.default_scorer=mahal", "'maha'"),
     ],
 )
 def test_override_errors_are_one_line(override, needle):

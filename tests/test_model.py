@@ -235,6 +235,29 @@ def test_reconstruction_error_matches_manual_loop():
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
 
 
+def test_masked_patch_errors_match_manual_loop():
+    m = tiny(norm_pix_loss=True)
+    x = torch.randn(2, 32, 40, generator=gen())
+    got = m.masked_patch_errors(x, 0.5, gen(12), n_masks=2)
+    g = gen(12)
+    want: list[list[float]] = [[], []]
+    with torch.no_grad():
+        for _ in range(2):
+            latent, mask, ids_restore = m.forward_encoder(x, 0.5, g)
+            pred, patches = m.forward_decoder(latent, ids_restore).double(), m.patchify(x).double()
+            for b in range(2):
+                for i in range(32):
+                    if mask[b, i]:
+                        t = patches[b, i]
+                        t = (t - t.mean()) / math.sqrt(float(t.var()) + 1e-6)
+                        want[b].append(float(((pred[b, i] - t) ** 2).mean()))
+    assert got.shape == (2, 2 * 16)
+    np.testing.assert_allclose(got.numpy(), np.array(want), rtol=1e-5)
+    # Their per-clip mean is the recon score under the same masks.
+    np.testing.assert_allclose(got.mean(1).numpy(), m.reconstruction_error(x, 0.5, gen(12), n_masks=2).numpy(),
+                               rtol=1e-5)
+
+
 def test_training_step_gives_finite_gradients_to_every_part():
     m = tiny(n_classes=2, stat_fusion=True, pool="cls")
     x = torch.randn(4, 32, 37, generator=gen())

@@ -12,7 +12,20 @@ import torch
 
 from rcmae import cli, train
 from rcmae.audio import load_audio
-from rcmae.score import Detector, ScoringError, evaluate_run, fit_threshold, knn_distances
+from rcmae.datasets import make_generator
+from rcmae.score import (
+    _RECON_SEED,
+    Detector,
+    ScoringError,
+    evaluate_run,
+    fit_gaussian,
+    fit_threshold,
+    joint_features,
+    knn_distances,
+    knn_euclidean,
+    mahalanobis,
+    topk_mean,
+)
 
 TINY = [
     "model.embed_dim=32", "model.depth=1", "model.heads=2", "model.decoder_embed_dim=32", "model.decoder_depth=1",
@@ -127,7 +140,7 @@ def test_recon_is_deterministic_and_batch_independent(det, tiny_dcase):
 def test_cli_api_and_evaluate_give_the_same_number(det, run, tiny_dcase, capsys):
     path = _clip(tiny_dcase, "anomaly", "valve", "02", 1)
     scores = pd.read_csv(run / "eval" / "scores.csv").set_index("path")
-    for scorer in ("idprob", "knn", "recon"):
+    for scorer in ("idprob", "knn", "recon", "knn_joint", "maha", "recon_topk", "ensemble"):
         api = Detector.load(run).score(path, scorer=scorer)
         assert cli.main(["score", "--run", str(run), str(path), "--scorer", scorer, "--json"]) == 0
         cli_row = json.loads(capsys.readouterr().out)[0]
@@ -139,8 +152,8 @@ def test_cli_api_and_evaluate_give_the_same_number(det, run, tiny_dcase, capsys)
         assert api["threshold"] == det.threshold(scorer, "valve", "02")
         assert api["decision"] == ("anomaly" if api["score"] > api["threshold"] else "normal")
         assert scores.loc[str(path), f"decision_{scorer}"] == api["decision"]
-    assert det.default_scorer == "idprob"
-    assert det.score(path)["scorer"] == "idprob"
+    assert det.default_scorer == "maha"  # the tiny preset's (the paper preset keeps idprob)
+    assert det.score(path)["scorer"] == "maha"
     before = json.loads((run / "eval" / "results.knn.json").read_text())
     assert cli.main(["evaluate", "--run", str(run), "--scorer", "knn"]) == 0
     assert "knn: AUC" in capsys.readouterr().out
@@ -183,3 +196,133 @@ def test_crop_training_scores_by_averaging_windows(tiny_dcase, tmp_path):
     assert json.loads((out / "progress.json").read_text())["step"] == 1 * 3
     m = pd.read_csv(out / "metrics.csv")
     assert (m[(m["stage"] == "pretrain") & (m["kind"] == "step")]["step"]).max() == 6  # 2 crops per clip
+
+
+# ------------------------------------------------------------------------------ small-data scorers (issue 3)
+def test_knn_euclidean_matches_sklearn():
+    from sklearn.neighbors import NearestNeighbors
+
+    rng = np.random.default_rng(2)
+    q = rng.normal(size=(5, 7))
+    refs = [rng.normal(size=(8, 7)) for _ in range(5)]
+    for k in (1, 3):
+        expected = [NearestNeighbors(n_neighbors=k).fit(r).kneighbors(v[None])[0].mean() for v, r in zip(q, refs,
+                                                                                                        strict=True)]
+        assert np.allclose(knn_euclidean(q, refs, k), expected)
+    # Leave-one-out: the nearest other row, i.e. sklearn's second neighbour of a training row.
+    loo = knn_euclidean(refs[0][:3], [refs[0]] * 3, 1, exclude=[0, 1, 2])
+    assert np.allclose(loo, NearestNeighbors(n_neighbors=2).fit(refs[0]).kneighbors(refs[0][:3])[0][:, 1])
+    with pytest.raises(ScoringError, match="single training clip"):
+        knn_euclidean(refs[0][:1], [refs[0][:1]], 1, exclude=[0])
+
+
+def test_joint_features_mahalanobis_and_topk_match_references():
+    import scipy.spatial.distance
+    from sklearn.covariance import ledoit_wolf
+
+    # Hand-computed: z -> z/|z| = (0.6, 0.8); stats block 2 * ((1, 3) - (0, 1)) / (1, 2) / sqrt(2) = (sqrt2, sqrt2).
+    out = joint_features(np.array([[3.0, 4.0]]), np.array([[1.0, 3.0]]), np.array([0.0, 1.0]), np.array([1.0, 2.0]),
+                         2.0)
+    assert np.allclose(out, [[0.6, 0.8, np.sqrt(2), np.sqrt(2)]])
+    rng = np.random.default_rng(3)
+    ref = rng.normal(size=(12, 20)) * rng.uniform(0.5, 3.0, size=20)
+    q = rng.normal(size=(4, 20))
+    # Ledoit & Wolf (2004) shrinkage written out: S = X'X / n (centred), target mu * I.
+    n, p = ref.shape
+    xc = ref - ref.mean(0)
+    s = xc.T @ xc / n
+    mu = np.trace(s) / p
+    delta = ((s - mu * np.eye(p)) ** 2).sum() / p
+    beta = min(sum(((np.outer(v, v) - s) ** 2).sum() for v in xc) / (n * n * p), delta)
+    cov = (1 - beta / delta) * s + beta / delta * mu * np.eye(p)
+    assert np.allclose(cov, ledoit_wolf(ref)[0])
+    vi = np.linalg.inv(cov)
+    expected = [scipy.spatial.distance.mahalanobis(v, ref.mean(0), vi) for v in q]
+    assert np.allclose(mahalanobis(q, *fit_gaussian(ref)), expected, rtol=1e-6)
+    with pytest.raises(ScoringError, match="at least 2"):
+        fit_gaussian(ref[:1])
+    errors = rng.random(37)
+    for frac in (0.01, 0.1, 0.5, 1.0):
+        k = max(1, int(np.ceil(frac * 37)))
+        assert topk_mean(errors, frac) == pytest.approx(sum(sorted(errors, reverse=True)[:k]) / k)
+
+
+def _train_rows(run, mtype, mid):
+    emb = np.load(run / "embeddings" / "finetune.npz")
+    cs = np.load(run / "references" / "clipstats.npz")
+    train_rows = emb["split"] == "train"
+    assert list(emb["path"][train_rows]) == list(cs["path"])  # one row order for both
+    z, stats = emb["z"][train_rows].astype(float), cs["z"].astype(float)
+    sel = (cs["machine_type"] == mtype) & (cs["machine_id"] == mid)
+    return z, stats, sel, cs["path"]
+
+
+def _joint_by_hand(z, stats, mu, sd, w):
+    zn = z / np.linalg.norm(z, axis=-1, keepdims=True)
+    return np.concatenate([zn, w * (stats - mu) / sd / np.sqrt(stats.shape[-1])], axis=-1)
+
+
+def test_knn_joint_and_maha_are_brute_force(det, run, tiny_dcase):
+    from sklearn.covariance import ledoit_wolf
+
+    path = _clip(tiny_dcase, "anomaly", "valve", "00", 2)
+    x = det.features(load_audio(path)[None])
+    zq = det.embed(x, "finetune")[0].double().numpy()
+    xs = x[0].double().numpy()
+    sq = np.concatenate([xs.mean(axis=1), xs.std(axis=1)])  # per-band mean and population std over time
+    z, stats, sel, paths = _train_rows(run, "valve", "00")
+    mu, sd = stats.mean(0), stats.std(0)
+    # knn_joint: Euclidean, mean of the knn_k = 2 nearest joint vectors of the machine ID.
+    q, ref = _joint_by_hand(zq, sq, mu, sd, 1.0), _joint_by_hand(z[sel], stats[sel], mu, sd, 1.0)
+    d = sorted(float(np.sqrt(sum((a - b) ** 2 for a, b in zip(q, r, strict=True)))) for r in ref)
+    assert det.score(path, scorer="knn_joint")["score"] == pytest.approx(np.mean(d[:2]), rel=1e-5)
+    # maha: Ledoit-Wolf Gaussian of the machine ID in the joint space weighted by maha_weight.
+    w = det.cfg.score.maha_weight
+    q, ref = _joint_by_hand(zq, sq, mu, sd, w), _joint_by_hand(z[sel], stats[sel], mu, sd, w)
+    cov, _ = ledoit_wolf(ref)
+    diff = q - ref.mean(0)
+    assert det.score(path, scorer="maha")["score"] == pytest.approx(np.sqrt(diff @ np.linalg.solve(cov, diff)),
+                                                                    rel=1e-4)
+    # Training scores are leave-one-out: the Gaussian of the other five clips.
+    train_scores = pd.read_csv(run / "train_scores.csv", dtype={"machine_id": str})
+    row = train_scores[(train_scores["scorer"] == "maha") & (train_scores["path"] == paths[sel][0])].iloc[0]
+    cov, _ = ledoit_wolf(ref[1:])
+    diff = ref[0] - ref[1:].mean(0)
+    assert row["score"] == pytest.approx(np.sqrt(diff @ np.linalg.solve(cov, diff)), rel=1e-4)
+
+
+def test_recon_topk_is_the_top_fraction_of_masked_patch_errors(det, run, tiny_dcase):
+    path = _clip(tiny_dcase, "anomaly", "fan", "00", 3)
+    x = det.features(load_audio(path)[None])
+    model, n = det.models["pretrain"], det.cfg.score.recon_masks
+    gen = make_generator(_RECON_SEED)  # the scorer's fixed mask stream
+    with torch.no_grad():
+        latent, mask, ids_restore = model.forward_encoder(x.expand(n, -1, -1), det.cfg.score.recon_mask_ratio, gen)
+        pred, target = model.forward_decoder(latent, ids_restore), model.target(x)[0]
+    errors = [float(((pred[b, p] - target[p]) ** 2).mean()) for b in range(n) for p in range(mask.shape[1])
+              if mask[b, p] > 0]
+    k = int(np.ceil(det.cfg.score.recon_topk * len(errors)))
+    assert det.score(path, scorer="recon_topk")["score"] == pytest.approx(
+        sum(sorted(errors, reverse=True)[:k]) / k, rel=1e-5)
+    # With every masked patch kept it is the recon score (same masks, same patches).
+    whole = Detector.load(run)
+    whole.cfg.score.recon_topk = 1.0
+    assert whole.score(path, scorer="recon_topk")["score"] == pytest.approx(np.mean(errors), rel=1e-5)
+    assert whole.score(path, scorer="recon_topk")["score"] == pytest.approx(det.score(path, scorer="recon")["score"],
+                                                                            rel=1e-5)
+
+
+def test_ensemble_standardises_each_scorer_with_its_training_scores(det, run, tiny_dcase):
+    path = _clip(tiny_dcase, "normal", "valve", "02", 1)
+    train_scores = pd.read_csv(run / "train_scores.csv", dtype={"machine_id": str})
+    mine = train_scores[(train_scores["machine_type"] == "valve") & (train_scores["machine_id"] == "02")]
+    parts, train_parts = [], []
+    for name in det.cfg.score.ensemble:
+        ts = mine[mine["scorer"] == name].set_index("path")["score"]
+        mean, std = ts.mean(), ts.std(ddof=0)
+        parts.append((det.score(path, scorer=name)["score"] - mean) / std)
+        train_parts.append((ts - mean) / std)
+    assert det.score(path, scorer="ensemble")["score"] == pytest.approx(np.mean(parts), rel=1e-6)
+    # The ensemble's own training scores combine the (leave-one-out) training scores of its parts.
+    ens = mine[mine["scorer"] == "ensemble"].set_index("path")["score"]
+    assert np.allclose(ens.sort_index(), sum(train_parts).sort_index() / len(train_parts))

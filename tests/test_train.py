@@ -106,7 +106,7 @@ def test_results_aucs_match_sklearn_on_csv_scores(trained):
             assert row["auc"] == pytest.approx(roc_auc_score(y, csv["score"]))
             assert row["pauc"] == pytest.approx(roc_auc_score(y, csv["score"], max_fpr=0.1))
     default = json.loads((run / "eval" / "results.json").read_text())
-    assert default == results["idprob"]
+    assert default == results["maha"]  # the tiny preset's default scorer
 
 
 class _Crash(Callback):
@@ -214,18 +214,21 @@ def test_single_machine_id_falls_back_to_knn(tmp_path, capsys):
             f.unlink()
     for f in (data / "dev_data" / "valve").rglob("*.wav"):
         f.unlink()
-    run = train.pretrain(data, tmp_path / "r", overrides=SHORT + ["pretrain.epochs=1"], progress=False)
+    # The paper's default scorer (idprob) needs two machine IDs: the run falls back to knn.
+    run = train.pretrain(data, tmp_path / "r", overrides=SHORT + ["pretrain.epochs=1", "score.default_scorer=idprob"],
+                         progress=False)
     train.finetune(run, epochs=1, progress=False)
     out = capsys.readouterr().out
     assert "single machine ID (fan id 00)" in out and "falls back to knn" in out
     assert not train.checkpoint_path(run, "finetune").exists()
     det = Detector.load(run)
-    assert det.scorers == ["knn", "recon"] and det.default_scorer == "knn"
+    assert det.scorers == ["knn", "recon", "knn_joint", "maha", "recon_topk", "ensemble"]
+    assert det.default_scorer == "knn"
     info = json.loads((run / "run.json").read_text())
     assert info["default_scorer"] == "knn" and "skipped" in info["stages"]["finetune"]
     assert any("using knn" in n for n in info["notes"])
     results = evaluate_run(run, progress=False)
-    assert set(results) == {"knn", "recon"}
+    assert set(results) == {"knn", "recon", "knn_joint", "maha", "recon_topk", "ensemble"}
     assert json.loads((run / "eval" / "results.json").read_text())["system"] == "rcmae-knn"
 
 

@@ -4,33 +4,19 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import platform
 import shlex
 import sys
 from pathlib import Path
 
 
 def machine() -> str:
-    """One line: CPU model, cores, memory, GPU (if any), torch version."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    try:
-        import psutil
+    """One line: CPU model, cores, memory, GPU (if any), torch version (from ``rcmae.benchmark.machine_info``)."""
+    from rcmae.benchmark import machine_info
 
-        mem = f"{psutil.virtual_memory().total / 2**30:.0f} GiB"
-    except ImportError:
-        mem = "? GiB"
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {cores} cores, {mem}, {gpu}, torch {torch.__version__}, Python {platform.python_version()}"
+    m = machine_info()
+    gpu = ", ".join(m["gpu"]) or "no GPU"
+    return (f"{m['cpu'] or 'unknown CPU'}, {m['usable_cores']} cores, {m['memory_gib']:.0f} GiB, {gpu}, "
+            f"torch {m['torch']}, Python {m['python']}")
 
 
 def header(title: str) -> str:

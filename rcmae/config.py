@@ -231,7 +231,8 @@ def config_to_dict(cfg: RunConfig) -> dict:
 
 def _resolve_preset(preset: str | os.PathLike) -> Path:
     path = Path(preset)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    # A folder that happens to be called "tiny" is not a preset file: only files or YAML names are paths.
+    if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
             raise FileNotFoundError(f"{path}: preset file not found; pass tiny, paper, audiomae or a YAML file path")
         return path

@@ -725,8 +725,16 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, 
     out_dir = run / "eval"
     results: dict[str, dict] = {}
     scores_table = test[["path", "machine_type", "machine_id", "label"]].copy()
+    skipped: dict[str, str] = {}
     for name in scorers:
-        scores = det.score_logmels(x, types, ids, name)
+        try:
+            scores = det.score_logmels(x, types, ids, name)
+        except ScoringError as err:
+            # One scorer that cannot work on this run (e.g. too few clips for a covariance) must not
+            # cost the user the others: report it and go on.
+            skipped[name] = str(err)
+            print(f"evaluate: scorer {name} skipped: {err}", file=sys.stderr)
+            continue
         table = test.assign(score=scores)
         res = evaluate_scores(table, system=f"rcmae-{name}", data=str(data))
         write_results(res, table, out_dir / name, name="results.json")
@@ -739,12 +747,20 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, 
         scores_table[f"decision_{name}"] = [None if h is None else ("anomaly" if s > h else "normal")
                                             for s, h in zip(scores, thr, strict=True)]
         results[name] = res
+    if not results:
+        raise ScoringError(f"{run}: no scorer could score this run ({'; '.join(skipped.values())})")
+    if det.default_scorer not in results:
+        stand_in = next(iter(results))
+        print(f"evaluate: the default scorer {det.default_scorer} was skipped; eval/results.json holds {stand_in}",
+              file=sys.stderr)
+        write_results(results[stand_in], test.assign(score=scores_table[f"score_{stand_in}"]), out_dir,
+                      name="results.json")
     atomic_write_text(out_dir / "scores.csv", scores_table.to_csv(index=False))
     for space in det.models:
         z = det.embed(x, space).float().cpu().numpy()
         _save_embeddings(run / "embeddings" / f"{space}.npz", z, list(test["path"]), types, ids, "test",
                          list(test["label"]), keep_other=True)
-    update_run_json(run, evaluated={"data": str(data.resolve()), "scorers": scorers,
-                                    "default_scorer": det.default_scorer,
+    update_run_json(run, evaluated={"data": str(data.resolve()), "scorers": list(results),
+                                    "default_scorer": det.default_scorer, "skipped_scorers": skipped,
                                     "average": {k: v["average"] for k, v in results.items()}})
     return results

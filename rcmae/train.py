@@ -283,7 +283,7 @@ class _StageModule(L.LightningModule):
 
     def _check_finite(self, parts: dict[str, torch.Tensor]) -> None:
         if not torch.isfinite(parts["loss"]).all():
-            detail = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
+            detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in parts.items())
             raise TrainingDiverged(
                 f"{self.stage}: non-finite loss at epoch {self.current_epoch + 1}, step {self.global_step + 1} "
                 f"({detail}); lower {self.stage}.lr (e.g. --set {self.stage}.lr=...) and rerun with --resume "
@@ -734,6 +734,10 @@ def finetune(
         return run
     model, _ = _model_from_checkpoint(pre)
     model.set_num_classes(len(train.classes))
+    # Fine-tuning never runs the decoder: freeze it, so that DDP does not wait for gradients that never come.
+    for name, param in model.named_parameters():
+        if name.startswith(("decoder_", "mask_token")):
+            param.requires_grad_(False)
     if resume:
         _check_resume_checkpoint(last, model.config)
     if _launcher_rank_zero():

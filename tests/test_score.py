@@ -326,3 +326,30 @@ def test_ensemble_standardises_each_scorer_with_its_training_scores(det, run, ti
     # The ensemble's own training scores combine the (leave-one-out) training scores of its parts.
     ens = mine[mine["scorer"] == "ensemble"].set_index("path")["score"]
     assert np.allclose(ens.sort_index(), sum(train_parts).sort_index() / len(train_parts))
+
+
+def test_evaluate_skips_a_scorer_that_cannot_fit_and_keeps_the_others(tiny_dcase, tmp_path, capsys):
+    # Two training clips per ID: leave-one-out leaves one clip, too few for maha's covariance, so maha has no
+    # training-score moments and the ensemble (knn + maha, standardised by those moments) cannot score.
+    import shutil
+
+    data = tmp_path / "few"
+    for wav in sorted(tiny_dcase.rglob("*.wav")):
+        rel = wav.relative_to(tiny_dcase)
+        if "train" in rel.parts and int(wav.stem[-8:]) >= 2:
+            continue
+        (data / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(wav, data / rel)
+    out = tmp_path / "run"
+    train.pretrain(data, out, epochs=1, overrides=[*TINY, "score.default_scorer=ensemble"], progress=False)
+    capsys.readouterr()
+    results = evaluate_run(out, progress=False)
+    err = capsys.readouterr().err
+    assert "scorer ensemble skipped" in err and "default scorer ensemble was skipped" in err
+    assert "ensemble" not in results and {"knn", "recon", "maha"} <= set(results)
+    evaluated = json.loads((out / "run.json").read_text())["evaluated"]
+    assert list(evaluated["skipped_scorers"]) == ["ensemble"] and evaluated["scorers"] == list(results)
+    # The default was skipped: results.json holds the first scorer that worked, equal to its own file.
+    stand_in = next(iter(results))
+    assert json.loads((out / "eval" / "results.json").read_text()) == results[stand_in]
+    assert not (out / "eval" / "results.ensemble.json").exists()

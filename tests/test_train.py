@@ -294,3 +294,33 @@ def test_resume_extends_a_finished_run_to_more_epochs(short_data, tmp_path):
     a, b = _weights(train.checkpoint_path(full, "pretrain")), _weights(train.checkpoint_path(part, "pretrain"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((part / "run.json").read_text())["stages"]["pretrain"]["resumed"] is True
+
+
+def test_two_process_ddp_on_cpu_splits_the_data_and_fine_tunes(tiny_dcase, tmp_path):
+    # The multi-device path (DDP, here 2 CPU processes over gloo) is the one several GPUs take. Lightning re-launches
+    # the command for rank 1, so it must run as the real console script, not inside pytest.
+    import os
+    import subprocess
+    import sys
+
+    rcmae_bin = Path(sys.executable).parent / "rcmae"
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["--accelerator", "cpu", "--devices", "2", "--epochs", "2"]
+    pre = subprocess.run([str(rcmae_bin), "pretrain", "--data", str(tiny_dcase), "--out", str(out), "--preset", "tiny",
+                          "--set", "pretrain.batch_size=8", *common], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert pre.returncode == 0, pre.stderr[-2000:]
+    fin = subprocess.run([str(rcmae_bin), "finetune", "--run", str(out), *common], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert fin.returncode == 0, fin.stderr[-2000:]
+    stages = json.loads((out / "run.json").read_text())["stages"]
+    cfg = load_config("tiny")
+    clips = len(list((tiny_dcase / "dev_data").glob("*/train/*.wav")))
+    # Each rank sees half of the crops: steps per epoch = ceil(clips * crops / 2 ranks / batch 8).
+    per_epoch = math.ceil(clips * cfg.pretrain.crops_per_clip / 2 / 8)
+    assert stages["pretrain"]["strategy"] == "ddp" and stages["pretrain"]["steps"] == 2 * per_epoch
+    assert stages["finetune"]["strategy"] == "ddp" and stages["finetune"]["steps"] >= 2
+    det = Detector.load(out)
+    z = det.embed(torch.zeros(1, cfg.model.n_mels, 313), "finetune")
+    assert torch.isfinite(z).all()

@@ -30,8 +30,8 @@ class ConfigError(ValueError):
 
 
 @dataclass
-class PretrainConfig:
-    """Self-supervised stage: MAE + InfoNCE + variance/covariance regularisation (paper Eq. 2-8)."""
+class StageConfig:
+    """Optimisation settings both training stages share (defaults: the paper's Adam 1e-4, batch 128)."""
 
     epochs: int = 400
     batch_size: int = 128
@@ -40,6 +40,12 @@ class PretrainConfig:
     warmup_epochs: int = 0
     schedule: Literal["cosine", "constant"] = "constant"
     optimizer: Literal["adam", "adamw"] = "adam"
+
+
+@dataclass
+class PretrainConfig(StageConfig):
+    """Self-supervised stage: MAE + InfoNCE + variance/covariance regularisation (paper Eq. 2-8)."""
+
     w_nce: float = 0.3
     w_vcr: float = 0.3
     w_mae: float = 0.4
@@ -54,16 +60,10 @@ class PretrainConfig:
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(StageConfig):
     """Supervised stage: SupCon + cross-entropy over (machine_type, machine_id) classes (paper Eq. 9-10)."""
 
     epochs: int = 50
-    batch_size: int = 128
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    warmup_epochs: int = 0
-    schedule: Literal["cosine", "constant"] = "constant"
-    optimizer: Literal["adam", "adamw"] = "adam"
     w_supcon: float = 1.0
     w_ce: float = 1.0
     tau: float = 0.1

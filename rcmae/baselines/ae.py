@@ -40,7 +40,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import soundfile as sf
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -229,31 +228,19 @@ def _val_loss(model: DenseAE, logmels: torch.Tensor, ids: torch.Tensor, n_vec: i
 
 def clip_seconds(path: str) -> float:
     """Length of a clip in seconds (ToyCar clips are 11 s, the others 10 s)."""
-    try:
-        info = sf.info(path)
-    except (RuntimeError, sf.LibsndfileError) as err:
-        raise ValueError(f"{path}: cannot read the file header ({err}); replace or remove the file") from err
-    return info.frames / info.samplerate
+    from rcmae.audio import audio_info
+
+    return audio_info(path)["duration"]
 
 
 def compute_logmels(
-    paths: list[str], front: LogMel, duration: float, chunk: int = 128, progress: bool = True, desc: str = "log-mel"
+    paths: list[str], front: LogMel, duration: float, progress: bool = True, desc: str = "log-mel"
 ) -> tuple[torch.Tensor, list[str], list[tuple[str, str]]]:
-    """Load ``paths`` in chunks and return (log-mel ``[n, F, T]``, kept paths, skipped (path, reason))."""
-    from rcmae.data import load_waveforms
+    """Load ``paths`` (bad files skipped) and return (log-mel ``[n, F, T]``, kept paths, skipped (path, reason))."""
+    from rcmae.datasets import compute_logmels as shared_logmels
 
-    mels, kept, skipped = [], [], []
-    sr = front.config.sample_rate
-    for start in tqdm(range(0, len(paths), chunk), desc=desc, unit="chunk", disable=not progress):
-        waves, ok, report = load_waveforms(paths[start : start + chunk], sample_rate=sr, duration=duration)
-        skipped += list(report.skipped)
-        if len(ok):
-            mels.append(front.transform_batches(waves, batch_size=32))
-            kept += [str(p) for p in ok]
-    if not mels:
-        n_frames = front.config.n_frames(round(duration * sr))
-        return torch.empty(0, front.config.n_mels, n_frames), kept, skipped
-    return torch.cat(mels), kept, skipped
+    mels, kept, report = shared_logmels(paths, front, front.config.sample_rate, duration, progress=progress, desc=desc)
+    return mels, kept, list(report.skipped)
 
 
 def _atomic_torch_save(obj: dict, path: Path) -> None:

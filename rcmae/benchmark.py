@@ -142,46 +142,9 @@ def _run_child(spec: dict) -> dict:
     train.pretrain(data=Path(spec["data"]), out=run, preset=spec["preset"], aug=spec["aug"],
                    epochs=spec.get("pretrain_epochs"), overrides=overrides, progress=False,
                    fit_scores=not no_pretraining)
-    if no_pretraining:
-        _initial_checkpoint(run)
     train.finetune(run=run, data=Path(spec["data"]), progress=False)
     results = score.evaluate_run(run, data=Path(spec["data"]), progress=False)
     return {f"{spec['system']}:{name}": res for name, res in results.items()}
-
-
-def _initial_checkpoint(run: Path) -> None:
-    """For ``rcmae-nopretrain``: store the seeded random initial weights as the "pretrained" checkpoint.
-
-    Lightning writes no checkpoint for 0 epochs; fine-tuning and scoring read the model from
-    ``checkpoints/pretrain-last.ckpt`` (``state_dict`` with ``model.`` keys plus the ``rcmae`` block
-    that ``rcmae.train`` saves), so the untrained model is written in that layout. A no-op when
-    the checkpoint exists.
-    """
-    import dataclasses
-    import io
-
-    import torch
-
-    import rcmae
-    from rcmae import config as rconfig
-    from rcmae.files import atomic_write_bytes
-    from rcmae.model import RCMAE
-    from rcmae.train import checkpoint_path
-
-    ckpt = checkpoint_path(run, "pretrain", "last")
-    if ckpt.is_file():
-        return
-    cfg = rconfig.load_config(run / "config.yaml")
-    torch.manual_seed(cfg.seed)
-    model = RCMAE(cfg.model)
-    state = {
-        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-        "rcmae": {"stage": "pretrain", "config": rconfig.config_to_dict(cfg),
-                  "model_config": dataclasses.asdict(model.config), "version": rcmae.__version__},
-    }
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(ckpt, buf.getvalue())
 
 
 def _child_main(spec_path: str) -> int:

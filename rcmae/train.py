@@ -653,6 +653,10 @@ def pretrain(
                    cfg.pretrain.num_workers)
     if not trainer.is_global_zero:
         return out
+    last_ckpt = checkpoint_path(out, "pretrain", "last")
+    if cfg.pretrain.epochs == 0 and not last_ckpt.is_file():
+        # "No pretraining" (the ablation) still needs a checkpoint to fine-tune from: the seeded initial weights.
+        trainer.save_checkpoint(last_ckpt)
     info = read_run_json(out)
     stages = info.get("stages", {})
     stages["pretrain"] = {"finished": _now(), "epochs": cfg.pretrain.epochs, "steps": trainer.global_step,
@@ -722,8 +726,8 @@ def finetune(
     stages = info.get("stages", {})
     if len(train.classes) < 2:
         message = (f"finetune: {data} has a single machine ID ({train.classes[0][0]} id {train.classes[0][1]}); "
-                   "there are no classes to tell apart, so fine-tuning is skipped and idprob is unavailable "
-                   "(the default scorer falls back to knn)")
+                   "there are no classes to tell apart, so fine-tuning is skipped and idprob is unavailable"
+                   + (" (the default scorer falls back to knn)" if cfg.score.default_scorer == "idprob" else ""))
         print(message, flush=True)
         stages["finetune"] = {"skipped": message}
         update_run_json(run, stages=stages, data=str(data.resolve()))

@@ -167,28 +167,26 @@ def test_systems_table_and_override_parsing():
         run_benchmark("/nonexistent/data", "/tmp/unused", ["knn"])
 
 
-def test_nopretrain_checkpoint_is_read_back_by_the_trainer(tmp_path):
+def test_nopretrain_checkpoint_is_read_back_by_the_trainer(tiny_dcase, tmp_path):
+    # `rcmae-nopretrain` pretrains for 0 epochs: the run still gets a checkpoint (the seeded initial weights)
+    # that fine-tuning reads back, and the same seed gives the same weights.
     import torch
 
-    from rcmae.benchmark import _initial_checkpoint
-    from rcmae.config import load_config, save_config
-    from rcmae.train import _check_resume_checkpoint, _model_from_checkpoint, checkpoint_path
+    from rcmae import train
+    from rcmae.train import _model_from_checkpoint, checkpoint_path
 
-    cfg = load_config("tiny", ["seed=3"])
-    save_config(cfg, tmp_path / "config.yaml")
-    _initial_checkpoint(tmp_path)
-    ckpt = checkpoint_path(tmp_path, "pretrain", "last")
-    model, meta = _model_from_checkpoint(ckpt)
-    _check_resume_checkpoint(ckpt, cfg.model)
-    assert meta["stage"] == "pretrain"
-    saved = torch.load(ckpt, weights_only=False)["state_dict"]
-    assert set(saved) == {f"model.{k}" for k in model.state_dict()}
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, saved[f"model.{k}"])
-    # Seeded: a second run folder with the same seed holds the same initial weights.
-    other = tmp_path / "other"
-    other.mkdir()
-    save_config(cfg, other / "config.yaml")
-    _initial_checkpoint(other)
-    again = torch.load(checkpoint_path(other, "pretrain", "last"), weights_only=False)["state_dict"]
-    assert all(torch.equal(again[k], saved[k]) for k in saved)
+    small = ["model.embed_dim=32", "model.depth=1", "model.heads=2", "model.decoder_embed_dim=32",
+             "model.decoder_depth=1", "model.decoder_heads=2", "model.proj_dim=32", "pretrain.batch_size=8", "seed=3"]
+    saved = []
+    for name in ("a", "b"):
+        train.pretrain(tiny_dcase, tmp_path / name, epochs=0, overrides=small, progress=False, fit_scores=False)
+        model, meta = _model_from_checkpoint(checkpoint_path(tmp_path / name, "pretrain", "last"))
+        assert meta["stage"] == "pretrain"
+        saved.append(model.state_dict())
+    assert all(torch.equal(saved[0][k], saved[1][k]) for k in saved[0])
+    train.pretrain(tiny_dcase, tmp_path / "trained", epochs=1, overrides=small, progress=False, fit_scores=False)
+    trained, _ = _model_from_checkpoint(checkpoint_path(tmp_path / "trained", "pretrain", "last"))
+    assert not torch.equal(trained.state_dict()["proj.weight"], saved[0]["proj.weight"])
+    train.finetune(tmp_path / "a", epochs=1, progress=False, fit_scores=False)
+    assert checkpoint_path(tmp_path / "a", "finetune", "last").is_file()
+

@@ -24,7 +24,8 @@ browser:
 
 app: $(STAMP)
 	$(BIN)/rcmae demo-data $(WORKSPACE)/data/demo --if-missing
-	RCMAE_WORKSPACE=$(WORKSPACE) $(BIN)/streamlit run app/main.py
+	@echo "rcmae workbench: open http://localhost:8501 (Ctrl+C stops it)"
+	RCMAE_WORKSPACE=$(WORKSPACE) $(BIN)/streamlit run app/main.py --server.headless true --browser.gatherUsageStats false
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 from pathlib import Path
 
@@ -59,3 +61,33 @@ def write_tiny_dcase(root: Path, seconds: float = 10.0, seed: int = 0) -> Path:
 def tiny_dcase(tmp_path_factory) -> Path:
     """A small DCASE 2020 dev-layout data set: 2 types x 2 IDs, 6 train + 4/4 test clips per ID, 10 s."""
     return write_tiny_dcase(tmp_path_factory.mktemp("tiny_dcase"))
+
+
+def check_results(out: Path, data: Path) -> dict:
+    """results.json has the documented shape and every per-ID AUC/pAUC equals sklearn's on its CSV scores."""
+    # Imported here: the environment above must be set before anything imports torch.
+    from sklearn.metrics import roc_auc_score
+
+    from rcmae.data import index_dataset
+
+    res = json.loads((out / "results.json").read_text())
+    assert {"system", "data", "per_id", "per_type", "average"} <= set(res)
+    index = index_dataset(data)
+    test = index[(index["split"] == "test") & index["label"].isin(["normal", "anomaly"])]
+    assert len(res["per_id"]) == test.groupby(["machine_type", "machine_id"]).ngroups
+    for row in res["per_id"]:
+        assert {"machine_type", "machine_id", "auc", "pauc", "n_normal", "n_anomaly"} <= set(row)
+        csv_path = out / f"anomaly_score_{row['machine_type']}_id_{row['machine_id']}.csv"
+        with open(csv_path) as f:
+            scores = {name: float(s) for name, s in csv.reader(f)}
+        sub = test[(test["machine_type"] == row["machine_type"]) & (test["machine_id"] == row["machine_id"])]
+        y = [int(lab == "anomaly") for lab in sub["label"]]
+        s = [scores[Path(p).name] for p in sub["path"]]
+        assert row["auc"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+        assert row["pauc"] == pytest.approx(roc_auc_score(y, s, max_fpr=0.1), abs=1e-12)
+        assert row["n_anomaly"] == sum(y) and row["n_normal"] == len(y) - sum(y)
+    for mtype, vals in res["per_type"].items():
+        ids = [r["auc"] for r in res["per_id"] if r["machine_type"] == mtype]
+        assert vals["auc"] == pytest.approx(np.mean(ids))
+    assert res["average"]["auc"] == pytest.approx(np.mean([v["auc"] for v in res["per_type"].values()]))
+    return res

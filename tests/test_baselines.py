@@ -11,7 +11,6 @@ import librosa
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from rcmae.baselines import run_baseline
@@ -21,32 +20,7 @@ from rcmae.data import index_dataset
 from rcmae.features import LogMel
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import write_tiny_dcase  # noqa: E402
-
-
-def check_results(out: Path, data: Path) -> dict:
-    """results.json has the documented shape and every per-ID AUC/pAUC equals sklearn's on its CSV scores."""
-    res = json.loads((out / "results.json").read_text())
-    assert {"system", "data", "per_id", "per_type", "average"} <= set(res)
-    index = index_dataset(data)
-    test = index[(index["split"] == "test") & index["label"].isin(["normal", "anomaly"])]
-    assert len(res["per_id"]) == test.groupby(["machine_type", "machine_id"]).ngroups
-    for row in res["per_id"]:
-        assert {"machine_type", "machine_id", "auc", "pauc", "n_normal", "n_anomaly"} <= set(row)
-        csv_path = out / f"anomaly_score_{row['machine_type']}_id_{row['machine_id']}.csv"
-        with open(csv_path) as f:
-            scores = {name: float(s) for name, s in csv.reader(f)}
-        sub = test[(test["machine_type"] == row["machine_type"]) & (test["machine_id"] == row["machine_id"])]
-        y = [int(lab == "anomaly") for lab in sub["label"]]
-        s = [scores[Path(p).name] for p in sub["path"]]
-        assert row["auc"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
-        assert row["pauc"] == pytest.approx(roc_auc_score(y, s, max_fpr=0.1), abs=1e-12)
-        assert row["n_anomaly"] == sum(y) and row["n_normal"] == len(y) - sum(y)
-    for mtype, vals in res["per_type"].items():
-        ids = [r["auc"] for r in res["per_id"] if r["machine_type"] == mtype]
-        assert vals["auc"] == pytest.approx(np.mean(ids))
-    assert res["average"]["auc"] == pytest.approx(np.mean([v["auc"] for v in res["per_type"].values()]))
-    return res
+from conftest import check_results, write_tiny_dcase  # noqa: E402
 
 
 # ---------------------------------------------------------------- AE: features and vectors

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.metrics import roc_auc_score
+from conftest import check_results
 
 from rcmae.benchmark import SYSTEMS, _aggregate, _split_overrides, render_table, run_benchmark
-from rcmae.data import index_dataset
 
 TINY = ["pretrain.epochs=1", "finetune.epochs=1", "ae.epochs=1"]
 
@@ -25,21 +23,8 @@ def bench(tiny_dcase, tmp_path_factory) -> Path:
 
 
 def check_results_dir(folder: Path, data: Path) -> dict:
-    """results.json schema; each per-ID AUC/pAUC recomputed with sklearn from the challenge CSV scores."""
-    res = json.loads((folder / "results.json").read_text())
-    assert {"system", "data", "per_id", "per_type", "average"} <= set(res)
-    index = index_dataset(data)
-    test = index[(index["split"] == "test") & index["label"].isin(["normal", "anomaly"])]
-    assert len(res["per_id"]) == 4
-    for row in res["per_id"]:
-        with open(folder / f"anomaly_score_{row['machine_type']}_id_{row['machine_id']}.csv") as f:
-            scores = {name: float(s) for name, s in csv.reader(f)}
-        sub = test[(test["machine_type"] == row["machine_type"]) & (test["machine_id"] == row["machine_id"])]
-        y = [int(lab == "anomaly") for lab in sub["label"]]
-        s = [scores[Path(p).name] for p in sub["path"]]
-        assert row["auc"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
-        assert row["pauc"] == pytest.approx(roc_auc_score(y, s, max_fpr=0.1), abs=1e-12)
-    assert set(res["per_type"]) == {"fan", "valve"}
+    res = check_results(folder, data)
+    assert len(res["per_id"]) == 4 and set(res["per_type"]) == {"fan", "valve"}
     return res
 
 

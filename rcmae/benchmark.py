@@ -180,7 +180,9 @@ def _spawn(spec: dict, out: Path) -> dict:
         proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - start
     record = {"wall_s": round(wall, 2), "peak_mib": round(usage.ru_maxrss / 1024, 1), "returncode": proc.returncode,
-              "log": str(out / "log.txt")}
+              "log": str(out / "log.txt"),
+              # CPU seconds (user + system) of the child and its children: the cost on a shared, loaded machine.
+              "cpu_s": round(usage.ru_utime + usage.ru_stime, 2)}
     if proc.returncode == 0 and (out / "rows.json").is_file():
         record.update(status="ok", error=None, rows=read_json(out / "rows.json"))
     else:

@@ -235,7 +235,9 @@ def render_suite(report: dict) -> str:
         "",
     ]
     for s in report["sets"]:
-        state = f"{s['wall_s']:.0f} s" if s["status"] == "ok" else f"**{s['status']}**: {s['note']}"
+        cpu = ", ".join(f"{k} {v:.0f}" for k, v in s.get("cpu_s", {}).items())
+        state = (f"{s['wall_s']:.0f} s wall; CPU s: {cpu or '-'}" if s["status"] == "ok"
+                 else f"**{s['status']}**: {s['note']}")
         lines.append(f"- `{s['name']}`: {s['about']} ({state})")
     head = ["row"] + [f"{s} {m}" for s in sets for m in ("AUC", "pAUC")] + ["mean AUC", "mean pAUC"]
     lines += ["", "| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
@@ -325,8 +327,11 @@ def run_suite(
         bench = read_json(set_out / "benchmark.json")
         benches[entry.name] = bench
         failures[entry.name] = [r for r in bench["rows"] if r.get("error")]
+        cpu = {system: round(sum(r.get("cpu_s") or 0.0 for r in rec["runs"]), 1)
+               for system, rec in bench["systems"].items()}
         set_info.append({**info, "status": "ok", "note": "", "data": str(data),
-                         "wall_s": round((dt.datetime.now(dt.UTC) - t0).total_seconds(), 1)})
+                         "wall_s": round((dt.datetime.now(dt.UTC) - t0).total_seconds(), 1),
+                         "cpu_s": cpu})
     report = {
         "suite": suite,
         "systems": list(systems),

@@ -20,6 +20,7 @@ average 2-8), so wall times are upper bounds.
 """
 
 SECTIONS = [
+    ("Generalization: rcmae vs the AE and kNN baselines over a suite of unlike data sets", ["generalization.md"]),
     ("Detection accuracy on the demo data: rcmae vs the DCASE 2020 AE baseline and kNN", ["baselines.md"]),
     ("RC-MAE in the small-data regime: what was tried", ["training.md"]),
     ("A real-data sanity check (DCASE 2020 slider)", ["real_slider.md"]),

@@ -86,24 +86,32 @@ def _add_demo_data(sub) -> None:
 def _cmd_index(args: argparse.Namespace) -> int:
     from rcmae import data
 
-    index = data.index_dataset(Path(args.dir), strict=not args.skip_unmatched)
-    table = data.count_table(index)
+    index = data.index_dataset(Path(args.dir), strict=not args.skip_unmatched, ground_truth=args.ground_truth)
+    domains = data.has_domains(index)
+    # DCASE 2021-2025 data: counts per type/section/domain; 2020: per type/ID.
+    table = data.domain_counts(index) if domains else data.count_table(index)
     if args.csv:
         index.to_csv(args.csv, index=False)
     print(table.to_string(index=False))
     print(f"{len(index)} clips, {index['machine_type'].nunique()} machine types, "
           f"{len(data.id_classes(index))} train ID classes")
+    if domains:
+        print(f"{len(data.attribute_classes(index))} train section/attribute classes; "
+              f"{index.attrs.get('ground_truth', 0)} clips labelled from ground-truth CSVs")
     for path, problem in index.attrs.get("skipped", []):
         print(f"skipped {path}: {problem}", file=sys.stderr)
     return 0
 
 
 def _add_index(sub) -> None:
-    p = sub.add_parser("index", help="print the per-type/ID/split/label clip counts of a data folder")
+    p = sub.add_parser("index", help="print the per-type/ID (2021+: type/section/domain)/split/label clip counts")
     p.add_argument("dir", help="a DCASE 2020 / 2021+ data folder, or one machine-type folder")
     p.add_argument("--csv", help="also write the full per-clip index to this CSV file")
     p.add_argument("--skip-unmatched", action="store_true",
                    help="skip (and list) .wav files that fit no layout instead of stopping at the first")
+    p.add_argument("--ground-truth", metavar="DIR",
+                   help="folder with the challenge's ground_truth_{data,domain,attributes}/ CSVs (DCASE 2021+ eval "
+                        "sets; those under DIR itself are found without this)")
     p.set_defaults(func=_cmd_index)
 
 

@@ -421,10 +421,15 @@ def score_table(run: str | os.PathLike, scorer: str) -> pd.DataFrame:
     if csv.is_file():
         frame = pd.read_csv(csv, dtype={"machine_id": str, "machine_type": str, "path": str, "label": str})
         if f"score_{scorer}" in frame.columns:
-            return pd.DataFrame({
+            table = pd.DataFrame({
                 "path": frame["path"], "machine_type": frame["machine_type"], "machine_id": frame["machine_id"],
                 "label": frame["label"], "score": frame[f"score_{scorer}"],
                 "threshold": frame.get(f"threshold_{scorer}"), "decision": frame.get(f"decision_{scorer}")})
+            # DCASE 2021+ runs: the clip's domain and attributes, for the domain-split plots.
+            for col in ("domain", "attributes"):
+                if col in frame.columns:
+                    table[col] = frame[col].fillna("").astype(str)
+            return table
     folder = eval_dir / scorer if (eval_dir / scorer).is_dir() else eval_dir
     return load_score_table(folder).assign(threshold=np.nan, decision=None)
 

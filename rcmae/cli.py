@@ -64,6 +64,8 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
         train_per_id=args.train_per_id,
         test_per_id=args.test_per_id,
         progress=not args.quiet,
+        mode=args.mode,
+        target_train_per_id=args.target_train_per_id,
     )
     print(f"demo data written to {root}")
     return 0
@@ -79,6 +81,17 @@ def _add_demo_data(sub) -> None:
     )
     p.add_argument("--if-missing", action="store_true", help="do nothing when OUT already holds demo data")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--mode", default="2020", choices=["2020", "near-identical", "domain-shift", "2023"],
+        help="2020 (default: the original set); near-identical (units of a type differ by a few percent); "
+        "domain-shift (2020 layout, many source + a few target-condition training clips); "
+        "2023 (DCASE 2023 layout: sections, source/target domains, attributes). See docs/demo-data.md",
+    )
+    p.add_argument(
+        "--target-train-per-id", type=int, default=3,
+        help="target-domain training clips per ID/section in the domain-shift and 2023 modes (default 3); "
+        "--train-per-id then counts the source ones",
+    )
     p.set_defaults(func=_cmd_demo_data)
 
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import streamlit as st
 
 from rcmae import score, workbench
-from rcmae.workspace import Workspace
 
-ws = Workspace.default(st.session_state.get("workspace")).ensure()
+ws = workbench.page_workspace(st.session_state.get("workspace"))
 
 st.title("Score")
 
@@ -51,10 +48,15 @@ else:
     folder = st.text_input("Folder with .wav clips", placeholder="/data/dev_data/fan/test", key="score_folder")
     machine = "(from the file names)"
     if folder:
-        if Path(folder).expanduser().is_dir():
-            paths = [Path(folder).expanduser()]
+        try:
+            chosen = workbench.resolve_path(ws, folder)
+        except ValueError as err:
+            st.error(str(err), icon=":material/error:")
         else:
-            st.error(f"{folder}: folder not found; give a folder of .wav clips", icon=":material/error:")
+            if chosen.is_dir():
+                paths = [chosen]
+            else:
+                st.error(f"{folder}: folder not found; give a folder of .wav clips", icon=":material/error:")
 for name, why in problems:
     st.error(f"{name}: {why}", icon=":material/error:")
 

@@ -124,11 +124,12 @@ def test_truncated_checkpoint_is_one_line_in_cli(run_dir, tmp_path, capsys, comm
     assert str(ckpt) in err[0] and "corrupt" in err[0] and "finetune-best.ckpt" in err[0]
 
 
-def test_score_page_shows_one_line_for_hostile_run(run_dir, tmp_path):
+def test_score_page_shows_one_line_for_hostile_run(run_dir, tmp_path, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
     ws = tmp_path / "ws"
     (ws / "runs").mkdir(parents=True)
+    monkeypatch.setenv("RCMAE_WORKSPACE", str(ws))
     run = ws / "runs" / "run"
     shutil.copytree(run_dir, run)
     marker = tmp_path / "pwned"

@@ -106,6 +106,8 @@ def _when(t: float | None) -> str:
 
 @st.fragment(run_every=2.0)
 def _live() -> None:
+    if jobs.revive_runner(store):
+        st.toast("The queue runner had stopped (killed?): restarted it for the queued jobs.")
     jobs.start_ready(store)
     all_jobs = store.list()
     if not all_jobs:
@@ -146,19 +148,21 @@ def _live() -> None:
     if job.state == "failed":
         st.error(f"Job {job.id} failed (return code {job.returncode}). {job.note} End of its log below.",
                  icon=":material/error:")
+    if job.state == "killed":
+        st.warning(f"Job {job.id} was {job.note or 'killed'}.", icon=":material/warning:")
     st.text_area("Log (end)", jobs.tail_log(job, 40), height=260, key=f"log_{job.id}_{job.state}")
     c1, c2, c3 = st.columns(3)
     if job.state in ("queued", "running") and c1.button("Cancel", icon=":material/stop_circle:"):
         jobs.cancel(store, job.id)
         st.rerun()
-    if job.state in ("failed", "cancelled") and job.kind in ("pretrain", "finetune") and \
+    if job.state in jobs.ENDED_BADLY and job.kind in ("pretrain", "finetune") and \
             c2.button("Resume", icon=":material/replay:", help="continue from the last checkpoint"):
-        new = workbench.launch_and_start(store, jobs.resume_argv(job), gpus=job.gpus, name=f"{job.name} (resume)")
+        new = workbench.relaunch(store, job, resume=True)
         st.session_state["job_id"] = new.id
         st.rerun()
-    if job.state in ("done", "failed", "cancelled") and job.kind != "python" and \
+    if job.state in ("done", *jobs.ENDED_BADLY) and job.kind != "python" and \
             c3.button("Run again", icon=":material/restart_alt:"):
-        new = workbench.launch_and_start(store, list(job.argv), gpus=job.gpus, name=job.name)
+        new = workbench.relaunch(store, job)
         st.session_state["job_id"] = new.id
         st.rerun()
 

@@ -464,12 +464,20 @@ def job_argv(kind: str, *, data: str | os.PathLike | None = None, run: str | os.
 
 
 def launch_and_start(store: jobs.JobStore, argv: Sequence[str], gpus: str = "", name: str | None = None,
-                     after: int | None = None) -> jobs.Job:
+                     after: int | None = None, cwd: str | os.PathLike | None = None) -> jobs.Job:
     """Queue a job, start what may start now, and make sure a detached queue runner drains the rest."""
-    job = jobs.launch(store, argv, gpus=gpus, name=name, after=after)
+    job = jobs.launch(store, argv, gpus=gpus, name=name, after=after, cwd=cwd or None)
     jobs.start_ready(store)
     jobs.ensure_runner(store)
     return store.get(job.id)
+
+
+def relaunch(store: jobs.JobStore, job: jobs.Job, resume: bool = False) -> jobs.Job:
+    """"Resume" (pretrain/finetune, from the last checkpoint) or "Run again": the same command, GPUs and
+    working directory as the original job."""
+    argv = jobs.resume_argv(job) if resume else list(job.argv)
+    name = f"{job.name} (resume)" if resume else job.name
+    return launch_and_start(store, argv, gpus=job.gpus, name=name, cwd=job.cwd or None)
 
 
 def launch_demo_data(ws: Workspace, store: jobs.JobStore) -> jobs.Job:

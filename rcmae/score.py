@@ -38,6 +38,7 @@ from rcmae.data import index_dataset, parse_name
 from rcmae.datasets import compute_logmels, make_generator, window_starts
 from rcmae.features import FeatureStats, LogMel
 from rcmae.files import atomic_write_text, read_json, write_json
+from rcmae.inputs import check_labelled_test
 from rcmae.metrics import evaluate_scores, write_results
 from rcmae.model import RCMAE, clip_stats
 from rcmae.train import (
@@ -714,6 +715,7 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, 
         test = test.drop(unknown.index).reset_index(drop=True)
     if test.empty:
         raise ValueError(f"{data}: none of its test clips belong to the run's machine IDs; evaluate on the right data")
+    check_labelled_test(test, data)  # before anything is scored or written: earlier results stay
     scorers = [det._scorer(scorer)] if scorer else list(det.scorers)
     x, kept, report = compute_logmels(list(test["path"]), det.logmel, det.cfg.data.sample_rate,
                                       det.cfg.data.duration, channel=det.cfg.data.channel, progress=progress,
@@ -726,6 +728,7 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, 
     results: dict[str, dict] = {}
     scores_table = test[["path", "machine_type", "machine_id", "label"]].copy()
     skipped: dict[str, str] = {}
+    tables: dict[str, pd.DataFrame] = {}
     for name in scorers:
         try:
             scores = det.score_logmels(x, types, ids, name)
@@ -737,10 +740,7 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, 
             continue
         table = test.assign(score=scores)
         res = evaluate_scores(table, system=f"rcmae-{name}", data=str(data))
-        write_results(res, table, out_dir / name, name="results.json")
-        write_json(out_dir / f"results.{name}.json", res)
-        if name == det.default_scorer:
-            write_results(res, table, out_dir, name="results.json")
+        tables[name] = table
         thr = [det.threshold(name, t, i) for t, i in zip(types, ids, strict=True)]
         scores_table[f"score_{name}"] = scores
         scores_table[f"threshold_{name}"] = thr
@@ -749,6 +749,12 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, 
         results[name] = res
     if not results:
         raise ScoringError(f"{run}: no scorer could score this run ({'; '.join(skipped.values())})")
+    # Written only now that every scorer has finished: a failure above leaves the earlier eval/ intact.
+    for name, res in results.items():
+        write_results(res, tables[name], out_dir / name, name="results.json")
+        write_json(out_dir / f"results.{name}.json", res)
+        if name == det.default_scorer:
+            write_results(res, tables[name], out_dir, name="results.json")
     if det.default_scorer not in results:
         stand_in = next(iter(results))
         print(f"evaluate: the default scorer {det.default_scorer} was skipped; eval/results.json holds {stand_in}",

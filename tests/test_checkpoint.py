@@ -13,13 +13,6 @@ from conftest import write_tiny_dcase
 from rcmae import checkpoint, cli, train
 from rcmae.checkpoint import CheckpointError, load_checkpoint
 
-SHORT = [
-    "model.embed_dim=32", "model.depth=1", "model.heads=2", "model.decoder_embed_dim=32", "model.decoder_depth=1",
-    "model.decoder_heads=2", "model.proj_dim=32", "model.mlp_ratio=2.0", "pretrain.batch_size=8",
-    "finetune.batch_size=8", "score.recon_masks=2", "pretrain.crop_frames=null", "pretrain.crops_per_clip=1",
-    "data.duration=1.0", "model.n_frames=32", "pretrain.specaugment.time_width=8",
-]
-
 
 class _Payload:
     """Unpickling this calls ``os.system(touch <marker>)``: the classic checkpoint exploit."""
@@ -38,12 +31,8 @@ def write_hostile(path: Path, marker: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    data = write_tiny_dcase(tmp_path_factory.mktemp("ckdata"), seconds=1.0, seed=5)
-    run = tmp_path_factory.mktemp("ckrun") / "run"
-    train.pretrain(data, run, epochs=1, overrides=SHORT, progress=False)
-    train.finetune(run, epochs=1, progress=False)
-    return run
+def run_dir(short_run) -> Path:
+    return short_run[1]
 
 
 def test_payload_fires_when_loaded_unsafely(tmp_path):

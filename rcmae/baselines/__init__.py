@@ -53,6 +53,9 @@ def run_baseline(
     out.mkdir(parents=True, exist_ok=True)
     # A stray file that fits no layout is skipped and reported, as a bad clip is.
     index = rdata.index_dataset(data, strict=False)
+    from rcmae.inputs import check_labelled_test
+
+    check_labelled_test(index, data)  # before any training or writing
     start = time.perf_counter()
     if name == "ae":
         from rcmae.baselines.ae import AEConfig, run_ae

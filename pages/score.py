@@ -62,8 +62,12 @@ for name, why in problems:
 
 if paths and st.button("Score", type="primary", icon=":material/rule:"):
     mtype, mid = (None, None) if machine.startswith("(") else machine.split("/", 1)
-    with st.spinner("Scoring…"):
-        rows = detector.score_paths(paths, scorer=scorer, machine_type=mtype, machine_id=mid)
+    try:
+        with st.spinner("Scoring…"):
+            rows = detector.score_paths(paths, scorer=scorer, machine_type=mtype, machine_id=mid)
+    except ValueError as err:  # e.g. a folder without .wav files
+        st.error(str(err), icon=":material/error:")
+        rows = []
     st.session_state["score_rows"] = rows
 
 rows = st.session_state.get("score_rows")
@@ -73,6 +77,10 @@ if rows:
     n_anom = int((table["decision"] == "anomaly").sum())
     st.write(f"{len(table) - n_bad} clip(s) scored: **{n_anom} anomalous**, {len(table) - n_bad - n_anom} normal"
              + (f"; {n_bad} skipped (see error)" if n_bad else "") + ".")
+    n_odd = int((table["note"] != "").sum())
+    if n_odd:
+        st.warning(f"{n_odd} clip(s) are not the run's clip length: see the note column for how each was scored.",
+                   icon=":material/straighten:")
     st.dataframe(table, hide_index=True, width="stretch",
                  column_config={"score": st.column_config.NumberColumn(format="%.4f"),
                                 "threshold": st.column_config.NumberColumn(format="%.4f")})

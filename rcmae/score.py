@@ -38,7 +38,7 @@ from rcmae.data import index_dataset, parse_name
 from rcmae.datasets import compute_logmels, make_generator, window_starts
 from rcmae.features import FeatureStats, LogMel
 from rcmae.files import atomic_write_text, read_json, write_json
-from rcmae.inputs import check_labelled_test
+from rcmae.inputs import check_labelled_test, clip_windows
 from rcmae.metrics import evaluate_scores, write_results
 from rcmae.model import RCMAE, clip_stats
 from rcmae.train import (
@@ -472,23 +472,30 @@ class Detector:
         files: list[Path] = []
         for p in paths:
             p = Path(p)
-            files.extend(sorted(p.rglob("*.wav")) if p.is_dir() else [p])
+            if p.is_dir():
+                found = sorted(f for f in p.rglob("*") if f.suffix.lower() == ".wav" and f.is_file())
+                if not found:
+                    raise ScoringError(f"{p}: no .wav files in this folder (or below it); give a folder of clips")
+                files.extend(found)
+            else:
+                files.append(p)
         rows = []
         for p in tqdm(files, desc=f"scoring ({scorer})", unit="clip", disable=not progress):
             mtype, mid = _parse_type_id(p)
             mtype, mid = machine_type or mtype, machine_id or mid
             base = {"path": str(p), "machine_type": mtype, "machine_id": mid, "scorer": scorer, "score": None,
-                    "threshold": None, "decision": None, "probs": None}
+                    "threshold": None, "decision": None, "probs": None, "note": None}
+            if not p.exists():
+                rows.append({**base, "error": "no such file; check the path"})
+                continue
             if mtype is None or mid is None:
                 rows.append({**base, "error": "machine type/ID not in the path; pass --machine-type and "
                                               "--machine-id"})
                 continue
             try:
-                wave = load_audio(p, sample_rate=self.cfg.data.sample_rate, duration=self.cfg.data.duration,
+                wave = load_audio(p, sample_rate=self.cfg.data.sample_rate, duration=None,
                                   channel=self.cfg.data.channel)
-                x = self.features(wave[None])
-                score = self.score_logmels(x, [mtype], [mid], scorer)[0]
-                rows.append(self._row(str(p), mtype, mid, scorer, score, self._probs(x)[0]))
+                rows.append(self._score_whole(wave, str(p), mtype, mid, scorer))
             except (AudioError, ScoringError, FileNotFoundError) as err:
                 rows.append({**base, "error": str(err)})
         return rows
@@ -511,11 +518,21 @@ class Detector:
         wave = np.asarray(wav_or_path, dtype=np.float32)
         if wave.ndim != 1 or wave.size == 0 or not np.isfinite(wave).all():
             raise ScoringError(f"score(waveform): expected a finite 1-D waveform, got shape {wave.shape}")
-        n = int(round(self.cfg.data.duration * self.cfg.data.sample_rate))
-        wave = np.pad(wave[:n], (0, max(0, n - wave.size)))
-        x = self.features(wave[None])
-        score = self.score_logmels(x, [machine_type], [machine_id], scorer)[0]
-        return self._row("<waveform>", str(machine_type), str(machine_id), scorer, score, self._probs(x)[0])
+        return self._score_whole(wave, "<waveform>", str(machine_type), str(machine_id), scorer)
+
+    def _score_whole(self, wave: np.ndarray, path: str, mtype: str, mid: str, scorer: str) -> dict:
+        """Score a whole clip: run-length windows (``rcmae.inputs.clip_windows``), highest score kept, noted."""
+        sr = self.cfg.data.sample_rate
+        windows, note = clip_windows(wave, int(round(self.cfg.data.duration * sr)), sr)
+        scores, probs = [], []
+        for b in range(0, len(windows), 32):  # long recordings: bounded memory
+            x = self.features(windows[b:b + 32])
+            scores.append(self.score_logmels(x, [mtype] * len(x), [mid] * len(x), scorer))
+            probs += self._probs(x)
+        scores = np.concatenate(scores)
+        best = int(np.argmax(scores))
+        row = self._row(path, mtype, mid, scorer, float(scores[best]), probs[best])
+        return {**row, "note": note, "windows": len(windows)}
 
 
 def knn_distances(z: np.ndarray, references: Sequence[np.ndarray], k: int = 1,

@@ -39,6 +39,7 @@ from rcmae.data import DatasetLayoutError, LoadReport, id_classes, index_dataset
 from rcmae.datasets import ClipDataset, EpochSampler, PairSource, compute_logmels, make_generator, random_crops
 from rcmae.features import FeatureStats, LogMel, compute_stats
 from rcmae.files import atomic_write_text, read_json, write_json
+from rcmae.inputs import drop_train_anomalies, report_train_lengths
 from rcmae.losses import finetune_loss, pretrain_loss
 from rcmae.model import RCMAE, ModelConfig, count_parameters
 
@@ -170,10 +171,11 @@ def load_train_data(
     data = Path(data)
     if not data.is_dir():
         raise FileNotFoundError(f"{data}: data folder not found; pass --data a DCASE-layout folder")
-    index = index_dataset(data)
+    index = drop_train_anomalies(index_dataset(data), data)
     train = index[index["split"] == "train"].reset_index(drop=True)
     if train.empty:
         raise DatasetLayoutError(f"{data}: no training clips (<type>/train/*.wav); point --data at a dev/train set")
+    report_train_lengths(list(train["path"]), cfg.data.duration)
     classes = id_classes(index)
     logmels, kept, report = compute_logmels(
         list(train["path"]), _logmel_fn(cfg), cfg.data.sample_rate, cfg.data.duration, channel=cfg.data.channel,

@@ -638,7 +638,8 @@ def score_rows_table(rows: Sequence[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     per-ID probabilities, one column per class)."""
     table = pd.DataFrame([{"file": Path(r["path"]).name, "machine_type": r["machine_type"],
                            "machine_id": r["machine_id"], "scorer": r["scorer"], "score": r["score"],
-                           "threshold": r["threshold"], "decision": r["decision"] or "", "error": r["error"] or ""}
+                           "threshold": r["threshold"], "decision": r["decision"] or "", "error": r["error"] or "",
+                           "note": r.get("note") or ""}
                           for r in rows])
     probs = pd.DataFrame([{"file": Path(r["path"]).name, **(r.get("probs") or {})} for r in rows if r.get("probs")])
     return table, probs

@@ -239,6 +239,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
     rows = detector.score_paths(
         [Path(p) for p in args.paths], scorer=args.scorer, machine_type=args.machine_type, machine_id=args.machine_id
     )
+    for r in rows:
+        if r.get("note"):  # clips of another length than the run's: said, never silently padded or cut
+            print(f"{r['path']}: {r['note']}", file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

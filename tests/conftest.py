@@ -131,3 +131,24 @@ def write_tiny_dcase2023(root: Path, seconds: float = 1.0, seed: int = 0) -> Pat
 def tiny_dcase2023(tmp_path_factory) -> Path:
     """A DCASE 2023-style dev set: 2 types x section 00, 10 source + 2 target train, 3/3 test per domain, 1 s."""
     return write_tiny_dcase2023(tmp_path_factory.mktemp("tiny_dcase2023"))
+
+
+# A 1-block, 32-wide model on 1-second clips: a pretrain + finetune in seconds on one CPU thread.
+SHORT_OVERRIDES = [
+    "model.embed_dim=32", "model.depth=1", "model.heads=2", "model.decoder_embed_dim=32", "model.decoder_depth=1",
+    "model.decoder_heads=2", "model.proj_dim=32", "model.mlp_ratio=2.0", "pretrain.batch_size=8",
+    "finetune.batch_size=8", "score.recon_masks=2", "pretrain.crop_frames=null", "pretrain.crops_per_clip=1",
+    "data.duration=1.0", "model.n_frames=32", "pretrain.specaugment.time_width=8",
+]
+
+
+@pytest.fixture(scope="session")
+def short_run(tmp_path_factory) -> tuple[Path, Path]:
+    """``(data, run)``: 1-second tiny data and a run pretrained and fine-tuned 1 epoch each (copy before changing)."""
+    from rcmae import train
+
+    data = write_tiny_dcase(tmp_path_factory.mktemp("short_run_data"), seconds=1.0, seed=5)
+    run = tmp_path_factory.mktemp("short_run") / "run"
+    train.pretrain(data, run, epochs=1, overrides=SHORT_OVERRIDES, progress=False)
+    train.finetune(run, epochs=1, progress=False)
+    return data, run

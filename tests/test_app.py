@@ -32,6 +32,8 @@ def full_ws(tiny_dcase: Path, tmp_path_factory) -> Workspace:
     """A workspace holding the tiny data set and one pretrained, fine-tuned and evaluated run."""
     ws = Workspace(tmp_path_factory.mktemp("ws_full")).ensure()
     (ws.data / "tiny").symlink_to(tiny_dcase, target_is_directory=True)
+    # The operator lets typed paths reach the linked data set (docs/workbench.md, allowed folders).
+    ws.settings.write_text(f"allowed_roots:\n  - {tiny_dcase}\n")
     run = ws.runs / "tiny-run"
     train.pretrain(tiny_dcase, run, epochs=1, overrides=TINY, progress=False)
     train.finetune(run, epochs=1, progress=False)
@@ -40,6 +42,8 @@ def full_ws(tiny_dcase: Path, tmp_path_factory) -> Workspace:
 
 
 def _app(ws: Workspace, page: str) -> AppTest:
+    # The app's start workspace: typed workspaces and paths must stay inside it (rcmae.workbench.resolve_path).
+    os.environ["RCMAE_WORKSPACE"] = str(ws.root)
     at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=120)
     at.session_state["workspace"] = str(ws.root)
     at.run()
@@ -386,6 +390,8 @@ def test_audition_audioldm_with_local_weights(full_ws: Workspace, tmp_path: Path
     from rcmae.augment.audioldm_testing import build_tiny_pipeline
 
     weights = build_tiny_pipeline(tmp_path / "tiny-audioldm")  # random 1-layer parts: fast, not a real model
+    settings = full_ws.settings.read_text()
+    full_ws.settings.write_text(settings + f"  - {tmp_path}\n")  # the weights folder is an allowed root
     at = _app(full_ws, "audition")
     at.radio[0].set_value("audioldm")
     at.run()

@@ -8,6 +8,7 @@ the handlers so that ``rcmae --help`` stays fast and needs no torch.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -99,28 +100,48 @@ def _add_demo_data(sub) -> None:
 def _cmd_index(args: argparse.Namespace) -> int:
     from rcmae import data
 
-    index = data.index_dataset(Path(args.dir), strict=not args.skip_unmatched)
-    table = data.count_table(index)
+    index = data.index_dataset(Path(args.dir), strict=not args.skip_unmatched, ground_truth=args.ground_truth)
+    domains = data.has_domains(index)
+    # DCASE 2021-2025 data: counts per type/section/domain; 2020: per type/ID.
+    table = data.domain_counts(index) if domains else data.count_table(index)
     if args.csv:
         index.to_csv(args.csv, index=False)
     print(table.to_string(index=False))
     print(f"{len(index)} clips, {index['machine_type'].nunique()} machine types, "
           f"{len(data.id_classes(index))} train ID classes")
+    if domains:
+        print(f"{len(data.attribute_classes(index))} train section/attribute classes; "
+              f"{index.attrs.get('ground_truth', 0)} clips labelled from ground-truth CSVs")
     for path, problem in index.attrs.get("skipped", []):
         print(f"skipped {path}: {problem}", file=sys.stderr)
     return 0
 
 
 def _add_index(sub) -> None:
-    p = sub.add_parser("index", help="print the per-type/ID/split/label clip counts of a data folder")
+    p = sub.add_parser("index", help="print the per-type/ID (2021+: type/section/domain)/split/label clip counts")
     p.add_argument("dir", help="a DCASE 2020 / 2021+ data folder, or one machine-type folder")
     p.add_argument("--csv", help="also write the full per-clip index to this CSV file")
     p.add_argument("--skip-unmatched", action="store_true",
                    help="skip (and list) .wav files that fit no layout instead of stopping at the first")
+    p.add_argument("--ground-truth", metavar="DIR",
+                   help="folder with the challenge's ground_truth_{data,domain,attributes}/ CSVs (DCASE 2021+ eval "
+                        "sets; those under DIR itself are found without this)")
     p.set_defaults(func=_cmd_index)
 
 
 # ---------------------------------------------------------------- pretrain / finetune
+def _fit_scorers_after_training(run: Path) -> None:
+    """Fit thresholds and train embeddings of a freshly trained run (first process only under DDP).
+
+    Training never imports scoring (the run folder is the contract): the orchestration calls it here.
+    """
+    if any(int(os.environ.get(var, 0)) != 0 for var in ("RANK", "LOCAL_RANK", "NODE_RANK")):
+        return
+    from rcmae import score
+
+    score.fit_run(run)
+
+
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from rcmae import train
 
@@ -137,6 +158,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         precision=args.precision,
         accelerator=args.accelerator,
     )
+    _fit_scorers_after_training(run)
     print(f"pretrained run: {run}")
     return 0
 
@@ -168,6 +190,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         precision=args.precision,
         accelerator=args.accelerator,
     )
+    _fit_scorers_after_training(run)
     print(f"fine-tuned run: {run}")
     return 0
 
@@ -216,6 +239,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
     rows = detector.score_paths(
         [Path(p) for p in args.paths], scorer=args.scorer, machine_type=args.machine_type, machine_id=args.machine_id
     )
+    for r in rows:
+        if r.get("note"):  # clips of another length than the run's: said, never silently padded or cut
+            print(f"{r['path']}: {r['note']}", file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

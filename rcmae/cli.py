@@ -389,6 +389,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         preset=args.preset,
         repeat=args.repeat,
         overrides=args.set,
+        rescore=args.rescore,
     )
     print((Path(out) / "table.md").read_text())
     return 0
@@ -413,6 +414,7 @@ def _cmd_benchmark_suite(args: argparse.Namespace) -> int:
         overrides=args.set,
         data_root=args.suite_data,
         real_samples=args.real_samples,
+        rescore=args.rescore,
     )
     print((Path(out) / "suite.md").read_text())
     return 0
@@ -429,6 +431,8 @@ def _add_benchmark(sub) -> None:
     p.add_argument("--real-samples", default=None, metavar="DIR",
                    help="DCASE 2020 sample folder for the suite's real-slider set "
                         "(default ../shared/data/dcase2020-samples; skipped with a note when absent)")
+    p.add_argument("--rescore", action="store_true",
+                   help="score finished rcmae runs in OUT again with the current scorers (no retraining)")
     p.add_argument("--out", default=None,
                    help="folder for benchmark.json, table.md and each system's outputs (suite.json, suite.md, "
                         "sets/<set>/ with --suite); required")

@@ -286,6 +286,7 @@ def run_suite(
     real_samples: str | os.PathLike | None = None,
     progress: bool = True,
     command: str | None = None,
+    rescore: bool = False,
 ) -> Path:
     """Run ``systems`` on every set of ``SUITES[suite]``; write ``out/suite.json`` and ``out/suite.md``.
 
@@ -295,6 +296,7 @@ def run_suite(
         systems, preset, repeat, overrides: as for ``rcmae.benchmark.run_benchmark``.
         data_root: where the sets' data are generated and reused (default ``<workspace>/data/suites``).
         real_samples: the DCASE 2020 sample folder for ``real-slider`` (default ``../shared/data/dcase2020-samples``).
+        rescore: score finished rcmae runs again with the current scorers (``run_benchmark(rescore=True)``).
 
     Returns:
         ``out``.
@@ -323,7 +325,8 @@ def run_suite(
         if progress:
             print(f"suite set {entry.name}: {data}", flush=True)
         set_out = run_benchmark(data, out / "sets" / entry.name, systems, preset=preset, repeat=repeat,
-                                overrides=overrides, progress=progress, command=f"{command}  # set {entry.name}")
+                                overrides=overrides, progress=progress, command=f"{command}  # set {entry.name}",
+                                rescore=rescore)
         bench = read_json(set_out / "benchmark.json")
         benches[entry.name] = bench
         failures[entry.name] = [r for r in bench["rows"] if r.get("error")]
@@ -338,6 +341,7 @@ def run_suite(
         "preset": preset,
         "repeat": repeat,
         "overrides": list(overrides),
+        "rescored": rescore,
         "sets": set_info,
         "rows": aggregate_suite(benches),
         "set_failures": {k: v for k, v in failures.items() if v},

@@ -415,6 +415,7 @@ def _cmd_benchmark_suite(args: argparse.Namespace) -> int:
         data_root=args.suite_data,
         real_samples=args.real_samples,
         rescore=args.rescore,
+        report_only=args.report_only,
     )
     print((Path(out) / "suite.md").read_text())
     return 0
@@ -433,6 +434,8 @@ def _add_benchmark(sub) -> None:
                         "(default ../shared/data/dcase2020-samples; skipped with a note when absent)")
     p.add_argument("--rescore", action="store_true",
                    help="score finished rcmae runs in OUT again with the current scorers (no retraining)")
+    p.add_argument("--report-only", action="store_true",
+                   help="with --suite: run nothing, report the runs already finished in OUT (and what is missing)")
     p.add_argument("--out", default=None,
                    help="folder for benchmark.json, table.md and each system's outputs (suite.json, suite.md, "
                         "sets/<set>/ with --suite); required")

@@ -238,6 +238,8 @@ def render_suite(report: dict) -> str:
         cpu = ", ".join(f"{k} {v:.0f}" for k, v in s.get("cpu_s", {}).items())
         state = (f"{s['wall_s']:.0f} s wall; CPU s: {cpu or '-'}" if s["status"] == "ok"
                  else f"**{s['status']}**: {s['note']}")
+        if s["status"] == "ok" and s.get("missing"):
+            state += f"; **not run: {', '.join(s['missing'])}**"
         lines.append(f"- `{s['name']}`: {s['about']} ({state})")
     head = ["row"] + [f"{s} {m}" for s in sets for m in ("AUC", "pAUC")] + ["mean AUC", "mean pAUC"]
     lines += ["", "| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
@@ -275,6 +277,21 @@ def render_suite(report: dict) -> str:
 
 
 # ---------------------------------------------------------------- running
+def collect_set(set_out: str | os.PathLike) -> dict:
+    """A benchmark-like dict (``{"systems": {system: {"runs": [...]}}}``) from the finished runs' ``record.json``.
+
+    For reporting a suite whose runs are still going or were stopped: only runs with status ok are taken.
+    """
+    systems: dict[str, dict] = {}
+    for record in sorted(Path(set_out).glob("systems/*/seed*/record.json")):
+        rec = read_json(record)
+        if rec.get("status") != "ok":
+            continue
+        seed = int(record.parent.name.removeprefix("seed"))
+        systems.setdefault(record.parent.parent.name, {"runs": []})["runs"].append({"seed": seed, **rec})
+    return {"systems": systems, "rows": []}
+
+
 def run_suite(
     suite: str,
     out: str | os.PathLike,
@@ -287,6 +304,7 @@ def run_suite(
     progress: bool = True,
     command: str | None = None,
     rescore: bool = False,
+    report_only: bool = False,
 ) -> Path:
     """Run ``systems`` on every set of ``SUITES[suite]``; write ``out/suite.json`` and ``out/suite.md``.
 
@@ -297,6 +315,7 @@ def run_suite(
         data_root: where the sets' data are generated and reused (default ``<workspace>/data/suites``).
         real_samples: the DCASE 2020 sample folder for ``real-slider`` (default ``../shared/data/dcase2020-samples``).
         rescore: score finished rcmae runs again with the current scorers (``run_benchmark(rescore=True)``).
+        report_only: run nothing; report the runs already finished in ``out`` (each set lists what is missing).
 
     Returns:
         ``out``.
@@ -310,17 +329,35 @@ def run_suite(
     data_root = Path(data_root).resolve() if data_root else Workspace.default().data / "suites"
     out.mkdir(parents=True, exist_ok=True)
     started = dt.datetime.now(dt.UTC)
-    command = command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    prog = Path(sys.argv[0]).name
+    command = command or shlex.join(["rcmae" if prog in ("cli.py", "__main__.py") else prog, *sys.argv[1:]])
     set_info, benches, failures = [], {}, {}
     for entry in SUITES[suite]:
         info = {"name": entry.name, "about": entry.about, "source": entry.source, "params": entry.params}
         t0 = dt.datetime.now(dt.UTC)
         try:
-            data = prepare_set(entry, data_root, real_samples, progress=progress)
+            # A report generates nothing: it only reads what finished runs left in out/sets/<set>/.
+            data = (Path(data_root) / entry.name if report_only
+                    else prepare_set(entry, data_root, real_samples, progress=progress))
         except SetUnavailable as err:
             set_info.append({**info, "status": "skipped", "note": str(err), "data": None, "wall_s": 0.0})
             if progress:
                 print(f"suite set {entry.name}: skipped: {err}", flush=True)
+            continue
+        if report_only:
+            bench = collect_set(out / "sets" / entry.name)
+            done = {(sy, r["seed"]) for sy, rec in bench["systems"].items() for r in rec["runs"]}
+            missing = [f"{sy} seed {k}" for sy in systems for k in range(repeat) if (sy, k) not in done]
+            if not done:
+                set_info.append({**info, "status": "not run", "note": "no finished run", "data": str(data),
+                                 "wall_s": 0.0})
+                continue
+            benches[entry.name] = bench
+            cpu = {sy: round(sum(r["cpu_s"] for r in rec["runs"] if r.get("cpu_s")), 1)
+                   for sy, rec in bench["systems"].items() if any(r.get("cpu_s") for r in rec["runs"])}
+            wall = sum(r.get("wall_s") or 0.0 for rec in bench["systems"].values() for r in rec["runs"])
+            set_info.append({**info, "status": "ok", "data": str(data), "wall_s": round(wall, 1), "cpu_s": cpu,
+                             "note": f"missing: {', '.join(missing)}" if missing else "", "missing": missing})
             continue
         if progress:
             print(f"suite set {entry.name}: {data}", flush=True)
@@ -342,6 +379,7 @@ def run_suite(
         "repeat": repeat,
         "overrides": list(overrides),
         "rescored": rescore,
+        "report_only": report_only,
         "sets": set_info,
         "rows": aggregate_suite(benches),
         "set_failures": {k: v for k, v in failures.items() if v},

@@ -58,12 +58,23 @@ def test_tiny_suite_end_to_end_mean_equals_the_recomputed_per_set_numbers(tmp_pa
         line = next(ln for ln in (out / "suite.md").read_text().splitlines() if ln.startswith(f"| {name} |"))
         assert line.split("|")[-3].strip() == f"{mean_auc * 100:.1f}"
     assert "Difference to `ae`" in printed
+    rows_near_ae = rows["ae"]["per_set"]["near-identical"]["auc"]["mean"]
     # A second call resumes: nothing is rerun, the report is the same.
     before = {r["row"]: r["mean"] for r in report["rows"]}
     suite.run_suite("tiny", out, ["knn", "ae"], overrides=["ae.epochs=1"], data_root=tmp_path / "data",
                     progress=False)
     again = json.loads((out / "suite.json").read_text())
     assert {r["row"]: r["mean"] for r in again["rows"]} == before
+    # --report-only runs nothing: the same numbers from the records on disk; a removed run is listed as missing.
+    (out / "sets/near-identical/systems/ae/seed0/record.json").unlink()
+    suite.run_suite("tiny", out, ["knn", "ae"], data_root=tmp_path / "nowhere", progress=False, report_only=True)
+    report = json.loads((out / "suite.json").read_text())
+    rows = {r["row"]: r for r in report["rows"]}
+    assert rows["knn"]["mean"] == before["knn"] and not rows["ae"]["complete"]
+    assert rows["ae"]["per_set"]["demo"]["auc"]["mean"] == pytest.approx(before["ae"]["auc"]["mean"] * 2
+                                                                        - rows_near_ae, abs=1e-12)
+    assert report["sets"][1]["missing"] == ["ae seed 0"] and "not run: ae seed 0" in (out / "suite.md").read_text()
+    assert not (tmp_path / "nowhere").exists()
 
 
 def _bench(values: dict[str, dict[int, float]]) -> dict:

@@ -215,7 +215,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     )
     for name, res in results.items():
         avg = res["average"]
-        print(f"{name:>8}: AUC {avg['auc']:.4f}  pAUC {avg['pauc']:.4f}")
+        line = f"{name:>8}: AUC {avg['auc']:.4f}  pAUC {avg['pauc']:.4f}"
+        official = res.get("official") or {}
+        if official.get("score") is not None:  # DCASE 2021+ data (docs/metrics.md)
+            line += (f"  | AUC source {official['hmean_source']:.4f}  AUC target {official['hmean_target']:.4f}  "
+                     f"pAUC {official['pauc_hmean']:.4f}  official score {official['score']:.4f} (harmonic means)")
+        print(line)
     print(f"results in {Path(args.run) / 'eval'}")
     return 0
 

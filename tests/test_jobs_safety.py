@@ -13,6 +13,8 @@ import pytest
 from rcmae import cli, jobs, workbench
 from rcmae.jobs import Job, JobStore
 
+pytestmark = pytest.mark.reliability  # bad-input cases of the fault-injection suite (issue 11)
+
 # A job that would leave a marker if it ran to its end.
 _SLOW = "import pathlib, sys, time; time.sleep(1.5); pathlib.Path(sys.argv[1]).write_text('ran')"
 

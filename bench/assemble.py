@@ -30,6 +30,7 @@ SECTIONS = [
     ("Scoring and training speed", ["speed.md"]),
     ("Augmentation speed", ["augment.md", "audioldm.md"]),
     ("Workbench quick demo", ["workbench.md"]),
+    ("Reliability under faults", ["reliability.md"]),
 ]
 
 

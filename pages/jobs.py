@@ -141,7 +141,7 @@ def _live() -> None:
         try:
             st.plotly_chart(viz.loss_figure(metrics), width="stretch", key=f"loss_{job.id}")
         except (ValueError, pd.errors.ParserError) as err:
-            st.caption(f"loss curves unavailable: {err}")
+            st.caption(f"loss curves unavailable ({metrics}: {err})")
     if job.state == "queued":
         waits = f"job {job.after} to finish" if job.after else (f"GPU {job.gpus}" if job.gpus else "a free CPU slot")
         st.info(f"Queued: waiting for {waits}.", icon=":material/schedule:")

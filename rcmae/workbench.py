@@ -545,7 +545,11 @@ def score_table(run: str | os.PathLike, scorer: str) -> pd.DataFrame:
     eval_dir = Path(run) / "eval"
     csv = eval_dir / "scores.csv"
     if csv.is_file():
-        frame = pd.read_csv(csv, dtype={"machine_id": str, "machine_type": str, "path": str, "label": str})
+        try:
+            frame = pd.read_csv(csv, dtype={"machine_id": str, "machine_type": str, "path": str, "label": str})
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+            raise ValueError(f"{csv}: empty or torn ({str(err).splitlines()[0]}); re-run evaluate on this run") \
+                from err
         if f"score_{scorer}" in frame.columns:
             table = pd.DataFrame({
                 "path": frame["path"], "machine_type": frame["machine_type"], "machine_id": frame["machine_id"],

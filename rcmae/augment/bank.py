@@ -390,8 +390,12 @@ def build_bank(
         used_prompts.add(draw["prompt_index"])
         row_exists = job.output in done_rows
         if row_exists and target.is_file():
-            already += 1
-            continue
+            if sha256_file(target) == done_rows[job.output]["sha256"]:
+                already += 1
+                continue
+            # Torn or changed since it was written: make it again (the draw is seeded, so it comes out the same).
+            logger.warning("%s: does not match its manifest sha256; writing it again", target)
+            target.unlink()
         row = {
             "source": job.source, "output": job.output, "prompt": prompt, "backend": backend,
             "model_id": model_id, "revision": revision, "seed": draw["seed"],

@@ -253,6 +253,8 @@ def _cmd_augment(args: argparse.Namespace) -> int:
 
 
 def _add_augment(sub) -> None:
+    from rcmae.augment import bank
+
     p = sub.add_parser("augment", help="write an augmentation bank (procedural or AudioLDM)")
     p.add_argument("--data", required=True, help="data folder (its train clips are augmented)")
     p.add_argument("--out", required=True, help="bank folder (created, or resumed)")
@@ -260,9 +262,12 @@ def _add_augment(sub) -> None:
     p.add_argument("--model", default=None, help="AudioLDM folder or model id (default cvssp/audioldm-s-full-v2)")
     p.add_argument("--prompts", default=None, help="prompt library YAML (default: the paper's six prompts)")
     p.add_argument("--per-clip", type=int, default=1, help="augmentations per clip (default 1)")
-    p.add_argument("--t0", type=float, default=0.5, help="AudioLDM: fraction of the S steps that are re-noised")
-    p.add_argument("--steps", type=lambda s: _pair(s, int), default=(10, 50), help="AudioLDM: S range MIN:MAX")
-    p.add_argument("--guidance", type=float, default=2.5, help="AudioLDM: classifier-free guidance (default 2.5)")
+    p.add_argument("--t0", type=float, default=bank.DEFAULT_T0,
+                   help="AudioLDM: fraction of the S steps that are re-noised (default 0.5)")
+    p.add_argument("--steps", type=lambda s: _pair(s, int), default=bank.PAPER_STEPS,
+                   help="AudioLDM: S range MIN:MAX, drawn per clip (default 10:50, the paper's Table 2)")
+    p.add_argument("--guidance", type=float, default=bank.PAPER_GUIDANCE,
+                   help="AudioLDM: classifier-free guidance (default 2.5, the paper's Table 2)")
     p.add_argument("--snr", type=_pair, default=(0.0, 10.0), help="procedural: mix SNR range in dB MIN:MAX")
     p.add_argument("--seed", type=int, default=0, help="base seed; each clip gets its own recorded seed")
     p.add_argument("--shard", type=_shard, default=(0, 1), help="do shard I of N (for several GPUs/machines)")
@@ -280,7 +285,7 @@ def _cmd_prompts(args: argparse.Namespace) -> int:
 
 
 def _add_prompts(sub) -> None:
-    p = sub.add_parser("prompts", help="the factory-noise prompt library: list, add, remove, generate")
+    p = sub.add_parser("prompts", help="the factory-noise prompt library: list, add, add-paper, remove, generate")
     p.add_argument("--library", default=None, help="prompt library YAML (default: <workspace>/prompts.yaml)")
     ps = p.add_subparsers(dest="action", required=True)
     ps.add_parser("list", help="list prompts")
@@ -288,6 +293,7 @@ def _add_prompts(sub) -> None:
     a.add_argument("text")
     a.add_argument("--tag", action="append", default=[])
     a.add_argument("--note", default="")
+    ps.add_parser("add-paper", help="add the paper's Table 1 prompts (word for word) that the library lacks")
     r = ps.add_parser("remove", help="remove a prompt by id")
     r.add_argument("id")
     g = ps.add_parser("generate", help="generate prompts with an LLM (or the built-in template generator)")

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import write_tiny_dcase
+
 from rcmae import train
 from rcmae.augment.bank import BankPairs, build_bank, copy_index, read_manifest
 from rcmae.datasets import PairSource, draw_copies, make_generator

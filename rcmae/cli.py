@@ -350,9 +350,36 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         preset=args.preset,
         repeat=args.repeat,
         overrides=args.set,
+        **_benchmark_aug(args),
     )
     print((Path(out) / "table.md").read_text())
     return 0
+
+
+def _benchmark_aug(args: argparse.Namespace) -> dict:
+    """``run_benchmark``'s ``aug`` and ``aug_options`` from the ``--aug*`` flags (only those given)."""
+    options = {"model": args.aug_model, "per_clip": args.per_clip, "steps": args.aug_steps,
+               "device": args.aug_device, "limit": args.aug_limit}
+    options = {k: v for k, v in options.items() if v is not None}
+    if args.allow_download:
+        options["allow_download"] = True
+    if options and args.aug == "specaugment":
+        raise UsageError("--aug-model/--per-clip/--aug-steps/--aug-device apply to a bank; --aug specaugment has none")
+    return {"aug": args.aug, "aug_options": options}
+
+
+def _add_benchmark_aug_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--aug", choices=["procedural", "audioldm", "specaugment"], default="procedural",
+                   help="bank for the rcmae arms: procedural (default), audioldm (the paper's; Table 3 is "
+                        "--systems rcmae,rcmae-nodda --aug audioldm) or specaugment (no bank)")
+    p.add_argument("--aug-model", default=None, help="AudioLDM folder or model id (default cvssp/audioldm-s-full-v2)")
+    p.add_argument("--per-clip", type=int, default=None,
+                   help="augmented copies per clip, one drawn per clip per epoch (default 1)")
+    p.add_argument("--aug-steps", type=lambda s: _pair(s, int), default=None,
+                   help="AudioLDM: S range MIN:MAX (default 10:50, the paper's Table 2)")
+    p.add_argument("--aug-device", default=None, help="AudioLDM device, e.g. cuda:0")
+    p.add_argument("--aug-limit", type=int, default=None, help="augment only the first N clips (quick looks)")
+    p.add_argument("--allow-download", action="store_true", help="AudioLDM: allow fetching weights from the hub")
 
 
 def _add_benchmark(sub) -> None:
@@ -366,6 +393,7 @@ def _add_benchmark(sub) -> None:
     p.add_argument("--repeat", type=int, default=1, help="repeat with N seeds; mean and spread per cell")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for the rcmae systems; ae.KEY=V / knn.KEY=V go to that baseline")
+    _add_benchmark_aug_flags(p)
     p.set_defaults(func=_cmd_benchmark)
 
 

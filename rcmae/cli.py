@@ -397,6 +397,24 @@ def _add_benchmark(sub) -> None:
     p.set_defaults(func=_cmd_benchmark)
 
 
+# ---------------------------------------------------------------- figures
+def _cmd_figures(args: argparse.Namespace) -> int:
+    from rcmae import figures
+
+    for path in figures.write_figures(Path(args.run), Path(args.out), scorer=args.scorer, seed=args.seed):
+        print(path)
+    return 0
+
+
+def _add_figures(sub) -> None:
+    p = sub.add_parser("figures", help="the paper's figures as PNG + SVG: t-SNE, ROC, score histograms, curves")
+    p.add_argument("--run", required=True, help="an evaluated run folder")
+    p.add_argument("--out", required=True, help="folder for the .png/.svg files (and the plotted points as CSV)")
+    p.add_argument("--scorer", default=None, help="scorer for ROC and histograms (default: the run's default)")
+    p.add_argument("--seed", type=int, default=0, help="t-SNE seed (default 0)")
+    p.set_defaults(func=_cmd_figures)
+
+
 # ---------------------------------------------------------------- jobs
 def _cmd_jobs(args: argparse.Namespace) -> int:
     from rcmae import jobs
@@ -440,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_prompts,
         _add_baseline,
         _add_benchmark,
+        _add_figures,
         _add_jobs,
     ):
         add(sub)

@@ -415,6 +415,54 @@ def _add_figures(sub) -> None:
     p.set_defaults(func=_cmd_figures)
 
 
+# ---------------------------------------------------------------- reproduce
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from rcmae import reproduce
+
+    arms = tuple(a for a in args.arms.split(",") if a)
+    if not arms or any(a not in reproduce.ARMS for a in arms):
+        raise UsageError(f"--arms {args.arms!r}: a comma list of {', '.join(reproduce.ARMS)}")
+    opts = reproduce.Options(
+        out=Path(args.out), data=Path(args.data) if args.data else None, mirror=args.mirror, preset=args.preset,
+        overrides=list(args.set), pretrain_data=args.pretrain_data, arms=arms, gpus=args.gpus,
+        aug_model=args.aug_model, per_clip=args.per_clip, aug_steps=args.aug_steps, bank_shards=args.bank_shards,
+        seed=args.seed,
+    )
+    if args.dry_run:
+        reproduce.dry_run(opts, step_times=args.step_times, clips=args.clips, measure=not args.no_measure)
+        return 0
+    report = reproduce.run_all(opts)
+    print(Path(report).read_text())
+    return 0
+
+
+def _add_reproduce(sub) -> None:
+    p = sub.add_parser("reproduce", help="the paper's DCASE 2020 experiments (Tables 3 and 4) in one command")
+    p.add_argument("--out", required=True, help="folder for data (when fetched), bank, runs, logs and the report")
+    p.add_argument("--data", default=None,
+                   help="an existing DCASE 2020 Task 2 folder (dev_data/ + eval_data/); default: fetch from Zenodo")
+    p.add_argument("--mirror", default="https://zenodo.org", help="archive server (default https://zenodo.org)")
+    p.add_argument("--preset", default="paper", help="training preset (default paper)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+    p.add_argument("--pretrain-data", choices=["all", "train"], default="all",
+                   help="all: every clip, as the paper's 'all audios' (default); train: training clips only")
+    p.add_argument("--arms", default="rcmae,rcmae-nodda", help="Table 3 arms to run (default both)")
+    p.add_argument("--gpus", type=int, default=None, help="GPUs for banks and DDP training (default: all visible)")
+    p.add_argument("--aug-model", default=None, help="AudioLDM folder or model id (default cvssp/audioldm-s-full-v2)")
+    p.add_argument("--per-clip", type=int, default=4,
+                   help="AudioLDM copies per clip, one drawn per clip per epoch (default 4)")
+    p.add_argument("--aug-steps", type=lambda s: _pair(s, int), default=None,
+                   help="AudioLDM S range MIN:MAX (default 10:50, the paper's Table 2)")
+    p.add_argument("--bank-shards", type=int, default=None, help="bank processes (default: one per GPU)")
+    p.add_argument("--seed", type=int, default=0, help="bank seed (default 0)")
+    p.add_argument("--dry-run", action="store_true", help="print the steps, data volume and estimated GPU hours")
+    p.add_argument("--step-times", default=None,
+                   help="dry run: step times JSON written by bench/bench_paper.py on a GPU (default: measure now)")
+    p.add_argument("--clips", type=int, default=None, help="dry run without data: estimate for this many clips")
+    p.add_argument("--no-measure", action="store_true", help="dry run: do not measure step times")
+    p.set_defaults(func=_cmd_reproduce)
+
+
 # ---------------------------------------------------------------- jobs
 def _cmd_jobs(args: argparse.Namespace) -> int:
     from rcmae import jobs
@@ -459,6 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_baseline,
         _add_benchmark,
         _add_figures,
+        _add_reproduce,
         _add_jobs,
     ):
         add(sub)

@@ -152,9 +152,11 @@ def _plan(data: Path, per_clip: int, limit: int | None) -> tuple[str, list[_Job]
         # dev_data folder, and on any machine the data is copied to.
         key = "/".join(Path(path).parts[-3:])
         if counts[name] > 1:
-            # Same stem in two folders of one machine type: keep the names apart with a path hash.
+            # Same stem in two folders of one machine type (e.g. `rcmae reproduce`'s view of every clip, where
+            # dev train and dev test both hold normal_id_00_00000000.wav): keep names and seeds apart.
             full = Path(path).relative_to(root).as_posix()
             name = f"{name}-{hashlib.sha256(full.encode()).hexdigest()[:8]}"
+            key = full
         for k in range(per_clip):
             jobs.append(_Job(source=str(path), rel=key, k=k, output=f"audio/{name}__aug{k}.wav"))
     return str(root), jobs

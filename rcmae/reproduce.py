@@ -536,11 +536,24 @@ def dry_run(opts: Options, step_times: str | os.PathLike | None = None, clips: i
 
 
 # ---------------------------------------------------------------- running
-def _run_child(argv: list[str], log_path: Path, log: Callable[[str], None]) -> None:
+def _run_child(argv: list[str], log_path: Path, log: Callable[[str], None], in_process: bool = False) -> None:
+    """Run one ``python -m rcmae.cli ...`` step with its output in ``log_path``.
+
+    ``in_process`` calls ``rcmae.cli.main`` here instead (one device: no DDP relaunch to allow for, and no
+    second interpreter start-up); several GPUs always get a child process, which Lightning's DDP relaunches.
+    """
+    import contextlib
+
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log(f"  $ {' '.join(argv)}  > {log_path}")
     with open(log_path, "a") as fh:
-        rc = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, check=False).returncode
+        if in_process:
+            from rcmae import cli
+
+            with contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+                rc = cli.main(argv[3:])
+        else:
+            rc = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, check=False).returncode
     if rc != 0:
         tail = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()][-1:]
         raise ReproduceError(f"{' '.join(argv[3:5])} failed (exit {rc}): {tail[0] if tail else ''}; "
@@ -568,7 +581,11 @@ def run_all(opts: Options, log: Callable[[str], None] = print) -> Path:
     pretrain_view(data, pretrain_view_path(opts, data), opts.pretrain_data)
     logs = out / "logs"
     bank_steps = [s for s in plan(opts) if s["step"].startswith("bank ")]
-    if bank_steps:
+    single = opts.n_gpus <= 1
+    if len(bank_steps) == 1:
+        log("bank: 1 shard")
+        _run_child(bank_steps[0]["argv"], logs / "bank-0-of-1.log", log, in_process=True)
+    elif bank_steps:
         # Shards run side by side, one per GPU; build_bank resumes each from its manifest.
         log(f"bank: {len(bank_steps)} shard(s)")
         procs = []
@@ -606,7 +623,7 @@ def run_all(opts: Options, log: Callable[[str], None] = print) -> Path:
                 "evaluated" in read_json(run / "run.json"):
             continue
         log(f"{name}")
-        _run_child(argv, logs / f"{kind}-{arm}.log", log)
+        _run_child(argv, logs / f"{kind}-{arm}.log", log, in_process=single)
     return write_report(out, opts)
 
 

@@ -198,7 +198,8 @@ def test_tiny_end_to_end_reproduction(tmp_path):
     assert len(table) == 56 * 2 and set(table["backend"]) == {"audioldm"} and table["seed"].nunique() == 112
     runs = {arm: json.loads((out / "runs" / arm / "run.json").read_text()) for arm in reproduce.ARMS}
     assert runs["rcmae"]["n_train"] == 56 and runs["rcmae-nodda"]["n_train"] == 56
-    assert runs["rcmae"]["aug"] == str((out / "bank-audioldm").resolve()) and runs["rcmae-nodda"]["aug"] == "specaugment"
+    assert runs["rcmae"]["aug"] == str((out / "bank-audioldm").resolve())
+    assert runs["rcmae-nodda"]["aug"] == "specaugment"
     assert all(len(r["classes"]) == 4 and "finetune" in r["stages"] for r in runs.values())
     # The report: the paper's published values verbatim, ours equal to each run's results.json.
     report = json.loads((out / "report.json").read_text())

@@ -28,6 +28,7 @@ SECTIONS = [
     ("Scoring and training speed", ["speed.md"]),
     ("Augmentation speed", ["augment.md", "audioldm.md"]),
     ("Workbench quick demo", ["workbench.md"]),
+    ("The paper on a GPU: throughput, AudioLDM, full-schedule hours", ["paper.md"]),
 ]
 
 

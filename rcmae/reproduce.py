@@ -431,16 +431,20 @@ def measure_step_times(preset: str, overrides: Sequence[str] = (), batch: int | 
     return result
 
 
-def measure_audioldm(model: str, device: str | None = None, seconds: float = 10.0,
+def measure_audioldm(model: object, device: str | None = None, seconds: float = 10.0,
                      steps: Sequence[int] = (10, 50)) -> dict[str, float]:
-    """Seconds per clip of AudioLDM audio-to-audio at each S in ``steps`` (one warm-up call first)."""
+    """Seconds per clip of AudioLDM audio-to-audio at each S in ``steps`` (one warm-up call first).
+
+    ``model``: an AudioLDM folder or hub id, or an ``AudioLDMAugmenter`` already built.
+    """
     import numpy as np
     import torch
 
     from rcmae.augment.audioldm import AudioLDMAugmenter
     from rcmae.augment.bank import DEFAULT_T0, PAPER_GUIDANCE
 
-    aug = AudioLDMAugmenter.from_pretrained(model, device=device)
+    aug = model if isinstance(model, AudioLDMAugmenter) else AudioLDMAugmenter.from_pretrained(str(model),
+                                                                                                device=device)
     wave = (0.1 * np.random.default_rng(0).standard_normal(int(seconds * 16000))).astype(np.float32)
     prompt = "add continuous and powerful whirring noise in a factory"
     aug(wave, prompt, num_inference_steps=min(steps), guidance_scale=PAPER_GUIDANCE, t0=DEFAULT_T0)

@@ -136,6 +136,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         num_nodes=args.num_nodes,
         precision=args.precision,
         accelerator=args.accelerator,
+        replay=args.replay,
     )
     _fit_scorers_after_training(run)
     print(f"pretrained run: {run}")
@@ -151,6 +152,8 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--epochs", type=int, default=None, help="override the preset's pretraining epochs")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument("--replay", default=None, metavar="RUN",
+                   help="with a bank: pair clips with the copies RUN drew per epoch (its augment_draws.jsonl)")
     _add_trainer_flags(p)
     p.set_defaults(func=_cmd_pretrain)
 

@@ -97,7 +97,7 @@ def manifest_name(shard: tuple[int, int]) -> str:
 def load_prompt_source(prompts: str | os.PathLike | None) -> tuple[list[str], list[str] | None, object | None]:
     """The prompts a bank draws from: ``(texts, library ids or None, PromptLibrary or None)``.
 
-    ``None`` gives the paper's six Table 1-style prompts. A YAML prompt library (``prompts: [...]``),
+    ``None`` gives the paper's six Table 1 prompts (word for word). A YAML prompt library (``prompts: [...]``),
     a YAML list of strings, or a text file with one prompt per line (``#`` comments) are accepted.
     """
     from rcmae.prompts import PAPER_PROMPTS, PromptLibrary

@@ -85,3 +85,28 @@ def test_each_clip_draws_its_steps_from_10_to_50_inclusive_and_its_own_seed():
     steps = {d["steps"] for d in draws}
     assert steps == set(range(10, 51))
     assert len({d["seed"] for d in draws}) == 400
+
+
+def test_prompts_page_adds_table_1_to_an_older_library(tmp_path):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from rcmae.workspace import Workspace
+
+    root = Path(__file__).resolve().parents[1]
+    ws = Workspace(tmp_path / "ws")
+    ws.root.mkdir(parents=True)
+    ws.prompts.write_text(yaml.safe_dump({"prompts": [{"id": "p1", "text": TABLE_1[0], "tags": []}]}))
+    at = AppTest.from_file(str(root / "app" / "main.py"), default_timeout=120)
+    at.session_state["workspace"] = str(ws.root)
+    at.run()
+    at.switch_page(str(root / "pages" / "prompts.py"))
+    at.run()
+    button = next(b for b in at.button if b.label.startswith("Add the paper's Table 1 prompts"))
+    assert "(5 missing)" in button.label
+    button.click()
+    at.run()
+    assert not at.exception
+    assert [p["text"] for p in PromptLibrary(ws.prompts).list()] == TABLE_1
+    assert not any(b.label.startswith("Add the paper's Table 1") for b in at.button)

@@ -501,7 +501,8 @@ def dry_run(opts: Options, step_times: str | os.PathLike | None = None, clips: i
     volume = None
     if opts.data is not None and Path(opts.data).is_dir():
         volume = check_layout(opts.data)
-        view_all = volume["all_clips"] if opts.pretrain_data == "all" else volume["train_clips"]
+        # The "all" view holds the training and the labelled (development) test clips, not the evaluation set.
+        view_all = volume["train_clips"] + (volume["test_clips"] if opts.pretrain_data == "all" else 0)
         counts = {"pretrain": view_all, "finetune": volume["train_clips"], "test": volume["test_clips"]}
         log(f"data: {volume['all_clips']} clips ({volume['bytes'] / 2**30:.2f} GiB): {volume['train_clips']} "
             f"training, {volume['test_clips']} labelled test; {len(volume['classes'])} machine-ID classes "

@@ -59,7 +59,8 @@ def main() -> None:
                              gpus=args.gpus, per_clip=args.per_clip)
     if args.data:
         layout = reproduce.check_layout(args.data)
-        clips = {"pretrain": layout["all_clips"], "finetune": layout["train_clips"], "test": layout["test_clips"]}
+        clips = {"pretrain": layout["train_clips"] + layout["test_clips"], "finetune": layout["train_clips"],
+                 "test": layout["test_clips"]}
     elif args.clips:
         clips = {"pretrain": args.clips, "finetune": args.clips, "test": 0}
     else:

@@ -186,6 +186,7 @@ def histogram_figure(table: pd.DataFrame, scorer: str):
                     ax.annotate(f"id {mid}", (float(h), ax.get_ylim()[1] * 0.9), fontsize=6, rotation=90)
         ax.set_title(mtype)
         ax.set_xlabel(f"score ({scorer})")
+        ax.set_ylabel("test clips")
         ax.legend(fontsize=7)
     fig.suptitle("scores and decision thresholds (dashed)")
     return fig

@@ -31,6 +31,7 @@ SECTIONS = [
     ("Augmentation speed", ["augment.md", "audioldm.md"]),
     ("Workbench quick demo", ["workbench.md"]),
     ("Reliability under faults", ["reliability.md"]),
+    ("The paper on a GPU: throughput, AudioLDM, full-schedule hours", ["paper.md"]),
 ]
 
 

@@ -218,7 +218,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     )
     for name, res in results.items():
         avg = res["average"]
-        line = f"{name:>8}: AUC {avg['auc']:.4f}  pAUC {avg['pauc']:.4f}"
+        line = (f"{name:>8}: AUC {avg['auc']:.4f}  pAUC {avg['pauc']:.4f}" if avg["auc"] is not None else
+                f"{name:>8}: no labelled test clips (scores and decisions written for submission)")
         official = res.get("official") or {}
         if official.get("score") is not None:  # DCASE 2021+ data (docs/metrics.md)
             line += (f"  | AUC source {official['hmean_source']:.4f}  AUC target {official['hmean_target']:.4f}  "

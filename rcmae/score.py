@@ -556,7 +556,8 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, 
     types, ids = list(test["machine_type"].astype(str)), list(test["machine_id"].astype(str))
     out_dir = run / "eval"
     results: dict[str, dict] = {}
-    scores_table = test[["path", "machine_type", "machine_id", "label"]].copy()
+    scores_table = test[["path", "machine_type", "machine_id", "label"]
+                        + [c for c in ("section", "domain", "attributes") if c in test.columns]].copy()
     skipped: dict[str, str] = {}
     tables: dict[str, pd.DataFrame] = {}
     for name in scorers:
@@ -568,10 +569,12 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, 
             skipped[name] = str(err)
             print(f"evaluate: scorer {name} skipped: {err}", file=sys.stderr)
             continue
-        table = test.assign(score=scores)
+        thr = [det.threshold(name, t, i) for t, i in zip(types, ids, strict=True)]
+        # One threshold per machine ID / section covers both domains (the DCASE 2022+ rule).
+        table = test.assign(score=scores, decision=[None if h is None else int(s > h)
+                                                    for s, h in zip(scores, thr, strict=True)])
         res = evaluate_scores(table, system=f"rcmae-{name}", data=str(data))
         tables[name] = table
-        thr = [det.threshold(name, t, i) for t, i in zip(types, ids, strict=True)]
         scores_table[f"score_{name}"] = scores
         scores_table[f"threshold_{name}"] = thr
         scores_table[f"decision_{name}"] = [None if h is None else ("anomaly" if s > h else "normal")
@@ -589,8 +592,10 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, 
         stand_in = next(iter(results))
         print(f"evaluate: the default scorer {det.default_scorer} was skipped; eval/results.json holds {stand_in}",
               file=sys.stderr)
-        write_results(results[stand_in], test.assign(score=scores_table[f"score_{stand_in}"]), out_dir,
-                      name="results.json")
+        write_results(results[stand_in], test.assign(
+            score=scores_table[f"score_{stand_in}"],
+            decision=scores_table[f"decision_{stand_in}"].map({"anomaly": 1, "normal": 0})), out_dir,
+            name="results.json")
     atomic_write_text(out_dir / "scores.csv", scores_table.to_csv(index=False))
     for space in det.models:
         z = det.embed(x, space).float().cpu().numpy()

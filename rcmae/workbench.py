@@ -27,7 +27,7 @@ from rcmae.workspace import Workspace
 if TYPE_CHECKING:  # diffusers is heavy: imported only when AudioLDM is actually used
     from rcmae.augment.audioldm import AudioLDMAugmenter
 
-JOB_KINDS = ("pretrain", "finetune", "evaluate", "augment", "benchmark", "demo-data")
+JOB_KINDS = ("pretrain", "finetune", "evaluate", "augment", "benchmark", "reproduce", "demo-data")
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"
 UPLOAD_LIMIT_MB = 20.0
 DEFAULT_AUDIOLDM = "cvssp/audioldm-s-full-v2"
@@ -454,6 +454,10 @@ def job_argv(kind: str, *, data: str | os.PathLike | None = None, run: str | os.
         need(data, "data folder")
         need(out, "benchmark folder")
         argv = ["benchmark", "--data", a(data), "--out", a(out), "--systems", systems, "--preset", preset, *sets]
+    elif kind == "reproduce":
+        # The paper's DCASE 2020 experiments; without a data folder the job fetches the data (needs internet).
+        need(out, "reproduction folder")
+        argv = ["reproduce", "--out", a(out), *(["--data", a(data)] if data else []), "--preset", preset, *sets]
     elif kind == "demo-data":
         need(out, "output folder")
         train, test = demo_counts()
@@ -551,10 +555,15 @@ def score_table(run: str | os.PathLike, scorer: str) -> pd.DataFrame:
             raise ValueError(f"{csv}: empty or torn ({str(err).splitlines()[0]}); re-run evaluate on this run") \
                 from err
         if f"score_{scorer}" in frame.columns:
-            return pd.DataFrame({
+            table = pd.DataFrame({
                 "path": frame["path"], "machine_type": frame["machine_type"], "machine_id": frame["machine_id"],
                 "label": frame["label"], "score": frame[f"score_{scorer}"],
                 "threshold": frame.get(f"threshold_{scorer}"), "decision": frame.get(f"decision_{scorer}")})
+            # DCASE 2021+ runs: the clip's domain and attributes, for the domain-split plots.
+            for col in ("domain", "attributes"):
+                if col in frame.columns:
+                    table[col] = frame[col].fillna("").astype(str)
+            return table
     folder = eval_dir / scorer if (eval_dir / scorer).is_dir() else eval_dir
     return load_score_table(folder).assign(threshold=np.nan, decision=None)
 

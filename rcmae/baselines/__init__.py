@@ -74,6 +74,11 @@ def run_baseline(
         table, info = run_knn(index, out, progress=progress, **kw)
     if table.empty:
         raise ValueError(f"{data}: no test clips could be scored; the folder needs test/ clips with training clips")
+    # DCASE 2021+ data: the clips' section, domain and attributes, so that results.json gets the domain
+    # metrics and the official score (decisions need thresholds, which the baselines do not fit).
+    extra = [c for c in ("section", "domain", "attributes") if c not in table.columns]
+    if extra and rdata.has_domains(index):
+        table = table.merge(index[["path", *extra]], on="path", how="left")
     results = metrics.evaluate_scores(table, system=name, data=str(data))
     results["baseline"] = {k: v for k, v in info.items() if k != "skipped"}
     skipped = list(index.attrs.get("skipped", [])) + list(info["skipped"])

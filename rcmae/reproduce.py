@@ -523,7 +523,7 @@ def dry_run(opts: Options, step_times: str | os.PathLike | None = None, clips: i
         if opts.aug_model and "rcmae" in opts.arms:
             times["audioldm_s_per_clip"] = measure_audioldm(opts.aug_model, seconds=10.0)
             times["source"] += "; AudioLDM s/clip measured now at S = 10 and 50 on a 10 s clip"
-    log(f"step times: {times.get('source', 'none')}")
+    log(f"step times: {times.get('source', 'none (no estimate; pass --step-times FILE, or drop --no-measure)')}")
     if times.get("pretrain_step_s") is not None:
         log(f"  pretrain {times['pretrain_step_s']:.3f} s/step, finetune {times['finetune_step_s']:.3f} s/step"
             + (f", AudioLDM {times['audioldm_s_per_clip']} s/clip by S" if times.get("audioldm_s_per_clip") else

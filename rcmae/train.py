@@ -576,7 +576,7 @@ def pretrain(
     accelerator: str = "auto",
     progress: bool = True,
     callbacks: Sequence[Callback] = (),
-    fit_scores: bool = True,
+    fit_scores: bool = True,  # noqa: ARG001 - kept for old callers; training never scores
 ) -> Path:
     """Self-supervised RC-MAE pretraining into the run folder ``out``.
 
@@ -591,7 +591,8 @@ def pretrain(
         devices, num_nodes, precision, accelerator: Lightning Trainer flags.
         progress: Show progress bars.
         callbacks: Extra Lightning callbacks (job control, tests).
-        fit_scores: Fit thresholds and save train embeddings when training ends.
+        fit_scores: Ignored, kept for old callers: training never scores. Thresholds and train embeddings are
+            fitted by ``rcmae.score.fit_run`` (``rcmae pretrain`` calls it) or on the first ``Detector.load``.
 
     Returns:
         The run folder.
@@ -663,10 +664,6 @@ def pretrain(
                           "wall_s": round(time.time() - started, 1), "resumed": bool(resume),
                           **{k: trainer_kw[k] for k in ("accelerator", "precision", "strategy")}}
     update_run_json(out, stages=stages)
-    if fit_scores:
-        from rcmae.score import fit_run
-
-        fit_run(out, train=train, progress=progress)
     return out
 
 
@@ -682,7 +679,7 @@ def finetune(
     accelerator: str = "auto",
     progress: bool = True,
     callbacks: Sequence[Callback] = (),
-    fit_scores: bool = True,
+    fit_scores: bool = True,  # noqa: ARG001 - kept for old callers; training never scores
 ) -> Path:
     """Fine-tune a pretrained run on machine-ID classes (SupCon + cross-entropy).
 
@@ -698,7 +695,7 @@ def finetune(
         devices, num_nodes, precision, accelerator: Lightning Trainer flags.
         progress: Show progress bars.
         callbacks: Extra Lightning callbacks.
-        fit_scores: Refit thresholds and train embeddings afterwards.
+        fit_scores: Ignored, kept for old callers (see :func:`pretrain`).
 
     Returns:
         The run folder.
@@ -731,10 +728,6 @@ def finetune(
         print(message, flush=True)
         stages["finetune"] = {"skipped": message}
         update_run_json(run, stages=stages, data=str(data.resolve()))
-        if fit_scores:
-            from rcmae.score import fit_run
-
-            fit_run(run, train=train, progress=progress)
         return run
     model, _ = _model_from_checkpoint(pre)
     model.set_num_classes(len(train.classes))
@@ -758,8 +751,4 @@ def finetune(
                           "wall_s": round(time.time() - started, 1), "resumed": bool(resume),
                           **{k: trainer_kw[k] for k in ("accelerator", "precision", "strategy")}}
     update_run_json(run, stages=stages, data=str(data.resolve()), classes=[list(c) for c in train.classes])
-    if fit_scores:
-        from rcmae.score import fit_run
-
-        fit_run(run, train=train, progress=progress)
     return run

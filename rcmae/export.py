@@ -14,9 +14,9 @@ BUNDLE/
 ```
 
 The log-mel front-end and the feature normalisation are inside the model (wave in, score out).
-Each scorer family contributes one torch module (``forward(x, z, unit) -> score``) and the reference
-tensors it needs, built from the run's :class:`rcmae.score.Detector` so that the exported scores equal
-``Detector.score`` (tests check it scorer by scorer); a scorer without such a module is refused.
+Each scorer family contributes one torch graph (``forward(x, z, unit) -> score``) carrying the reference
+tensors it needs, built from the run's fitted scorer (:mod:`rcmae.scorers.graph`), so that the exported scores
+equal ``Detector.score`` (tests check it scorer by scorer); a scorer without a graph is refused.
 """
 
 from __future__ import annotations
@@ -25,12 +25,11 @@ import contextlib
 import datetime as _dt
 import io
 import logging
-import math
 import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -40,10 +39,8 @@ from torch import nn
 
 import rcmae
 from rcmae.audio import load_audio, write_wav
-from rcmae.datasets import make_generator, window_starts
 from rcmae.files import atomic_write_text, read_json, write_json
-from rcmae.losses import masked_mse
-from rcmae.model import RCMAE, clip_stats
+from rcmae.scorers.graph import ExportContext, WindowEmbedder, build_graph
 
 BUNDLE_VERSION = 1
 FORMATS = ("torchscript", "onnx")
@@ -55,188 +52,7 @@ class ExportError(ValueError):
     """A run or scorer that cannot be exported, or a folder that is not a bundle; one line."""
 
 
-# ------------------------------------------------------------------------------------------ torch parts
-class WindowEmbedder(nn.Module):
-    """``x [B, F, T]`` -> ``z [B, D]``: the mean embedding over the run's crop windows (``Detector.embed``)."""
-
-    def __init__(self, model: RCMAE, n_frames: int, crop: int | None) -> None:
-        super().__init__()
-        self.model = model
-        self.crop = crop or n_frames
-        self.starts = window_starts(n_frames, crop) if crop else [0]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([self.model.embed(x[..., s : s + self.crop]) for s in self.starts]).mean(0)
-
-
-def _mean_k_smallest(d: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Row-wise mean of the ``k[b]`` smallest values of ``d [B, n]`` (other units' rows are ``inf``)."""
-    sorted_d = torch.sort(d, dim=1).values
-    csum = torch.cumsum(torch.where(torch.isfinite(sorted_d), sorted_d, torch.zeros_like(sorted_d)), dim=1)
-    return csum.gather(1, (k - 1)[:, None])[:, 0] / k.to(d.dtype)
-
-
-class KnnScorer(nn.Module):
-    """``knn``: mean cosine distance to the ``k`` nearest normal training embeddings of the same unit."""
-
-    def __init__(self, bank: np.ndarray, units: np.ndarray, n_units: int, k: int) -> None:
-        super().__init__()
-        bank = np.asarray(bank, dtype=np.float32)
-        # Normalised in float32 and compared in float64, as rcmae.score.knn_distances does.
-        rn = bank / np.maximum(np.linalg.norm(bank, axis=1, keepdims=True), 1e-12)
-        self.register_buffer("bank", torch.from_numpy(rn.astype(np.float64)))
-        self.register_buffer("units", torch.from_numpy(np.asarray(units, dtype=np.int64)))
-        counts = np.bincount(units, minlength=n_units)
-        self.register_buffer("k", torch.from_numpy(np.minimum(k, counts).astype(np.int64)))
-
-    def references(self) -> dict[str, np.ndarray]:
-        return {"knn_bank": self.bank.numpy(), "knn_units": self.units.numpy(), "knn_k": self.k.numpy()}
-
-    def forward(self, x: torch.Tensor, z: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
-        qn = z / torch.clamp(torch.linalg.vector_norm(z, dim=1, keepdim=True), min=1e-12)
-        d = 1.0 - qn.double() @ self.bank.T
-        d = torch.where(self.units[None, :] == unit[:, None], d, torch.full_like(d, math.inf))
-        return _mean_k_smallest(d, self.k[unit])
-
-
-class JointSpace(nn.Module):
-    """The ``knn_joint``/``maha`` space of :func:`rcmae.score.joint_features`, in float64."""
-
-    def __init__(self, mean: np.ndarray, std: np.ndarray, weight: float) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.from_numpy(np.asarray(mean, dtype=np.float64)))
-        self.register_buffer("std", torch.from_numpy(np.maximum(np.asarray(std, dtype=np.float64), 1e-6)))
-        self.weight = float(weight)
-
-    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        z = z.double()
-        zn = z / torch.clamp(torch.linalg.vector_norm(z, dim=1, keepdim=True), min=1e-12)
-        stats = clip_stats(x).double()
-        st = (stats - self.mean) / self.std / math.sqrt(stats.shape[1])
-        return torch.cat([zn, self.weight * st], dim=1)
-
-
-class KnnJointScorer(nn.Module):
-    """``knn_joint``: mean Euclidean distance to the ``k`` nearest normal clips of the unit in the joint space."""
-
-    def __init__(self, space: JointSpace, bank: np.ndarray, units: np.ndarray, n_units: int, k: int) -> None:
-        super().__init__()
-        self.space = space
-        self.register_buffer("bank", torch.from_numpy(np.asarray(bank, dtype=np.float64)))
-        self.register_buffer("units", torch.from_numpy(np.asarray(units, dtype=np.int64)))
-        self.register_buffer("k", torch.from_numpy(np.minimum(k, np.bincount(units, minlength=n_units))))
-
-    def references(self) -> dict[str, np.ndarray]:
-        return {"joint_mean": self.space.mean.numpy(), "joint_std": self.space.std.numpy(),
-                "joint_bank": self.bank.numpy(), "joint_units": self.units.numpy(), "joint_k": self.k.numpy()}
-
-    def forward(self, x: torch.Tensor, z: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
-        q = self.space(x, z)
-        d = torch.sqrt(((self.bank[None, :, :] - q[:, None, :]) ** 2).sum(-1))
-        d = torch.where(self.units[None, :] == unit[:, None], d, torch.full_like(d, math.inf))
-        return _mean_k_smallest(d, self.k[unit])
-
-
-class MahaScorer(nn.Module):
-    """``maha``: Mahalanobis distance to the unit's Gaussian (mean, Ledoit-Wolf precision) in the joint space."""
-
-    def __init__(self, space: JointSpace, means: np.ndarray, precisions: np.ndarray) -> None:
-        super().__init__()
-        self.space = space
-        self.register_buffer("means", torch.from_numpy(np.asarray(means, dtype=np.float64)))
-        self.register_buffer("precisions", torch.from_numpy(np.asarray(precisions, dtype=np.float64)))
-
-    def references(self) -> dict[str, np.ndarray]:
-        return {"joint_mean": self.space.mean.numpy(), "joint_std": self.space.std.numpy(),
-                "maha_means": self.means.numpy(), "maha_precisions": self.precisions.numpy()}
-
-    def forward(self, x: torch.Tensor, z: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
-        d = self.space(x, z) - self.means[unit]
-        m = (torch.bmm(self.precisions[unit], d[:, :, None])[:, :, 0] * d).sum(-1)
-        return torch.sqrt(torch.clamp(m, min=0.0))
-
-
-class IdProbScorer(nn.Module):
-    """``idprob``: ``-log p(unit | clip)`` of the fine-tuned classifier, averaged over crop windows."""
-
-    def __init__(self, model: RCMAE, n_frames: int, crop: int | None) -> None:
-        super().__init__()
-        self.embedder = WindowEmbedder(model, n_frames, crop)
-
-    def references(self) -> dict[str, np.ndarray]:
-        return {}
-
-    def forward(self, x: torch.Tensor, z: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
-        e = self.embedder
-        per_window = [-torch.log_softmax(e.model.classify(e.model.embed(x[..., s : s + e.crop])).float(), -1)
-                      .gather(1, unit[:, None])[:, 0] for s in e.starts]
-        return torch.stack(per_window).mean(0).double()
-
-
-class ReconScorer(nn.Module):
-    """``recon`` (and ``recon_topk`` with ``topk``): masked-patch error of the pretrained MAE.
-
-    The masks are the ones the Detector draws from its fixed-seed generator: that noise is carried as a
-    buffer, so the exported graph masks the same patches of every window.
-    """
-
-    def __init__(self, model: RCMAE, n_frames: int, crop: int | None, noise: torch.Tensor, mask_ratio: float,
-                 topk: float | None = None) -> None:
-        super().__init__()
-        self.embedder = WindowEmbedder(model, n_frames, crop)
-        self.register_buffer("noise", noise.float())
-        self.mask_ratio = float(mask_ratio)
-        self.topk = topk
-
-    def references(self) -> dict[str, np.ndarray]:
-        return {"recon_noise": self.noise.numpy()}
-
-    def _window_errors(self, w: torch.Tensor) -> torch.Tensor:
-        """Errors of one window ``w [B, F, t]``: per mask ``[B, n]`` (recon) or per masked patch (topk)."""
-        model = self.embedder.model
-        b, n = w.shape[0], self.noise.shape[0]
-        reps = w.repeat_interleave(n, dim=0)
-        latent, mask, ids_restore = model.forward_encoder(reps, self.mask_ratio, noise=self.noise.repeat(b, 1))
-        pred = model.forward_decoder(latent, ids_restore)
-        if self.topk is None:
-            return masked_mse(pred, model.target(reps), mask, norm_pix=model.config.norm_pix_loss,
-                              reduction="none").float().view(b, n)
-        target = model.target(reps)
-        if model.config.norm_pix_loss:
-            target = (target - target.mean(dim=-1, keepdim=True)) / (target.var(dim=-1, keepdim=True) + 1.0e-6) ** 0.5
-        per_patch = ((pred - target) ** 2).mean(dim=-1).float()
-        return per_patch[mask.bool()].view(b, -1)
-
-    def forward(self, x: torch.Tensor, z: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
-        e = self.embedder
-        errs = [self._window_errors(x[..., s : s + e.crop]) for s in e.starts]
-        if self.topk is None:
-            return torch.stack([er.mean(1) for er in errs]).mean(0).double()
-        flat = torch.cat(errs, dim=1)
-        k = max(1, int(math.ceil(self.topk * flat.shape[1])))
-        return torch.topk(flat, k, dim=1).values.double().mean(1)
-
-
-class EnsembleScorer(nn.Module):
-    """``ensemble``: mean of its parts, each standardised with the unit's normal training-score moments."""
-
-    def __init__(self, parts: Sequence[nn.Module], moments: np.ndarray) -> None:
-        super().__init__()
-        self.parts = nn.ModuleList(parts)
-        self.register_buffer("moments", torch.from_numpy(np.asarray(moments, dtype=np.float64)))  # [P, C, 2]
-
-    def references(self) -> dict[str, np.ndarray]:
-        out = {"ensemble_moments": self.moments.numpy()}
-        for part in self.parts:
-            out.update(part.references())
-        return out
-
-    def forward(self, x: torch.Tensor, z: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
-        zs = [(part(x, z, unit) - self.moments[p, unit, 0]) / torch.clamp(self.moments[p, unit, 1], min=1e-12)
-              for p, part in enumerate(self.parts)]
-        return torch.stack(zs).mean(0)
-
-
+# ------------------------------------------------------------------------------------------ the graph
 class ExportedDetector(nn.Module):
     """Wave in, score out: log-mel, normalisation, embedding and one scorer in one graph.
 
@@ -260,131 +76,18 @@ class ExportedDetector(nn.Module):
         return self.scorer(x, z, unit), z, db
 
 
-# --------------------------------------------------------------------------------- per-scorer builders
-def _unit_rows(det, table: dict, units: list[tuple[str, str]]) -> np.ndarray:
-    """Unit index of each reference row (``-1`` for rows of units the bundle does not carry)."""
-    index = {u: i for i, u in enumerate(units)}
-    return np.array([index.get((str(t), str(i)), -1) for t, i in zip(table["machine_type"], table["machine_id"],
-                                                                      strict=True)], dtype=np.int64)
-
-
-def _check_units_covered(rows: np.ndarray, units: list[tuple[str, str]], scorer: str, minimum: int = 1) -> None:
-    counts = np.bincount(rows[rows >= 0], minlength=len(units))
-    thin = [f"{t}/{i}" for (t, i), c in zip(units, counts, strict=True) if c < minimum]
-    if thin:
-        raise ExportError(f"{scorer}: unit(s) {', '.join(thin)} have fewer than {minimum} normal training clips in "
-                          "the run's references; run `rcmae evaluate --run RUN` to refit, or pick another --scorer")
-
-
-def _joint(det, weight: float, units) -> tuple[JointSpace, np.ndarray, np.ndarray]:
-    if det.clipstats is None or det.references.get(det.knn_space) is None:
-        raise ExportError(f"{det.run}: no training references for the joint space; run `rcmae evaluate --run "
-                          f"{det.run}` first")
-    cs = det.clipstats["z"].astype(np.float64)
-    space = JointSpace(cs.mean(0), cs.std(0), weight)
-    from rcmae.score import joint_features
-
-    ref = det.references[det.knn_space]
-    bank = joint_features(ref["z"], cs, cs.mean(0), cs.std(0), weight)
-    return space, bank, _unit_rows(det, ref, units)
-
-
-def _build_knn(det, units) -> nn.Module:
-    ref = det.references.get(det.knn_space)
-    if ref is None:
-        raise ExportError(f"{det.run}: no training embeddings; run `rcmae evaluate --run {det.run}` first")
-    rows = _unit_rows(det, ref, units)
-    _check_units_covered(rows, units, "knn")
-    keep = rows >= 0
-    return KnnScorer(ref["z"][keep], rows[keep], len(units), det.cfg.score.knn_k)
-
-
-def _build_knn_joint(det, units) -> nn.Module:
-    space, bank, rows = _joint(det, det.cfg.score.joint_weight, units)
-    _check_units_covered(rows, units, "knn_joint")
-    keep = rows >= 0
-    return KnnJointScorer(space, bank[keep], rows[keep], len(units), det.cfg.score.knn_k)
-
-
-def _build_maha(det, units) -> nn.Module:
-    from rcmae.score import fit_gaussian
-
-    space, bank, rows = _joint(det, det.cfg.score.maha_weight, units)
-    _check_units_covered(rows, units, "maha", minimum=2)
-    fits = [fit_gaussian(bank[rows == u]) for u in range(len(units))]
-    return MahaScorer(space, np.stack([f[0] for f in fits]), np.stack([f[1] for f in fits]))
-
-
-def _build_idprob(det, units) -> nn.Module:
-    if [tuple(u) for u in units] != [tuple(c) for c in det.classes]:
-        raise ExportError(f"idprob: the bundle's units must be the classifier's classes {det.classes}")
-    return IdProbScorer(det.models["finetune"], _n_frames(det),
-                        det.cfg.pretrain.crop_frames)
-
-
-def _recon_noise(det) -> torch.Tensor:
-    from rcmae.score import _RECON_SEED
-
-    model = det.models["pretrain"]
-    # The noise rcmae.model.RCMAE.random_masking draws from the Detector's fixed-seed generator.
-    gen = make_generator(_RECON_SEED, device="cpu")
-    return torch.rand(det.cfg.score.recon_masks, model.config.num_patches, generator=gen)
-
-
-def _build_recon(det, units) -> nn.Module:
-    return ReconScorer(det.models["pretrain"], _n_frames(det), det.cfg.pretrain.crop_frames, _recon_noise(det),
-                       det.cfg.score.recon_mask_ratio)
-
-
-def _build_recon_topk(det, units) -> nn.Module:
-    return ReconScorer(det.models["pretrain"], _n_frames(det), det.cfg.pretrain.crop_frames, _recon_noise(det),
-                       det.cfg.score.recon_mask_ratio, topk=det.cfg.score.recon_topk)
-
-
-def _build_ensemble(det, units) -> nn.Module:
-    parts, moments = [], []
-    for name in det.cfg.score.ensemble:
-        parts.append(build_scorer(det, name, units))
-        m = det.moments.get(name, {})
-        missing = [f"{t}/{i}" for t, i in units if f"{t}/{i}" not in m]
-        if missing:
-            raise ExportError(f"ensemble: no training-score moments of {name} for {', '.join(missing)}; "
-                              f"run `rcmae evaluate --run {det.run}` after deleting thresholds.json")
-        moments.append([m[f"{t}/{i}"] for t, i in units])
-    return EnsembleScorer(parts, np.asarray(moments, dtype=np.float64))
-
-
-# One builder per scorer family: the torch module and the reference tensors it carries.
-SCORER_BUILDERS: dict[str, Callable] = {
-    "knn": _build_knn,
-    "knn_joint": _build_knn_joint,
-    "maha": _build_maha,
-    "idprob": _build_idprob,
-    "recon": _build_recon,
-    "recon_topk": _build_recon_topk,
-    "ensemble": _build_ensemble,
-}
-
-
 def _n_frames(det) -> int:
     n = int(round(det.cfg.data.duration * det.cfg.data.sample_rate))
     return det.cfg.features.n_frames(n)
 
 
-def build_scorer(det, scorer: str, units: list[tuple[str, str]]) -> nn.Module:
-    """The torch module of ``scorer`` for a loaded Detector, or :class:`ExportError` saying why not."""
-    builder = SCORER_BUILDERS.get(scorer)
-    if builder is None:
-        raise ExportError(f"scorer {scorer} cannot be exported (no torch scoring function for it); "
-                          f"export one of {', '.join(s for s in det.scorers if s in SCORER_BUILDERS)} with --scorer")
-    if scorer not in det.scorers:
-        raise ExportError(f"scorer {scorer} is unavailable for {det.run} ({det._why_unavailable(scorer)}); "
-                          f"use --scorer with one of {', '.join(det.scorers)}")
-    return builder(det, units)
-
-
 def build_module(det, scorer: str) -> tuple[ExportedDetector, list[tuple[str, str]]]:
-    """The exportable module of one scorer of a Detector and its units (``(machine_type, machine_id)``)."""
+    """The exportable module of one scorer of a Detector and its units (``(machine_type, machine_id)``).
+
+    The scorer's torch graph comes from its family's builder (:mod:`rcmae.scorers.graph`); a scorer that is
+    unavailable for the run or has no graph raises one clear line.
+    """
+    name = det._scorer(scorer)
     units = [tuple(c) for c in det.classes]
     if not units:
         ref = det.references.get(det.knn_space) or {}
@@ -392,10 +95,11 @@ def build_module(det, scorer: str) -> tuple[ExportedDetector, list[tuple[str, st
                                strict=True)))
     if not units:
         raise ExportError(f"{det.run}: the run lists no machine IDs (run.json classes); finish training first")
-    scorer_module = build_scorer(det, scorer, units)
-    embedder = WindowEmbedder(det.models[det.knn_space], _n_frames(det), det.cfg.pretrain.crop_frames)
-    module = ExportedDetector(det.logmel, det.stats.mean, det.stats.std, embedder, scorer_module).eval()
-    return module.cpu(), units
+    families = det._families
+    ctx = ExportContext(units, det.models, _n_frames(det), det.cfg.pretrain.crop_frames, families.__getitem__)
+    graph = build_graph(families[name], ctx)
+    module = ExportedDetector(det.logmel, det.stats.mean, det.stats.std, ctx.embedder(det.knn_space), graph)
+    return module.cpu().eval(), units
 
 
 # ----------------------------------------------------------------------------------------- writing

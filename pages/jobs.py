@@ -9,9 +9,8 @@ import pandas as pd
 import streamlit as st
 
 from rcmae import jobs, viz, workbench
-from rcmae.workspace import Workspace
 
-ws = Workspace.default(st.session_state.get("workspace")).ensure()
+ws = workbench.page_workspace(st.session_state.get("workspace"))
 store = jobs.JobStore(ws.jobs_db)
 
 st.title("Jobs")
@@ -42,14 +41,15 @@ with st.expander("Launch a job", expanded=not store.list()):
         data = c1.selectbox("Data set", [str(p) for p in datasets]) if datasets else None
         parent = {"pretrain": ws.runs, "augment": ws.banks, "benchmark": ws.benchmarks}[kind]
         default = workbench.new_name(parent, Path(data).name if data else kind)
-        out = parent / c2.text_input("Output name", default, help=f"a folder under {parent}")
+        out = c2.text_input("Output name", default, help=f"a folder under {parent}")
+        out = (parent, out)
     elif kind in ("finetune", "evaluate"):
         if not runs:
             st.info("No run yet: launch a pretrain job first (or the quick demo run on **Start**).",
                     icon=":material/info:")
         run = c1.selectbox("Run", [str(p) for p in runs], format_func=lambda p: Path(p).name) if runs else None
     else:
-        out = ws.data / c1.text_input("Folder name", "demo")
+        out = (ws.data, c1.text_input("Folder name", "demo"))
     preset, epochs, overrides = "tiny", None, []
     options: dict = {}
     if kind == "pretrain":
@@ -88,6 +88,8 @@ with st.expander("Launch a job", expanded=not store.list()):
         st.caption("No GPU detected: the job runs on the CPU (one CPU job at a time; set RCMAE_CPU_JOBS for more).")
     if st.button("Launch", type="primary", icon=":material/play_arrow:"):
         try:
+            # Typed names must stay inside the workspace (or an allowed root): no ../, absolute paths, symlinks out.
+            out = workbench.resolve_path(ws, out[1], under=out[0]) if out else None
             argv = workbench.job_argv(kind, data=data, run=run, out=out, preset=preset, overrides=overrides,
                                       epochs=epochs, **options)
             job = workbench.launch_and_start(store, argv, gpus=",".join(chosen))
@@ -104,6 +106,8 @@ def _when(t: float | None) -> str:
 
 @st.fragment(run_every=2.0)
 def _live() -> None:
+    if jobs.revive_runner(store):
+        st.toast("The queue runner had stopped (killed?): restarted it for the queued jobs.")
     jobs.start_ready(store)
     all_jobs = store.list()
     if not all_jobs:
@@ -144,19 +148,21 @@ def _live() -> None:
     if job.state == "failed":
         st.error(f"Job {job.id} failed (return code {job.returncode}). {job.note} End of its log below.",
                  icon=":material/error:")
+    if job.state == "killed":
+        st.warning(f"Job {job.id} was {job.note or 'killed'}.", icon=":material/warning:")
     st.text_area("Log (end)", jobs.tail_log(job, 40), height=260, key=f"log_{job.id}_{job.state}")
     c1, c2, c3 = st.columns(3)
     if job.state in ("queued", "running") and c1.button("Cancel", icon=":material/stop_circle:"):
         jobs.cancel(store, job.id)
         st.rerun()
-    if job.state in ("failed", "cancelled") and job.kind in ("pretrain", "finetune") and \
+    if job.state in jobs.ENDED_BADLY and job.kind in ("pretrain", "finetune") and \
             c2.button("Resume", icon=":material/replay:", help="continue from the last checkpoint"):
-        new = workbench.launch_and_start(store, jobs.resume_argv(job), gpus=job.gpus, name=f"{job.name} (resume)")
+        new = workbench.relaunch(store, job, resume=True)
         st.session_state["job_id"] = new.id
         st.rerun()
-    if job.state in ("done", "failed", "cancelled") and job.kind != "python" and \
+    if job.state in ("done", *jobs.ENDED_BADLY) and job.kind != "python" and \
             c3.button("Run again", icon=":material/restart_alt:"):
-        new = workbench.launch_and_start(store, list(job.argv), gpus=job.gpus, name=job.name)
+        new = workbench.relaunch(store, job)
         st.session_state["job_id"] = new.id
         st.rerun()
 

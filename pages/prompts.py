@@ -5,9 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from rcmae import prompts, workbench
-from rcmae.workspace import Workspace
 
-ws = Workspace.default(st.session_state.get("workspace")).ensure()
+ws = workbench.page_workspace(st.session_state.get("workspace"))
 
 st.title("Prompts")
 st.write("Text prompts steer the augmentation backends (AudioLDM, or the procedural factory-noise models) "

@@ -240,7 +240,48 @@ def _aggregate(system_records: dict[str, dict]) -> list[dict]:
                 "wall_s": _stat([r["wall_s"] for r in ok]),
                 "peak_mib": _stat([r["peak_mib"] for r in ok]),
             })
+            if any(x.get("official") for x in res):
+                rows[-1].update(_domain_stats(res))
     return rows
+
+
+_OFFICIAL_KEYS = ("score", "hmean_source", "hmean_target", "pauc_hmean", "amean_source", "amean_target",
+                  "pauc_amean")
+
+
+def _domain_stats(res: list[dict]) -> dict:
+    """DCASE 2021+ rows: the official score and its means, and per type source/target AUC and pAUC, over seeds."""
+    types = sorted({t for x in res for t in x.get("domain_per_type", {})})
+    return {
+        "official": {k: _stat([(x.get("official") or {}).get(k) for x in res]) for k in _OFFICIAL_KEYS},
+        "dcase2021_score": _stat([(x.get("dcase2021") or {}).get("score") for x in res]),
+        "domain_per_type": {t: {m: _stat([x.get("domain_per_type", {}).get(t, {}).get(m) for x in res])
+                                for m in ("auc_source", "auc_target", "pauc")} for t in types},
+    }
+
+
+def render_domain_table(bench: dict) -> list[str]:
+    """Markdown lines of the DCASE 2021+ table (per type AUC source/target and pAUC, official score); [] for 2020."""
+    rows = [r for r in bench["rows"] if r.get("official")]
+    if not rows:
+        return []
+    types = sorted({t for r in rows for t in r.get("domain_per_type", {})})
+    head = ["system"] + [f"{t} {m}" for t in types for m in ("AUC src", "AUC tgt", "pAUC")] + [
+        "hmean AUC src", "hmean AUC tgt", "hmean pAUC", "official score", "2021 score"]
+    lines = ["", "DCASE 2021-2025 protocol (docs/metrics.md): per type the mean over its sections of AUC (source "
+             "normals + all anomalies), AUC (target) and pAUC (all clips); official score = harmonic mean of every "
+             "section's AUC (source), AUC (target) and pAUC; 2021 score: each domain scored on its own clips.", "",
+             "| " + " | ".join(head) + " |",
+             "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"]
+    for r in rows:
+        cells = [r["row"]]
+        for t in types:
+            cells += [_cell(r["domain_per_type"].get(t, {}).get(m)) for m in ("auc_source", "auc_target", "pauc")]
+        off = r["official"]
+        cells += [_cell(off["hmean_source"]), _cell(off["hmean_target"]), _cell(off["pauc_hmean"]),
+                  _cell(off["score"]), _cell(r["dcase2021_score"])]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return lines
 
 
 def _cell(stat: dict | None, scale: float = 100.0, digits: int = 2) -> str:
@@ -283,6 +324,7 @@ def render_table(bench: dict) -> str:
             cells += [_cell(r["average"]["auc"]), _cell(r["average"]["pauc"]),
                       _cell(r["wall_s"], 1.0, 1), _cell(r["peak_mib"], 1.0, 0)]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    lines += render_domain_table(bench)
     failures = [r for r in rows if r.get("error")]
     if failures:
         lines += ["", "Failures:", ""]

@@ -33,11 +33,13 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 import rcmae
 from rcmae import config as rconfig
+from rcmae.checkpoint import load_checkpoint
 from rcmae.config import RunConfig
 from rcmae.data import DatasetLayoutError, LoadReport, id_classes, index_dataset
 from rcmae.datasets import ClipDataset, EpochSampler, PairSource, compute_logmels, make_generator, random_crops
 from rcmae.features import FeatureStats, LogMel, compute_stats
 from rcmae.files import atomic_write_text, read_json, write_json
+from rcmae.inputs import drop_train_anomalies, report_train_lengths
 from rcmae.losses import finetune_loss, pretrain_loss
 from rcmae.model import RCMAE, ModelConfig, count_parameters
 
@@ -169,10 +171,11 @@ def load_train_data(
     data = Path(data)
     if not data.is_dir():
         raise FileNotFoundError(f"{data}: data folder not found; pass --data a DCASE-layout folder")
-    index = index_dataset(data)
+    index = drop_train_anomalies(index_dataset(data), data)
     train = index[index["split"] == "train"].reset_index(drop=True)
     if train.empty:
         raise DatasetLayoutError(f"{data}: no training clips (<type>/train/*.wav); point --data at a dev/train set")
+    report_train_lengths(list(train["path"]), cfg.data.duration)
     classes = id_classes(index)
     logmels, kept, report = compute_logmels(
         list(train["path"]), _logmel_fn(cfg), cfg.data.sample_rate, cfg.data.duration, channel=cfg.data.channel,
@@ -505,7 +508,8 @@ def _fit(module: _StageModule, dataset: ClipDataset, run: Path, stage: str, epoc
     with warnings.catch_warnings():
         # Both stages share checkpoints/: a non-empty folder is expected, not a problem.
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-        trainer.fit(module, train_dataloaders=loader, ckpt_path=str(resume_from) if resume_from else None)
+        trainer.fit(module, train_dataloaders=loader, ckpt_path=str(resume_from) if resume_from else None,
+                    weights_only=True)
     if trainer.is_global_zero:
         write_progress(run, stage=stage, epoch=epochs, epochs=epochs, step=trainer.global_step,
                        steps=epochs * module.steps_per_epoch, loss=getattr(module, "_last_parts", {}).get("loss"),
@@ -519,9 +523,9 @@ def _steps_per_epoch(n: int, batch_size: int) -> int:
 
 
 def _check_resume_checkpoint(ckpt: Path, model_cfg: ModelConfig) -> None:
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    saved = state.get("rcmae", {}).get("model_config")
-    if saved is None:
+    state = load_checkpoint(ckpt)
+    saved = (state.get("rcmae") or {}).get("model_config")
+    if not isinstance(saved, dict):
         raise RunFolderError(f"{ckpt}: not an rcmae checkpoint; start a new run with a fresh --out")
     now = dataclasses.asdict(model_cfg)
     diff = [k for k in now if k != "n_classes" and saved.get(k) != now[k]]
@@ -534,13 +538,19 @@ def _check_resume_checkpoint(ckpt: Path, model_cfg: ModelConfig) -> None:
 
 
 def _model_from_checkpoint(ckpt: Path) -> tuple[RCMAE, dict]:
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = load_checkpoint(ckpt)
     meta = state.get("rcmae")
-    if meta is None:
-        raise RunFolderError(f"{ckpt}: not an rcmae checkpoint")
-    model = RCMAE(ModelConfig(**meta["model_config"]))
-    weights = {k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(weights)
+    if not isinstance(meta, dict) or not isinstance(meta.get("model_config"), dict) \
+            or not isinstance(state.get("state_dict"), dict):
+        raise RunFolderError(f"{ckpt}: not an rcmae checkpoint (no rcmae.model_config/state_dict); re-run the stage")
+    try:
+        model = RCMAE(ModelConfig(**meta["model_config"]))
+        weights = {k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
+        model.load_state_dict(weights)
+    except (TypeError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RunFolderError(f"{ckpt}: weights do not fit the model in the checkpoint ({first[:160]}); "
+                             "re-run the stage") from err
     return model, meta
 
 
@@ -716,6 +726,10 @@ def finetune(
         raise RunFolderError(f"{run}: already fine-tuned; pass --resume to continue, or pretrain a new run")
     data = Path(data) if data is not None else Path(info["data"])
     trainer_kw = trainer_options(devices, num_nodes, precision, accelerator)
+    # Damaged or hostile checkpoints fail here, in one line, before any data is read.
+    model, _ = _model_from_checkpoint(pre)
+    if resume:
+        _check_resume_checkpoint(last, model.config)
     _print_config(cfg, f"rcmae finetune -> {run}")
     L.seed_everything(cfg.seed, verbose=False)
     stats = FeatureStats.load(run / "stats.json")
@@ -729,14 +743,11 @@ def finetune(
         stages["finetune"] = {"skipped": message}
         update_run_json(run, stages=stages, data=str(data.resolve()))
         return run
-    model, _ = _model_from_checkpoint(pre)
     model.set_num_classes(len(train.classes))
     # Fine-tuning never runs the decoder: freeze it, so that DDP does not wait for gradients that never come.
     for name, param in model.named_parameters():
         if name.startswith(("decoder_", "mask_token")):
             param.requires_grad_(False)
-    if resume:
-        _check_resume_checkpoint(last, model.config)
     if _launcher_rank_zero():
         rconfig.save_config(cfg, run / "config.yaml")
     dataset = ClipDataset(train.x, train.labels)

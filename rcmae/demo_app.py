@@ -107,3 +107,27 @@ def launch(bundle: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860,
           flush=True)
     app.launch(server_name=host, server_port=port, share=share, allowed_paths=[str(b.path / "examples")],
                show_error=True)
+
+
+# ------------------------------------------------------------------------------- the workbench's Demo button
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now (the OS picks it)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def demo_job_argv(bundle: str | os.PathLike, port: int) -> list[str]:
+    """The ``rcmae`` arguments of a background demo-app job (loopback only, no share link)."""
+    return ["demo-app", str(Path(bundle).resolve()), "--port", str(int(port))]
+
+
+def demo_link(argv: list[str]) -> str | None:
+    """The local URL of a demo-app job from its arguments (``None`` when they are not a demo-app command)."""
+    if not argv or "demo-app" not in argv[:2]:
+        return None
+    host = argv[argv.index("--host") + 1] if "--host" in argv else "127.0.0.1"
+    port = argv[argv.index("--port") + 1] if "--port" in argv else "7860"
+    return f"http://{host}:{port}/"

@@ -465,3 +465,12 @@ class Bundle:
         d = 1.0 - (z / np.linalg.norm(z, axis=1, keepdims=True)) @ (q / max(np.linalg.norm(q), 1e-12))
         order = np.argsort(d, kind="stable")[:k]
         return [{**rows[o], "path": str(self.path / rows[o]["file"]), "distance": float(d[o])} for o in order]
+
+
+def list_bundles(folder: str | os.PathLike) -> list[Path]:
+    """Bundle folders (those with a ``detector.json``) directly inside ``folder``, newest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if (p / "detector.json").is_file()]
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)

@@ -28,6 +28,7 @@ SECTIONS = [
     ("Scoring and training speed", ["speed.md"]),
     ("Augmentation speed", ["augment.md", "audioldm.md"]),
     ("Workbench quick demo", ["workbench.md"]),
+    ("Monitoring long recordings", ["monitor.md"]),
 ]
 
 

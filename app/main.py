@@ -31,7 +31,7 @@ def _gpus() -> list[str]:
 def _secrets() -> dict:
     try:
         return dict(st.secrets)
-    except (FileNotFoundError, KeyError, ValueError, Exception):  # no secrets.toml: Streamlit raises its own error
+    except Exception:  # no secrets.toml: Streamlit raises its own error type
         return {}
 
 

@@ -157,6 +157,14 @@ class JobStore:
             # WAL lets the app read while a runner writes; the mode is stored in the file, set once.
             con.execute("PRAGMA journal_mode=WAL")
             con.execute(_SCHEMA)
+            check = con.execute("PRAGMA quick_check").fetchone()
+            if check is None or check[0] != "ok":
+                raise sqlite3.DatabaseError(f"integrity check: {check[0] if check else 'no answer'}")
+        except sqlite3.DatabaseError as err:
+            raise JobError(
+                f"{self.db_path}: not a readable job database ({err}); move it aside (mv {self.db_path.name} "
+                f"{self.db_path.name}.bad) to start a new one: running jobs keep running, their history is lost"
+            ) from err
         finally:
             con.close()
 

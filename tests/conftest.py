@@ -154,6 +154,28 @@ def short_run(tmp_path_factory) -> tuple[Path, Path]:
     return data, run
 
 
+# ---------------------------------------------------------------- reliability figures
+# `bench/bench_reliability.py` sets $RCMAE_RELIABILITY_REPORT: every test marked `reliability` is one fault
+# tried; its outcome (passed = survived) is written there as JSON for bench/results/reliability.md.
+_RELIABILITY_OUTCOMES: dict[str, dict] = {}
+
+
+def pytest_runtest_logreport(report) -> None:
+    if "reliability" not in report.keywords or not os.environ.get("RCMAE_RELIABILITY_REPORT"):
+        return
+    entry = _RELIABILITY_OUTCOMES.setdefault(report.nodeid, {"nodeid": report.nodeid, "outcome": "passed",
+                                                             "duration": 0.0})
+    entry["duration"] += report.duration
+    if report.outcome != "passed" and entry["outcome"] == "passed":
+        entry["outcome"] = report.outcome if report.when == "call" else f"{report.outcome} in {report.when}"
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    out = os.environ.get("RCMAE_RELIABILITY_REPORT")
+    if out and _RELIABILITY_OUTCOMES:
+        Path(out).write_text(json.dumps(list(_RELIABILITY_OUTCOMES.values()), indent=1))
+
+
 # A tiny trained run on the synthetic demo data (one machine type, 3 IDs), for export/monitor/demo-app tests.
 DEMO_RUN_OVERRIDES = [
     "model.embed_dim=32", "model.depth=1", "model.heads=2", "model.decoder_embed_dim=32", "model.decoder_depth=1",

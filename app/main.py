@@ -31,7 +31,7 @@ def _gpus() -> list[str]:
 def _secrets() -> dict:
     try:
         return dict(st.secrets)
-    except (FileNotFoundError, KeyError, ValueError, Exception):  # no secrets.toml: Streamlit raises its own error
+    except Exception:  # no secrets.toml: Streamlit raises its own error type
         return {}
 
 
@@ -96,5 +96,6 @@ nav = st.navigation([
     st.Page(PAGES / "jobs.py", title="Jobs", icon=":material/play_circle:"),
     st.Page(PAGES / "results.py", title="Results", icon=":material/monitoring:"),
     st.Page(PAGES / "score.py", title="Score", icon=":material/rule:"),
+    st.Page(PAGES / "monitor.py", title="Monitor", icon=":material/timeline:"),
 ])
 nav.run()

@@ -31,15 +31,17 @@ with st.expander("Launch a job", expanded=not store.list()):
     kind = st.selectbox("Kind", workbench.JOB_KINDS,
                         help="pretrain: self-supervised RC-MAE; finetune: machine-ID classes; "
                              "evaluate: test AUC/pAUC; augment: build a procedural/AudioLDM bank; "
-                             "benchmark: RC-MAE vs baselines.")
+                             "benchmark: RC-MAE vs baselines; reproduce: the paper's DCASE 2020 Tables 3 and 4 "
+                             "(GPU machine).")
     c1, c2 = st.columns(2)
     data = run = out = None
-    if kind in ("pretrain", "augment", "benchmark"):
+    if kind in ("pretrain", "augment", "benchmark", "reproduce"):
         if not datasets:
             st.info("No data set yet: create the demo data on **Data** (or launch a demo-data job).",
                     icon=":material/info:")
         data = c1.selectbox("Data set", [str(p) for p in datasets]) if datasets else None
-        parent = {"pretrain": ws.runs, "augment": ws.banks, "benchmark": ws.benchmarks}[kind]
+        parent = {"pretrain": ws.runs, "augment": ws.banks, "benchmark": ws.benchmarks,
+                  "reproduce": ws.benchmarks}[kind]
         default = workbench.new_name(parent, Path(data).name if data else kind)
         out = c2.text_input("Output name", default, help=f"a folder under {parent}")
         out = (parent, out)
@@ -65,12 +67,15 @@ with st.expander("Launch a job", expanded=not store.list()):
         options["per_clip"] = int(c2.number_input("Augmentations per clip", 1, 20, 1))
     elif kind == "benchmark":
         options["systems"] = st.text_input("Systems", "rcmae,ae,knn", help="comma list: rcmae, ae, knn, ablations")
-    if kind in ("pretrain", "finetune", "benchmark"):
+    elif kind == "reproduce":
+        st.caption("Runs `rcmae reproduce` on the chosen DCASE 2020 folder (dev_data + eval_data): AudioLDM bank, "
+                   "both Table 3 arms, report beside the paper. Plan it first with `rcmae reproduce --dry-run`.")
+    if kind in ("pretrain", "finetune", "benchmark", "reproduce"):
         c1, c2 = st.columns(2)
         if kind != "finetune":
             preset = c1.selectbox("Preset", workbench.presets(),
                                   help="tiny: CPU-sized; paper: the paper's ViT (needs a GPU)")
-        if kind != "benchmark":
+        if kind not in ("benchmark", "reproduce"):
             epochs = c2.number_input("Epochs (0 = the preset's)", 0, 10_000, 0) or None
         text = st.text_area("Overrides (key=value, one per line)",
                             placeholder="pretrain.lr=5e-4\nfinetune.batch_size=16")
@@ -78,7 +83,7 @@ with st.expander("Launch a job", expanded=not store.list()):
             overrides = workbench.parse_overrides(text)
         except ValueError as err:
             st.error(str(err), icon=":material/error:")
-    if gpus and kind in ("pretrain", "finetune", "augment", "benchmark", "evaluate"):
+    if gpus and kind in ("pretrain", "finetune", "augment", "benchmark", "evaluate", "reproduce"):
         chosen = st.multiselect("GPUs", [str(i) for i in range(len(gpus))], default=["0"],
                                 format_func=lambda i: f"{i}: {gpus[int(i)]}",
                                 help="CUDA_VISIBLE_DEVICES of the job; none = CPU. "
@@ -141,7 +146,7 @@ def _live() -> None:
         try:
             st.plotly_chart(viz.loss_figure(metrics), width="stretch", key=f"loss_{job.id}")
         except (ValueError, pd.errors.ParserError) as err:
-            st.caption(f"loss curves unavailable: {err}")
+            st.caption(f"loss curves unavailable ({metrics}: {err})")
     if job.state == "queued":
         waits = f"job {job.after} to finish" if job.after else (f"GPU {job.gpus}" if job.gpus else "a free CPU slot")
         st.info(f"Queued: waiting for {waits}.", icon=":material/schedule:")

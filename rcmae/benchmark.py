@@ -32,8 +32,10 @@ import numpy as np
 from rcmae.files import atomic_write_text, read_json, write_json
 
 # One table of named systems: the rcmae ablations are override sets on the same pipeline.
-# aug "bank" = a procedural augmentation bank built once per benchmark (the weight-free stand-in
-# for the paper's diffusion augmentation); "specaugment" = time/frequency masking (paper's "without DDA").
+# aug "bank" = the augmentation bank built once per benchmark with the backend --aug names (procedural:
+# the weight-free stand-in, the default; audioldm: the paper's diffusion augmentation; specaugment: no
+# bank at all); "specaugment" = time/frequency masking (paper's "without DDA"). Table 3 of the paper is
+# --systems rcmae,rcmae-nodda --aug audioldm.
 SYSTEMS: dict[str, dict] = {
     "rcmae": {"kind": "rcmae", "aug": "bank", "overrides": [],
               "about": "full RC-MAE: MAE + InfoNCE + VCR pretraining on augmented pairs, then SupCon + CE"},
@@ -112,10 +114,17 @@ def _literal(text: str) -> object:
 
 
 # ---------------------------------------------------------------- child side
+AUG_BACKENDS = ("procedural", "audioldm", "specaugment")
+
+
 def _run_bank_child(spec: dict) -> dict:
     from rcmae.augment import bank
 
-    bank.build_bank(data=Path(spec["data"]), out=Path(spec["bank"]), backend="procedural", seed=spec["seed"])
+    options = dict(spec.get("aug_options") or {})
+    if "steps" in options:
+        options["steps"] = tuple(options["steps"])
+    print(bank.build_bank(data=Path(spec["data"]), out=Path(spec["bank"]), backend=spec.get("backend", "procedural"),
+                          seed=spec["seed"], **options), flush=True)
     return {}
 
 
@@ -215,16 +224,20 @@ def _error_line(out: Path, returncode: int) -> str:
     return lines[-1] if lines else f"child exited with status {returncode} and no output"
 
 
-def _prepare_bank(data: Path, out: Path, seed: int) -> tuple[str | None, str]:
-    """Build (or reuse) a procedural augmentation bank for the systems with aug "bank"."""
+def _prepare_bank(data: Path, out: Path, seed: int, backend: str = "procedural",
+                  aug_options: dict | None = None) -> tuple[str | None, str]:
+    """Build (or resume) the augmentation bank for the systems with aug "bank" (``out/bank`` for the
+    procedural backend, ``out/bank-<backend>`` otherwise)."""
     if importlib.util.find_spec("rcmae.augment.bank") is None:
-        return None, "specaugment (rcmae.augment.bank is not installed, so no procedural bank)"
-    bank = out / "bank"
-    spec = {"kind": "bank", "data": str(data), "bank": str(bank), "seed": seed, "out": str(out / "bank-build")}
-    record = _spawn(spec, out / "bank-build")
+        return None, f"specaugment (rcmae.augment.bank is not installed, so no {backend} bank)"
+    name = "bank" if backend == "procedural" else f"bank-{backend}"
+    bank = out / name
+    spec = {"kind": "bank", "data": str(data), "bank": str(bank), "seed": seed, "out": str(out / f"{name}-build"),
+            "backend": backend, "aug_options": dict(aug_options or {})}
+    record = _spawn(spec, out / f"{name}-build")
     if record["status"] != "ok":
-        return None, f"specaugment (building the procedural bank failed: {record['error']})"
-    return str(bank), f"procedural bank {bank} (built in {record['wall_s']:.0f} s)"
+        return None, f"specaugment (building the {backend} bank failed: {record['error']})"
+    return str(bank), f"{backend} bank {bank} (built in {record['wall_s']:.0f} s)"
 
 
 def _stat(values: list[float]) -> dict:
@@ -362,9 +375,17 @@ def run_benchmark(
     overrides: list[str] | tuple[str, ...] = (),
     progress: bool = True,
     command: str | None = None,
+    aug: str = "procedural",
+    aug_options: dict | None = None,
     rescore: bool = False,
 ) -> Path:
     """Run ``systems`` on ``data`` (seeds ``0 .. repeat-1``); write ``out/benchmark.json`` and ``out/table.md``.
+
+    ``aug`` chooses the bank the bank-using arms (``rcmae`` and its ablations) pretrain on:
+    ``procedural`` (default), ``audioldm`` (the paper's; ``aug_options["model"]`` names the weights) or
+    ``specaugment`` (no bank: every arm pairs clips with time/frequency-masked twins). ``aug_options`` go
+    to :func:`rcmae.augment.bank.build_bank` (``model``, ``per_clip``, ``steps``, ``t0``, ``guidance``,
+    ``device``, ``allow_download``, ``prompts``, ``limit``). ``rcmae-nodda`` always uses SpecAugment.
 
     A system whose result for a seed is already in ``out/systems/<system>/seed<k>/record.json``
     with status ok is not run again, so an interrupted benchmark resumes. With ``rescore``, such a finished
@@ -389,9 +410,14 @@ def run_benchmark(
     rc_overrides, base_kw = _split_overrides(list(overrides))
     out.mkdir(parents=True, exist_ok=True)
     started = dt.datetime.now(dt.UTC)
+    if aug not in AUG_BACKENDS:
+        raise ValueError(f"--aug {aug!r}: use one of {', '.join(AUG_BACKENDS)}")
     augmentation, bank = "not used", None
     if any(SYSTEMS.get(s, {}).get("aug") == "bank" for s in systems):
-        bank, augmentation = _prepare_bank(data, out, seed=0)
+        if aug == "specaugment":
+            augmentation = "specaugment (--aug specaugment: no bank; every arm pairs clips with masked twins)"
+        else:
+            bank, augmentation = _prepare_bank(data, out, seed=0, backend=aug, aug_options=aug_options)
     records: dict[str, dict] = {}
     jobs = [(s, seed) for s in systems for seed in range(repeat)]
     for system, seed in tqdm(jobs, desc="benchmark", unit="run", disable=not progress):
@@ -412,9 +438,9 @@ def run_benchmark(
         spec = {"kind": entry["kind"], "system": system, "data": str(data), "out": str(run_out), "seed": seed,
                 "preset": preset}
         if entry["kind"] == "rcmae":
-            aug = bank if entry["aug"] == "bank" and bank else "specaugment"
-            rec["aug"] = aug
-            spec.update(aug=aug, overrides=[*entry["overrides"], *rc_overrides],
+            arm_aug = bank if entry["aug"] == "bank" and bank else "specaugment"
+            rec["aug"] = arm_aug
+            spec.update(aug=arm_aug, overrides=[*entry["overrides"], *rc_overrides],
                         pretrain_epochs=entry.get("pretrain_epochs"))
         else:
             spec["baseline_kw"] = base_kw[system]
@@ -426,6 +452,8 @@ def run_benchmark(
         "preset": preset,
         "repeat": repeat,
         "overrides": list(overrides),
+        "aug": aug,
+        "aug_options": dict(aug_options or {}),
         "systems": records,
         "augmentation": augmentation,
         "rows": _aggregate(records),

@@ -7,7 +7,8 @@ A library is a YAML file (default ``<workspace>/prompts.yaml``)::
     history:
       - {time: "...", event: added, id: p1, detail: ""}
 
-It is created on first use, seeded with six prompts in the style of the paper's Table 1.
+It is created on first use, seeded with the paper's Table 1 prompts word for word (tags ``paper``,
+``table1``); ``PromptLibrary.add_table1`` (``rcmae prompts add-paper``) adds them to an existing library.
 ``generate_prompts`` asks an OpenAI-compatible chat model for more (the model, base URL and key come
 from arguments, the workspace ``settings.yaml`` or ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL``), or falls
 back to a template generator driven by ``assets/prompt_vocabulary.yaml``. The API key is only ever
@@ -38,16 +39,26 @@ MIN_LEN, MAX_LEN = 20, 300
 DEFAULT_MODEL = "gpt-4o-mini"
 VOCABULARY = Path(__file__).resolve().parents[1] / "assets" / "prompt_vocabulary.yaml"
 
-# Six prompts in the style of the paper's Table 1 (Zahedi et al., Algorithms 2023, 16(9), 431): one per
-# factory-noise source it names. The wording is paraphrased (the exact table text was not available to us).
-PAPER_PROMPTS: tuple[str, ...] = (
-    "Add sharp and metallic screeching sounds created by metal-cutting saws in a busy factory",
-    "Add the rhythmic buzzing of printing presses operating in a large production hall",
-    "Add the low rumbling and heavy impacts of rock crushers working in an industrial plant",
-    "Add the rhythmic clicking of injection moulding machines on a factory floor",
-    "Add the whirring and cutting bursts of woodworking machines such as lathes and planers",
-    "Add sudden bursts of hissing and hammering impacts from pneumatic tools in a workshop",
+# The paper's Table 1 ("Samples of retrieved prompts from ChatGPT", Zahedi et al., Algorithms 2023, 16(9), 431),
+# word for word. A fresh library is seeded with these six, tagged "paper" and "table1".
+TABLE1_PROMPTS: tuple[str, ...] = (
+    "add sharp and metallic screeching sound created by metal-cutting saws in a fabrication workshop as they cut "
+    "through various metal materials",
+    "add rhythmic and pulsating buzzing sound produced by printing presses in a publishing house as they rapidly "
+    "print and collate pages of books and magazines",
+    "add continuous and powerful rumbling noise accompanied by the grinding and crushing of rocks in a mining quarry "
+    "as large crushers pulverize rocks into smaller fragments",
+    "add continuous and rhythmic clicking noise produced by injection molding machines in a plastic manufacturing "
+    "facility as they shape molten plastic into various products",
+    "add rhythmic and repetitive whirring noise accompanied by the sound of cutting tools in a woodworking shop as "
+    "they shape and carve wood materials",
+    "add continuous and powerful whirring noise accompanied by the sound of pneumatic tools in an automobile "
+    "assembly line as vehicle parts are fastened",
 )
+# The default prompt set of banks and the LLM's examples: Table 1 itself.
+PAPER_PROMPTS: tuple[str, ...] = TABLE1_PROMPTS
+TABLE1_TAGS: tuple[str, ...] = ("paper", "table1")
+TABLE1_NOTE = "paper Table 1 (verbatim)"
 
 SYSTEM_MESSAGE = (
     "You write short text prompts for a text-to-audio diffusion model that adds realistic factory background "
@@ -114,7 +125,8 @@ class PromptLibrary:
     Every change re-reads the file under a lock and saves it atomically (temp file + ``os.replace``).
 
     Args:
-        path: the YAML file; created and seeded with ``PAPER_PROMPTS`` when it does not exist.
+        path: the YAML file; created and seeded with ``TABLE1_PROMPTS`` when it does not exist (an existing
+            file is never changed on opening).
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -124,11 +136,12 @@ class PromptLibrary:
                 created = _now()
                 data = {
                     "prompts": [
-                        {"id": f"p{i}", "text": text, "tags": ["paper", "table1"],
-                         "notes": "paper Table 1 style (paraphrased)", "created": created, "used_by": []}
-                        for i, text in enumerate(PAPER_PROMPTS, start=1)
+                        {"id": f"p{i}", "text": text, "tags": list(TABLE1_TAGS), "notes": TABLE1_NOTE,
+                         "created": created, "used_by": []}
+                        for i, text in enumerate(TABLE1_PROMPTS, start=1)
                     ],
-                    "history": [{"time": created, "event": "created", "id": "", "detail": "seeded with 6 prompts"}],
+                    "history": [{"time": created, "event": "created", "id": "",
+                                 "detail": "seeded with the paper's Table 1 (6 prompts)"}],
                 }
                 self._save(data)
             self._data = self._load()
@@ -252,6 +265,32 @@ class PromptLibrary:
                 if bank not in item["used_by"]:
                     item["used_by"].append(bank)
                     data["history"].append({"time": _now(), "event": "used", "id": item["id"], "detail": bank})
+
+    def add_table1(self) -> list[dict]:
+        """Add the paper's Table 1 prompts that the library lacks (compared case/space-insensitively).
+
+        A Table 1 prompt already present keeps its id and gains the ``paper``/``table1`` tags; other prompts
+        (e.g. the paraphrases older rcmae versions seeded) are left alone. Returns the prompts added.
+        """
+        added = []
+        with self._edit() as data:
+            known = {normalize(p["text"]): p for p in data["prompts"]}
+            numbers = [int(m.group(1)) for p in data["prompts"] if (m := re.fullmatch(r"p(\d+)", p["id"]))]
+            numbers += [int(m.group(1)) for e in data["history"] if (m := re.fullmatch(r"p(\d+)", str(e.get("id"))))]
+            next_id = max(numbers, default=0) + 1
+            for text in TABLE1_PROMPTS:
+                item = known.get(normalize(text))
+                if item is not None:
+                    item["tags"] = list(dict.fromkeys([*item["tags"], *TABLE1_TAGS]))
+                    continue
+                item = {"id": f"p{next_id}", "text": text, "tags": list(TABLE1_TAGS), "notes": TABLE1_NOTE,
+                        "created": _now(), "used_by": []}
+                next_id += 1
+                data["prompts"].append(item)
+                data["history"].append({"time": item["created"], "event": "added", "id": item["id"],
+                                        "detail": "paper Table 1"})
+                added.append(dict(item))
+        return added
 
 
 # ---------------------------------------------------------------- generation
@@ -563,7 +602,7 @@ def generate_prompts(n: int, model: str | None = None, base_url: str | None = No
 
 # ---------------------------------------------------------------- command line
 def main(args: argparse.Namespace) -> int:
-    """``rcmae prompts list|add|remove|generate`` (see ``rcmae.cli``)."""
+    """``rcmae prompts list|add|add-paper|remove|generate`` (see ``rcmae.cli``)."""
     from rcmae.workspace import Workspace
 
     library = PromptLibrary(Path(args.library) if args.library else Workspace.default().prompts)
@@ -576,6 +615,13 @@ def main(args: argparse.Namespace) -> int:
     if args.action == "add":
         item = library.add(args.text, tags=args.tag, notes=args.note)
         print(f"added {item['id']}: {item['text']}")
+        return 0
+    if args.action == "add-paper":
+        added = library.add_table1()
+        for item in added:
+            print(f"added {item['id']}: {item['text']}")
+        there = len(TABLE1_PROMPTS) - len(added)
+        print(f"{library.path}: {len(added)} Table 1 prompt(s) added, {there} already there")
         return 0
     if args.action == "remove":
         item = library.remove(args.id)
@@ -597,4 +643,4 @@ def main(args: argparse.Namespace) -> int:
                                    notes=f"generated by {source}")
                 print(f"added {item['id']}: {text}")
         return 0
-    raise PromptLibraryError(f"unknown prompts action {args.action!r}; use list, add, remove or generate")
+    raise PromptLibraryError(f"unknown prompts action {args.action!r}; use list, add, add-paper, remove or generate")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -174,8 +175,9 @@ class Detector:
         references = {}
         for space in _SPACES:
             path = run / "embeddings" / f"{space}.npz"
-            if path.is_file() and space in models:
-                references[space] = _load_rows(path)
+            rows = _load_rows(path) if path.is_file() and space in models else None
+            if rows is not None:  # a damaged file counts as missing: refitted below
+                references[space] = rows
         det = cls(run, cfg, stats, classes, models, thresholds, references, device or "cpu", clipstats, moments)
         # Fit once when anything is missing (runs fitted before the joint-space scorers lack clipstats and
         # moments) or stale (trained again since: the stamp of the training stages changed).
@@ -426,10 +428,17 @@ def _load_rows(path: Path) -> dict | None:
     """The train rows of an ``embeddings/*.npz``-schema file, or ``None`` when it does not exist."""
     if not path.is_file():
         return None
-    with np.load(path, allow_pickle=False) as npz:
-        train = npz["split"] == "train"
-        return {"z": npz["z"][train].astype(np.float32), "machine_type": npz["machine_type"][train].astype(str),
-                "machine_id": npz["machine_id"][train].astype(str), "path": npz["path"][train].astype(str)}
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            train = npz["split"] == "train"
+            return {"z": npz["z"][train].astype(np.float32), "machine_type": npz["machine_type"][train].astype(str),
+                    "machine_id": npz["machine_id"][train].astype(str), "path": npz["path"][train].astype(str)}
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        # Derived from the run's weights and data: a torn file is refitted, never fatal.
+        print(f"{path}: damaged ({type(err).__name__}: {str(err)[:80]}); refitting it from the run's data",
+              file=sys.stderr)
+        path.unlink(missing_ok=True)
+        return None
 
 
 # --------------------------------------------------------------------------------- run-level fitting/evaluation
@@ -439,10 +448,13 @@ def _save_embeddings(path: Path, z: np.ndarray, paths, types, ids, split: str, l
             "machine_type": np.asarray(types, dtype=str), "machine_id": np.asarray(ids, dtype=str),
             "split": np.asarray([split] * len(paths), dtype=str), "label": np.asarray(labels, dtype=str)}
     if keep_other and path.is_file():
-        with np.load(path, allow_pickle=False) as old:
-            other = old["split"] != split
-            if other.any() and old["z"].shape[1] == cols["z"].shape[1]:
-                cols = {k: np.concatenate([old[k][other], v]) for k, v in cols.items()}
+        try:
+            with np.load(path, allow_pickle=False) as old:
+                other = old["split"] != split
+                if other.any() and old["z"].shape[1] == cols["z"].shape[1]:
+                    cols = {k: np.concatenate([old[k][other], v]) for k, v in cols.items()}
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile):
+            pass  # a damaged file is simply rewritten with this split's rows
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.npz")
     np.savez(tmp, **cols)
@@ -506,7 +518,7 @@ def fit_run(run: str | os.PathLike, train: TrainData | None = None, progress: bo
 
 def evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, scorer: str | None = None,
                  progress: bool = True) -> dict[str, dict]:
-    """Score every labelled test clip with every scorer (or one) and write ``eval/``.
+    """Score every labelled test clip (2021+ data: every test clip) with every scorer (or one) and write ``eval/``.
 
     Writes ``eval/results.json`` and challenge CSVs for the default scorer, ``eval/results.<scorer>.json``
     and ``eval/<scorer>/`` (results + CSVs) for each, ``eval/scores.csv`` (every clip, score, threshold,
@@ -522,7 +534,11 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, 
     if not data.is_dir():
         raise FileNotFoundError(f"{data}: data folder not found; pass --data")
     index = index_dataset(data)
-    test = index[(index["split"] == "test") & index["label"].isin(["normal", "anomaly"])].reset_index(drop=True)
+    test = index[index["split"] == "test"]
+    # DCASE 2021+ evaluation clips without ground truth (section_00_0000.wav) are scored as well, so that the
+    # challenge CSVs hold every clip a submission needs; the metrics use the labelled clips only.
+    test = test[test["label"].isin(["normal", "anomaly"])
+                | ((test["label"] == "unknown") & test["section"].astype(str).str.len().gt(0))].reset_index(drop=True)
     if test.empty:
         raise FileNotFoundError(f"{data}: no labelled test clips (<type>/test/normal_*, anomaly_*); pass --data")
     known = set(det.class_index) if det.classes else set()

@@ -305,6 +305,7 @@ def run_suite(
     command: str | None = None,
     rescore: bool = False,
     report_only: bool = False,
+    **bench_kw,
 ) -> Path:
     """Run ``systems`` on every set of ``SUITES[suite]``; write ``out/suite.json`` and ``out/suite.md``.
 
@@ -316,6 +317,7 @@ def run_suite(
         real_samples: the DCASE 2020 sample folder for ``real-slider`` (default ``../shared/data/dcase2020-samples``).
         rescore: score finished rcmae runs again with the current scorers (``run_benchmark(rescore=True)``).
         report_only: run nothing; report the runs already finished in ``out`` (each set lists what is missing).
+        bench_kw: further ``run_benchmark`` arguments (``aug``, ``aug_options``).
 
     Returns:
         ``out``.
@@ -363,7 +365,7 @@ def run_suite(
             print(f"suite set {entry.name}: {data}", flush=True)
         set_out = run_benchmark(data, out / "sets" / entry.name, systems, preset=preset, repeat=repeat,
                                 overrides=overrides, progress=progress, command=f"{command}  # set {entry.name}",
-                                rescore=rescore)
+                                rescore=rescore, **bench_kw)
         bench = read_json(set_out / "benchmark.json")
         benches[entry.name] = bench
         failures[entry.name] = [r for r in bench["rows"] if r.get("error")]

@@ -13,6 +13,7 @@ travel in the checkpoint, so ``resume=True`` reproduces an uninterrupted run on 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import platform
@@ -201,9 +202,14 @@ def load_train_data(
 
 
 def load_bank_twins(
-    bank_dir: str | os.PathLike, train: TrainData, cfg: RunConfig, stats: FeatureStats, progress: bool = True
+    bank_dir: str | os.PathLike, train: TrainData, cfg: RunConfig, stats: FeatureStats, progress: bool = True,
+    outputs: dict[int, list[str]] | None = None,
 ) -> dict[int, torch.Tensor]:
-    """Normalised log-mels of each training clip's bank augmentations: clip index -> ``[k, F, T]``."""
+    """Normalised log-mels of each training clip's bank augmentations: clip index -> ``[k, F, T]``.
+
+    Copies come in the bank's order (``__aug0``, ``__aug1``, ...); ``outputs``, when given, is filled with
+    the wav path of each loaded copy (clip index -> paths, in the same order as the tensor rows).
+    """
     from rcmae.augment.bank import BankPairs
 
     bank_dir = Path(bank_dir)
@@ -230,7 +236,33 @@ def load_bank_twins(
     twins: dict[int, list[torch.Tensor]] = {}
     for row, p in enumerate(kept):
         twins.setdefault(owner[p], []).append(x[row])
+        if outputs is not None:
+            outputs.setdefault(owner[p], []).append(p)
     return {i: torch.stack(v) for i, v in twins.items()}
+
+
+# The per-epoch copy draw of a bank run (one JSON line per epoch) and the copies it indexes.
+DRAWS_FILE = "augment_draws.jsonl"
+COPIES_FILE = "augment_copies.json"
+
+
+def read_augment_draws(run: str | os.PathLike) -> dict[int, np.ndarray]:
+    """The recorded copy draw of a run: epoch -> copy index per training clip (``-1`` = SpecAugment twin).
+
+    A line cut off by an interruption is ignored (that epoch is drawn again on resume).
+    """
+    path = Path(run) / DRAWS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no recorded augmentation draw; only runs pretrained on a bank "
+                                "(--aug BANK) record one")
+    draws: dict[int, np.ndarray] = {}
+    for line in path.read_text().splitlines():
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        draws[int(item["epoch"])] = np.asarray(item["copies"], dtype=np.int64)
+    return draws
 
 
 # ------------------------------------------------------------------------------------------ lightning modules
@@ -312,9 +344,27 @@ class PretrainModule(_StageModule):
     stage = "pretrain"
 
     def __init__(self, model: RCMAE, cfg: RunConfig, x: torch.Tensor, labels: torch.Tensor,
-                 steps_per_epoch: int, pairs: PairSource) -> None:
+                 steps_per_epoch: int, pairs: PairSource, record: Path | None = None) -> None:
         super().__init__(model, cfg, x, labels, steps_per_epoch)
         self.pairs = pairs
+        # Where rank 0 appends each epoch's copy draw (None: not recorded).
+        self.record = record
+
+    def on_train_start(self) -> None:
+        if self.record is not None and self.global_rank == 0 and self.record.is_file():
+            # Resuming: epochs from here on are drawn again, so their old lines go.
+            kept = [ln for ln in self.record.read_text().splitlines()
+                    if ln.strip().endswith("}") and json.loads(ln)["epoch"] < self.current_epoch]
+            atomic_write_text(self.record, "".join(f"{ln}\n" for ln in kept))
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        if not self.pairs.bank:
+            return
+        draw = self.pairs.set_epoch(self.current_epoch, len(self._x))
+        if self.record is not None and self.global_rank == 0:
+            with open(self.record, "a") as fh:
+                fh.write(json.dumps({"epoch": self.current_epoch, "copies": draw.tolist()}) + "\n")
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         idx, _ = batch
@@ -587,6 +637,7 @@ def pretrain(
     progress: bool = True,
     callbacks: Sequence[Callback] = (),
     fit_scores: bool = True,  # noqa: ARG001 - kept for old callers; training never scores
+    replay: str | os.PathLike | None = None,
 ) -> Path:
     """Self-supervised RC-MAE pretraining into the run folder ``out``.
 
@@ -603,6 +654,11 @@ def pretrain(
         callbacks: Extra Lightning callbacks (job control, tests).
         fit_scores: Ignored, kept for old callers: training never scores. Thresholds and train embeddings are
             fitted by ``rcmae.score.fit_run`` (``rcmae pretrain`` calls it) or on the first ``Detector.load``.
+        replay: A run folder whose recorded per-epoch copy draw (``augment_draws.jsonl``) this run uses
+            instead of drawing its own (same data and bank).
+
+    With a bank, each epoch pairs every clip with one of its copies (``rcmae.datasets.draw_copies``) and
+    records the draw in ``augment_draws.jsonl`` (what the indices point at: ``augment_copies.json``).
 
     Returns:
         The run folder.
@@ -625,9 +681,10 @@ def pretrain(
 
     stats = FeatureStats.load(out / "stats.json") if resume and (out / "stats.json").is_file() else None
     train, stats = load_train_data(data, cfg, stats=stats, progress=progress)
-    bank = None
+    bank, outputs = None, {}
     if aug != "specaugment":
-        bank = load_bank_twins(aug, train, cfg, stats, progress=progress)
+        bank = load_bank_twins(aug, train, cfg, stats, progress=progress, outputs=outputs)
+    draws = read_augment_draws(replay) if replay is not None else None
     model = RCMAE(cfg.model)
     n_params = count_parameters(model)
     print(f"model: {n_params:,} parameters; {len(train.paths)} training clips, {len(train.classes)} machine IDs",
@@ -656,8 +713,17 @@ def pretrain(
     repeats = cfg.pretrain.crops_per_clip if cfg.pretrain.crop_frames else 1
     dataset = ClipDataset(train.x, train.labels, repeats=repeats)
     spe = _steps_per_epoch(len(dataset), cfg.pretrain.batch_size)
+    record = None
+    if bank and _launcher_rank_zero():
+        record = out / DRAWS_FILE
+        # What the recorded copy indices point at: per training clip, its source and its copies' wavs.
+        write_json(out / COPIES_FILE, {"bank": str(Path(aug).resolve()), "seed": cfg.seed,
+                                       "replayed_from": str(Path(replay).resolve()) if replay else None,
+                                       "clips": [{"source": p, "copies": outputs.get(i, [])}
+                                                 for i, p in enumerate(train.paths)]})
     module = PretrainModule(model, cfg, train.x, train.labels, spe,
-                            PairSource(specaugment=cfg.pretrain.specaugment, bank=bank))
+                            PairSource(specaugment=cfg.pretrain.specaugment, bank=bank, seed=cfg.seed, replay=draws),
+                            record=record)
     started = time.time()
     trainer = _fit(module, dataset, out, "pretrain", cfg.pretrain.epochs, cfg.pretrain.batch_size,
                    last if resume else None, trainer_kw, progress, callbacks, cfg.pretrain.grad_clip,

@@ -27,7 +27,7 @@ from rcmae.workspace import Workspace
 if TYPE_CHECKING:  # diffusers is heavy: imported only when AudioLDM is actually used
     from rcmae.augment.audioldm import AudioLDMAugmenter
 
-JOB_KINDS = ("pretrain", "finetune", "evaluate", "augment", "benchmark", "demo-data")
+JOB_KINDS = ("pretrain", "finetune", "evaluate", "augment", "benchmark", "reproduce", "demo-data")
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"
 UPLOAD_LIMIT_MB = 20.0
 DEFAULT_AUDIOLDM = "cvssp/audioldm-s-full-v2"
@@ -454,6 +454,10 @@ def job_argv(kind: str, *, data: str | os.PathLike | None = None, run: str | os.
         need(data, "data folder")
         need(out, "benchmark folder")
         argv = ["benchmark", "--data", a(data), "--out", a(out), "--systems", systems, "--preset", preset, *sets]
+    elif kind == "reproduce":
+        # The paper's DCASE 2020 experiments; without a data folder the job fetches the data (needs internet).
+        need(out, "reproduction folder")
+        argv = ["reproduce", "--out", a(out), *(["--data", a(data)] if data else []), "--preset", preset, *sets]
     elif kind == "demo-data":
         need(out, "output folder")
         train, test = demo_counts()
@@ -545,7 +549,11 @@ def score_table(run: str | os.PathLike, scorer: str) -> pd.DataFrame:
     eval_dir = Path(run) / "eval"
     csv = eval_dir / "scores.csv"
     if csv.is_file():
-        frame = pd.read_csv(csv, dtype={"machine_id": str, "machine_type": str, "path": str, "label": str})
+        try:
+            frame = pd.read_csv(csv, dtype={"machine_id": str, "machine_type": str, "path": str, "label": str})
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+            raise ValueError(f"{csv}: empty or torn ({str(err).splitlines()[0]}); re-run evaluate on this run") \
+                from err
         if f"score_{scorer}" in frame.columns:
             table = pd.DataFrame({
                 "path": frame["path"], "machine_type": frame["machine_type"], "machine_id": frame["machine_id"],

@@ -21,6 +21,8 @@ from rcmae.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 
+pytestmark = pytest.mark.reliability  # hostile-input cases of the fault-injection suite (issue 11)
+
 
 # ------------------------------------------------------------------------------------------- make app binds
 def _free_port() -> int:

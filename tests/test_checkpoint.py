@@ -13,6 +13,8 @@ from conftest import write_tiny_dcase
 from rcmae import checkpoint, cli, train
 from rcmae.checkpoint import CheckpointError, load_checkpoint
 
+pytestmark = pytest.mark.reliability  # bad-input cases of the fault-injection suite (issue 11)
+
 
 class _Payload:
     """Unpickling this calls ``os.system(touch <marker>)``: the classic checkpoint exploit."""

@@ -18,6 +18,8 @@ from rcmae.config import load_config
 from rcmae.inputs import check_labelled_test, clip_windows
 from rcmae.score import Detector
 
+pytestmark = pytest.mark.reliability  # bad-input cases of the fault-injection suite (issue 11)
+
 
 def _without(data: Path, dest: Path, prefix: str) -> Path:
     shutil.copytree(data, dest)

@@ -12,6 +12,8 @@ import pytest
 from rcmae import cli
 from rcmae.prompts import PromptGenerationError, PromptLibrary, generate_prompts, redact_url
 
+pytestmark = pytest.mark.reliability  # bad-input cases of the fault-injection suite (issue 11)
+
 GOOD = [
     "Add the shrill screeching of a band saw cutting steel beams in a fabrication hall",
     "Add the steady rhythmic thumping of a stamping press in a car parts factory",

@@ -254,20 +254,25 @@ def render_suite(report: dict) -> str:
         lines += ["", "\\* not available on every set: its mean is over the sets it has, not comparable."]
     ae = next((r for r in report["rows"] if r["row"] == "ae"), None)
     if ae:
-        lines += ["", "Difference to `ae` (AUC / pAUC points, seed means):", "",
-                  "| row | " + " | ".join(sets) + " | mean |", "|---|" + "---:|" * (len(sets) + 1)]
+        lines += ["", "Difference to `ae` (AUC / pAUC points, seed means; the last column is the mean difference "
+                  "over the sets where both rows exist, and how many those are):", "",
+                  "| row | " + " | ".join(sets) + " | mean (sets) |", "|---|" + "---:|" * (len(sets) + 1)]
         for r in report["rows"]:
             if r is ae:
                 continue
-            cells = [r["row"] + ("" if r["complete"] else " *")]
-            for s in sets + ["mean"]:
-                a = ae["mean"] if s == "mean" else ae["per_set"].get(s)
-                b = r["mean"] if s == "mean" else r["per_set"].get(s)
+            cells, diffs = [r["row"] + ("" if r["complete"] else " *")], []
+            for s in sets:
+                a, b = ae["per_set"].get(s), r["per_set"].get(s)
                 if not a or not b or a["auc"]["mean"] is None or b["auc"]["mean"] is None:
                     cells.append("-")
                     continue
-                cells.append(f"{(b['auc']['mean'] - a['auc']['mean']) * 100:+.1f} / "
-                             f"{(b['pauc']['mean'] - a['pauc']['mean']) * 100:+.1f}")
+                diffs.append((b["auc"]["mean"] - a["auc"]["mean"], b["pauc"]["mean"] - a["pauc"]["mean"]))
+                cells.append(f"{diffs[-1][0] * 100:+.1f} / {diffs[-1][1] * 100:+.1f}")
+            if diffs:
+                mean = np.mean(diffs, axis=0) * 100
+                cells.append(f"{mean[0]:+.1f} / {mean[1]:+.1f} ({len(diffs)})")
+            else:
+                cells.append("-")
             lines.append("| " + " | ".join(cells) + " |")
     failures = [(s, r) for s, b in report.get("set_failures", {}).items() for r in b]
     if failures:

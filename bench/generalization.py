@@ -25,14 +25,20 @@ def verdict(report: dict, default_row: str) -> list[str]:
     if default_row not in rows or "ae" not in rows:
         return [f"- `{default_row}` or `ae` is missing from this run: no verdict."]
     d, ae = rows[default_row], rows["ae"]
-    n_seeds = d["mean"]["auc"]["n"]
+    n_seeds = min(d["mean"]["auc"]["n"], ae["mean"]["auc"]["n"])
+    common = [s for s in d["per_set"] if s in ae["per_set"]]
+    n_sets = len([s for s in report["sets"] if s["status"] == "ok"])
+    scope = ("all sets" if d["complete"] and ae["complete"] and len(common) == len(report["sets"])
+             else f"only the {len(common)} set(s) where both ran: {', '.join(common)}; the suite has "
+                  f"{len(report['sets'])}, {n_sets} with results - a PARTIAL verdict")
     lines = []
     for m, name in (("auc", "AUC"), ("pauc", "pAUC")):
-        diff = d["mean"][m]["mean"] - ae["mean"][m]["mean"]
-        ok = diff >= TARGET_MARGIN
-        lines.append(f"- suite mean {name}: `{default_row}` {d['mean'][m]['mean']:.3f} vs `ae` "
-                     f"{ae['mean'][m]['mean']:.3f}: {diff:+.3f} -> target (>= +{TARGET_MARGIN:.2f}) "
-                     f"**{'met' if ok else 'NOT met'}** ({n_seeds} seed{'s' if n_seeds != 1 else ''})")
+        a = sum(ae["per_set"][s][m]["mean"] for s in common) / len(common)
+        b = sum(d["per_set"][s][m]["mean"] for s in common) / len(common)
+        ok = b - a >= TARGET_MARGIN
+        lines.append(f"- mean {name} over {scope}: `{default_row}` {b:.3f} vs `ae` {a:.3f}: {b - a:+.3f} -> target "
+                     f"(>= +{TARGET_MARGIN:.2f}) **{'met' if ok else 'NOT met'}** ({n_seeds} "
+                     f"seed{'s' if n_seeds != 1 else ''}; the issue asks for 3)")
     for s in ("near-identical", "domain-shift"):
         if s not in d["per_set"] or s not in ae["per_set"]:
             lines.append(f"- `{s}`: not in this run")

@@ -65,6 +65,8 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
         train_per_id=args.train_per_id,
         test_per_id=args.test_per_id,
         progress=not args.quiet,
+        mode=args.mode,
+        target_train_per_id=args.target_train_per_id,
     )
     print(f"demo data written to {root}")
     return 0
@@ -80,6 +82,17 @@ def _add_demo_data(sub) -> None:
     )
     p.add_argument("--if-missing", action="store_true", help="do nothing when OUT already holds demo data")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--mode", default="2020", choices=["2020", "near-identical", "domain-shift", "2023"],
+        help="2020 (default: the original set); near-identical (units of a type differ by a few percent); "
+        "domain-shift (2020 layout, many source + a few target-condition training clips); "
+        "2023 (DCASE 2023 layout: sections, source/target domains, attributes). See docs/demo-data.md",
+    )
+    p.add_argument(
+        "--target-train-per-id", type=int, default=3,
+        help="target-domain training clips per ID/section in the domain-shift and 2023 modes (default 3); "
+        "--train-per-id then counts the source ones",
+    )
     p.set_defaults(func=_cmd_demo_data)
 
 
@@ -87,24 +100,32 @@ def _add_demo_data(sub) -> None:
 def _cmd_index(args: argparse.Namespace) -> int:
     from rcmae import data
 
-    index = data.index_dataset(Path(args.dir), strict=not args.skip_unmatched)
-    table = data.count_table(index)
+    index = data.index_dataset(Path(args.dir), strict=not args.skip_unmatched, ground_truth=args.ground_truth)
+    domains = data.has_domains(index)
+    # DCASE 2021-2025 data: counts per type/section/domain; 2020: per type/ID.
+    table = data.domain_counts(index) if domains else data.count_table(index)
     if args.csv:
         index.to_csv(args.csv, index=False)
     print(table.to_string(index=False))
     print(f"{len(index)} clips, {index['machine_type'].nunique()} machine types, "
           f"{len(data.id_classes(index))} train ID classes")
+    if domains:
+        print(f"{len(data.attribute_classes(index))} train section/attribute classes; "
+              f"{index.attrs.get('ground_truth', 0)} clips labelled from ground-truth CSVs")
     for path, problem in index.attrs.get("skipped", []):
         print(f"skipped {path}: {problem}", file=sys.stderr)
     return 0
 
 
 def _add_index(sub) -> None:
-    p = sub.add_parser("index", help="print the per-type/ID/split/label clip counts of a data folder")
+    p = sub.add_parser("index", help="print the per-type/ID (2021+: type/section/domain)/split/label clip counts")
     p.add_argument("dir", help="a DCASE 2020 / 2021+ data folder, or one machine-type folder")
     p.add_argument("--csv", help="also write the full per-clip index to this CSV file")
     p.add_argument("--skip-unmatched", action="store_true",
                    help="skip (and list) .wav files that fit no layout instead of stopping at the first")
+    p.add_argument("--ground-truth", metavar="DIR",
+                   help="folder with the challenge's ground_truth_{data,domain,attributes}/ CSVs (DCASE 2021+ eval "
+                        "sets; those under DIR itself are found without this)")
     p.set_defaults(func=_cmd_index)
 
 
@@ -136,6 +157,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         num_nodes=args.num_nodes,
         precision=args.precision,
         accelerator=args.accelerator,
+        replay=args.replay,
     )
     _fit_scorers_after_training(run)
     print(f"pretrained run: {run}")
@@ -151,6 +173,8 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--epochs", type=int, default=None, help="override the preset's pretraining epochs")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument("--replay", default=None, metavar="RUN",
+                   help="with a bank: pair clips with the copies RUN drew per epoch (its augment_draws.jsonl)")
     _add_trainer_flags(p)
     p.set_defaults(func=_cmd_pretrain)
 
@@ -194,7 +218,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     )
     for name, res in results.items():
         avg = res["average"]
-        print(f"{name:>8}: AUC {avg['auc']:.4f}  pAUC {avg['pauc']:.4f}")
+        line = f"{name:>8}: AUC {avg['auc']:.4f}  pAUC {avg['pauc']:.4f}"
+        official = res.get("official") or {}
+        if official.get("score") is not None:  # DCASE 2021+ data (docs/metrics.md)
+            line += (f"  | AUC source {official['hmean_source']:.4f}  AUC target {official['hmean_target']:.4f}  "
+                     f"pAUC {official['pauc_hmean']:.4f}  official score {official['score']:.4f} (harmonic means)")
+        print(line)
     print(f"results in {Path(args.run) / 'eval'}")
     return 0
 
@@ -218,6 +247,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
     rows = detector.score_paths(
         [Path(p) for p in args.paths], scorer=args.scorer, machine_type=args.machine_type, machine_id=args.machine_id
     )
+    for r in rows:
+        if r.get("note"):  # clips of another length than the run's: said, never silently padded or cut
+            print(f"{r['path']}: {r['note']}", file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -268,6 +300,8 @@ def _cmd_augment(args: argparse.Namespace) -> int:
 
 
 def _add_augment(sub) -> None:
+    from rcmae.augment import bank
+
     p = sub.add_parser("augment", help="write an augmentation bank (procedural or AudioLDM)")
     p.add_argument("--data", required=True, help="data folder (its train clips are augmented)")
     p.add_argument("--out", required=True, help="bank folder (created, or resumed)")
@@ -275,9 +309,12 @@ def _add_augment(sub) -> None:
     p.add_argument("--model", default=None, help="AudioLDM folder or model id (default cvssp/audioldm-s-full-v2)")
     p.add_argument("--prompts", default=None, help="prompt library YAML (default: the paper's six prompts)")
     p.add_argument("--per-clip", type=int, default=1, help="augmentations per clip (default 1)")
-    p.add_argument("--t0", type=float, default=0.5, help="AudioLDM: fraction of the S steps that are re-noised")
-    p.add_argument("--steps", type=lambda s: _pair(s, int), default=(10, 50), help="AudioLDM: S range MIN:MAX")
-    p.add_argument("--guidance", type=float, default=2.5, help="AudioLDM: classifier-free guidance (default 2.5)")
+    p.add_argument("--t0", type=float, default=bank.DEFAULT_T0,
+                   help="AudioLDM: fraction of the S steps that are re-noised (default 0.5)")
+    p.add_argument("--steps", type=lambda s: _pair(s, int), default=bank.PAPER_STEPS,
+                   help="AudioLDM: S range MIN:MAX, drawn per clip (default 10:50, the paper's Table 2)")
+    p.add_argument("--guidance", type=float, default=bank.PAPER_GUIDANCE,
+                   help="AudioLDM: classifier-free guidance (default 2.5, the paper's Table 2)")
     p.add_argument("--snr", type=_pair, default=(0.0, 10.0), help="procedural: mix SNR range in dB MIN:MAX")
     p.add_argument("--seed", type=int, default=0, help="base seed; each clip gets its own recorded seed")
     p.add_argument("--shard", type=_shard, default=(0, 1), help="do shard I of N (for several GPUs/machines)")
@@ -295,7 +332,7 @@ def _cmd_prompts(args: argparse.Namespace) -> int:
 
 
 def _add_prompts(sub) -> None:
-    p = sub.add_parser("prompts", help="the factory-noise prompt library: list, add, remove, generate")
+    p = sub.add_parser("prompts", help="the factory-noise prompt library: list, add, add-paper, remove, generate")
     p.add_argument("--library", default=None, help="prompt library YAML (default: <workspace>/prompts.yaml)")
     ps = p.add_subparsers(dest="action", required=True)
     ps.add_parser("list", help="list prompts")
@@ -303,6 +340,7 @@ def _add_prompts(sub) -> None:
     a.add_argument("text")
     a.add_argument("--tag", action="append", default=[])
     a.add_argument("--note", default="")
+    ps.add_parser("add-paper", help="add the paper's Table 1 prompts (word for word) that the library lacks")
     r = ps.add_parser("remove", help="remove a prompt by id")
     r.add_argument("id")
     g = ps.add_parser("generate", help="generate prompts with an LLM (or the built-in template generator)")
@@ -359,9 +397,36 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         preset=args.preset,
         repeat=args.repeat,
         overrides=args.set,
+        **_benchmark_aug(args),
     )
     print((Path(out) / "table.md").read_text())
     return 0
+
+
+def _benchmark_aug(args: argparse.Namespace) -> dict:
+    """``run_benchmark``'s ``aug`` and ``aug_options`` from the ``--aug*`` flags (only those given)."""
+    options = {"model": args.aug_model, "per_clip": args.per_clip, "steps": args.aug_steps,
+               "device": args.aug_device, "limit": args.aug_limit}
+    options = {k: v for k, v in options.items() if v is not None}
+    if args.allow_download:
+        options["allow_download"] = True
+    if options and args.aug == "specaugment":
+        raise UsageError("--aug-model/--per-clip/--aug-steps/--aug-device apply to a bank; --aug specaugment has none")
+    return {"aug": args.aug, "aug_options": options}
+
+
+def _add_benchmark_aug_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--aug", choices=["procedural", "audioldm", "specaugment"], default="procedural",
+                   help="bank for the rcmae arms: procedural (default), audioldm (the paper's; Table 3 is "
+                        "--systems rcmae,rcmae-nodda --aug audioldm) or specaugment (no bank)")
+    p.add_argument("--aug-model", default=None, help="AudioLDM folder or model id (default cvssp/audioldm-s-full-v2)")
+    p.add_argument("--per-clip", type=int, default=None,
+                   help="augmented copies per clip, one drawn per clip per epoch (default 1)")
+    p.add_argument("--aug-steps", type=lambda s: _pair(s, int), default=None,
+                   help="AudioLDM: S range MIN:MAX (default 10:50, the paper's Table 2)")
+    p.add_argument("--aug-device", default=None, help="AudioLDM device, e.g. cuda:0")
+    p.add_argument("--aug-limit", type=int, default=None, help="augment only the first N clips (quick looks)")
+    p.add_argument("--allow-download", action="store_true", help="AudioLDM: allow fetching weights from the hub")
 
 
 def _add_benchmark(sub) -> None:
@@ -375,7 +440,74 @@ def _add_benchmark(sub) -> None:
     p.add_argument("--repeat", type=int, default=1, help="repeat with N seeds; mean and spread per cell")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for the rcmae systems; ae.KEY=V / knn.KEY=V go to that baseline")
+    _add_benchmark_aug_flags(p)
     p.set_defaults(func=_cmd_benchmark)
+
+
+# ---------------------------------------------------------------- figures
+def _cmd_figures(args: argparse.Namespace) -> int:
+    from rcmae import figures
+
+    for path in figures.write_figures(Path(args.run), Path(args.out), scorer=args.scorer, seed=args.seed):
+        print(path)
+    return 0
+
+
+def _add_figures(sub) -> None:
+    p = sub.add_parser("figures", help="the paper's figures as PNG + SVG: t-SNE, ROC, score histograms, curves")
+    p.add_argument("--run", required=True, help="an evaluated run folder")
+    p.add_argument("--out", required=True, help="folder for the .png/.svg files (and the plotted points as CSV)")
+    p.add_argument("--scorer", default=None, help="scorer for ROC and histograms (default: the run's default)")
+    p.add_argument("--seed", type=int, default=0, help="t-SNE seed (default 0)")
+    p.set_defaults(func=_cmd_figures)
+
+
+# ---------------------------------------------------------------- reproduce
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from rcmae import reproduce
+
+    arms = tuple(a for a in args.arms.split(",") if a)
+    if not arms or any(a not in reproduce.ARMS for a in arms):
+        raise UsageError(f"--arms {args.arms!r}: a comma list of {', '.join(reproduce.ARMS)}")
+    opts = reproduce.Options(
+        out=Path(args.out), data=Path(args.data) if args.data else None, mirror=args.mirror, preset=args.preset,
+        overrides=list(args.set), pretrain_data=args.pretrain_data, arms=arms, gpus=args.gpus,
+        aug_model=args.aug_model, per_clip=args.per_clip, aug_steps=args.aug_steps, bank_shards=args.bank_shards,
+        seed=args.seed,
+    )
+    if args.dry_run:
+        reproduce.dry_run(opts, step_times=args.step_times, clips=args.clips, measure=not args.no_measure)
+        return 0
+    report = reproduce.run_all(opts)
+    print(Path(report).read_text())
+    return 0
+
+
+def _add_reproduce(sub) -> None:
+    p = sub.add_parser("reproduce", help="the paper's DCASE 2020 experiments (Tables 3 and 4) in one command")
+    p.add_argument("--out", required=True, help="folder for data (when fetched), bank, runs, logs and the report")
+    p.add_argument("--data", default=None,
+                   help="an existing DCASE 2020 Task 2 folder (dev_data/ + eval_data/); default: fetch from Zenodo")
+    p.add_argument("--mirror", default="https://zenodo.org", help="archive server (default https://zenodo.org)")
+    p.add_argument("--preset", default="paper", help="training preset (default paper)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+    p.add_argument("--pretrain-data", choices=["all", "train"], default="all",
+                   help="all: every clip, as the paper's 'all audios' (default); train: training clips only")
+    p.add_argument("--arms", default="rcmae,rcmae-nodda", help="Table 3 arms to run (default both)")
+    p.add_argument("--gpus", type=int, default=None, help="GPUs for banks and DDP training (default: all visible)")
+    p.add_argument("--aug-model", default=None, help="AudioLDM folder or model id (default cvssp/audioldm-s-full-v2)")
+    p.add_argument("--per-clip", type=int, default=4,
+                   help="AudioLDM copies per clip, one drawn per clip per epoch (default 4)")
+    p.add_argument("--aug-steps", type=lambda s: _pair(s, int), default=None,
+                   help="AudioLDM S range MIN:MAX (default 10:50, the paper's Table 2)")
+    p.add_argument("--bank-shards", type=int, default=None, help="bank processes (default: one per GPU)")
+    p.add_argument("--seed", type=int, default=0, help="bank seed (default 0)")
+    p.add_argument("--dry-run", action="store_true", help="print the steps, data volume and estimated GPU hours")
+    p.add_argument("--step-times", default=None,
+                   help="dry run: step times JSON written by bench/bench_paper.py on a GPU (default: measure now)")
+    p.add_argument("--clips", type=int, default=None, help="dry run without data: estimate for this many clips")
+    p.add_argument("--no-measure", action="store_true", help="dry run: do not measure step times")
+    p.set_defaults(func=_cmd_reproduce)
 
 
 # ---------------------------------------------------------------- jobs
@@ -421,6 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_prompts,
         _add_baseline,
         _add_benchmark,
+        _add_figures,
+        _add_reproduce,
         _add_jobs,
     ):
         add(sub)

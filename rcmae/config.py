@@ -93,6 +93,9 @@ class ScoreConfig:
     ensemble: list[str] = field(default_factory=lambda: ["knn", "maha"])
     # frame_pca: principal components of the unit's 5-frame context vectors kept (the rest is the residual).
     frame_components: int = 32
+    # DCASE 2021+ domain shift: knn/knn_joint/maha keep separate source and target reference sets per unit and
+    # take the minimum score over them (rcmae/scorers/domains.py); false pools the domains.
+    domain_banks: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.recon_topk <= 1.0:

@@ -69,9 +69,11 @@ class ModelConfig:
     depth: int = 12
     heads: int = 6
     mlp_ratio: float = 4.0
-    decoder_embed_dim: int = 256
-    decoder_depth: int = 4
-    decoder_heads: int = 8
+    # The paper: "The encoder and decoders are based on ViT ... with a depth of 12 layers and 6 heads"
+    # (docs/model.md, decision table); `paper-light` keeps MAE's light 256 x 4 decoder.
+    decoder_embed_dim: int = 384
+    decoder_depth: int = 12
+    decoder_heads: int = 6
     proj_dim: int = 512
     n_classes: int = 0
     norm_pix_loss: bool = False
@@ -490,7 +492,8 @@ PRESETS: dict[str, Callable[[], ModelConfig]] = {
     "paper": lambda: ModelConfig(),
     # Audio-MAE geometry: 1024 frames at hop 160, 16 x 16 patches -> 8 x 64 = 512 tokens, 0.8 masking.
     "audiomae": lambda: ModelConfig(n_frames=1024, patch_f=16, patch_t=16, norm_pix_loss=True,
-                                    mask_ratio_min=0.8, mask_ratio_max=0.8),
+                                    mask_ratio_min=0.8, mask_ratio_max=0.8, decoder_embed_dim=256, decoder_depth=4,
+                                    decoder_heads=8),
 }
 
 

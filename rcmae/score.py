@@ -46,6 +46,7 @@ from rcmae.scorers import (
     SCORERS,
     Clips,
     EnsembleScorer,
+    FrameModels,
     FrameScorer,
     IdProbScorer,
     JointKnnScorer,
@@ -208,6 +209,7 @@ class Detector:
     def _build_scorers(self) -> dict[str, Scorer]:
         """One scorer object per name (:data:`rcmae.scorers.SCORERS`), sharing this detector's models and memo."""
         sc, spaces, pre = self.cfg.score, list(self.models), self.models.get("pretrain")
+        frames = FrameModels(self.run / "references" / "frames.npz")  # one fit for frame_pca and frame_maha
         return {
             "idprob": IdProbScorer(sc, self.run, self.models.get("finetune"), self.classes, self._windows,
                                    self.device),
@@ -219,8 +221,8 @@ class Detector:
             "knn_norm": NormKnnScorer(sc, self.run, lambda: self._families["knn"].space, "cosine", "knn_norm"),
             "stats_knn": NormKnnScorer(sc, self.run, lambda: "bandstats", "euclidean", "stats_knn"),
             "stats_maha": StatsMahaScorer(sc, self.run),
-            "frame_pca": FrameScorer(sc, self.run, "pca"),
-            "frame_maha": FrameScorer(sc, self.run, "maha"),
+            "frame_pca": FrameScorer(sc, self.run, "pca", frames),
+            "frame_maha": FrameScorer(sc, self.run, "maha", frames),
             "ensemble": EnsembleScorer(sc, self.run, lambda: self.cfg.score.ensemble,
                                        lambda name, clips: self._scores(clips.x, clips.machine_types,
                                                                         clips.machine_ids, name, clips.paths),

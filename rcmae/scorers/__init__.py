@@ -16,7 +16,7 @@ from rcmae.scorers.base import (
     fit_unit_thresholds,
 )
 from rcmae.scorers.ensemble import EnsembleScorer, zscore
-from rcmae.scorers.frames import FrameGaussian, FrameScorer, band_stats, context_frames
+from rcmae.scorers.frames import FrameGaussian, FrameModels, FrameScorer, band_stats, context_frames
 from rcmae.scorers.idprob import IdProbScorer
 from rcmae.scorers.knn import (
     JointKnnScorer,
@@ -34,7 +34,7 @@ SCORERS = ("idprob", "knn", "recon", "knn_joint", "maha", "recon_topk", "knn_nor
            "frame_pca", "frame_maha", "ensemble")
 
 __all__ = [
-    "RECON_SEED", "SCORERS", "Clips", "EnsembleScorer", "FrameGaussian", "FrameScorer", "IdProbScorer",
+    "RECON_SEED", "SCORERS", "Clips", "EnsembleScorer", "FrameGaussian", "FrameModels", "FrameScorer", "IdProbScorer",
     "JointKnnScorer", "KnnScorer", "MahaScorer", "NormKnnScorer", "NormalSet", "ReconScorer", "ReconTopkScorer",
     "Scorer", "ScoringError", "StatsMahaScorer", "band_stats", "context_frames", "fit_gaussian", "fit_threshold",
     "fit_unit_thresholds", "joint_features", "knn_distances", "knn_euclidean", "mahalanobis", "topk_mean", "zscore",

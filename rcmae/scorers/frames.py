@@ -106,6 +106,53 @@ def fold_of(n: int, folds: int = FOLDS, seed: int = FOLD_SEED) -> np.ndarray:
     return np.random.default_rng(seed).permutation(n) % min(folds, n)
 
 
+class FrameModels:
+    """The per-unit :class:`FrameGaussian` models of a run, shared by ``frame_pca`` and ``frame_maha``.
+
+    Fitted from the training log-mels with 5 seeded folds per unit: per fold, the summed sufficient statistics
+    of its clips (memory ``folds x D^2`` per unit, not per clip); the unit model is the sum over folds and a
+    clip's held-out model the sum over the other folds (exact). Saved to / read from ``path``.
+    """
+
+    context = 5
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.models: dict[str, FrameGaussian] = {}
+        self.held_out: dict[str, FrameGaussian] = {}  # clip path -> the model of the folds without it
+        self._fitted_on: object = None
+
+    def fit(self, normal: NormalSet) -> None:
+        """Fit on ``normal.logmels`` when given (and save), else read the saved models."""
+        if normal.logmels is None:
+            self.held_out, self._fitted_on = {}, None
+            self.models = load_frame_models(self.path) if self.path.is_file() else {}
+            return
+        x, types, ids, paths = normal.logmels
+        if self._fitted_on is x:
+            return  # the other frame scorer already fitted on these clips
+        self.models, self.held_out = {}, {}
+        units = list(zip(map(str, types), map(str, ids), strict=True))
+        for key in sorted(set(units)):
+            rows = np.array([i for i, u in enumerate(units) if u == key])
+            fold = fold_of(len(rows))
+            sums = []
+            for k in range(int(fold.max()) + 1):
+                parts = [FrameGaussian.sufficient(context_frames(x[i].cpu().numpy(), self.context))
+                         for i in rows[fold == k]]
+                sums.append(tuple(sum(p[j] for p in parts) for j in range(3)))
+            total = tuple(sum(f[j] for f in sums) for j in range(3))
+            self.models[f"{key[0]}/{key[1]}"] = FrameGaussian().fit_sufficient(*total)
+            for k, fold_sum in enumerate(sums):
+                rest = tuple(total[j] - fold_sum[j] for j in range(3))
+                if rest[0] < 2:
+                    continue  # a unit with one fold: its clips keep the unit model
+                model = FrameGaussian().fit_sufficient(*rest)
+                self.held_out.update({str(paths[i]): model for i in rows[fold == k]})
+        save_frame_models(self.path, self.models)
+        self._fitted_on = x
+
+
 class FrameScorer(Scorer):
     """``frame_pca`` / ``frame_maha``: a per-unit :class:`FrameGaussian` of 5-frame context vectors, no network.
 
@@ -113,63 +160,36 @@ class FrameScorer(Scorer):
     linear autoencoder); ``frame_maha`` the mean squared Mahalanobis distance. Fitting needs the training
     log-mels (:attr:`NormalSet.logmels`, given by ``fit_run``); the unit models are then saved to
     ``references/frames.npz`` and later fits read them back. Held-out training scores come from 5 seeded folds
-    per unit: a clip is scored by the model of the other folds (exact, from per-clip sufficient statistics).
+    per unit: a clip is scored by the model of the other folds (:class:`FrameModels`).
 
     Args:
         cfg, run: As :class:`Scorer`.
         kind: ``pca`` or ``maha``.
+        shared: Models shared with the other frame scorer (default: this scorer's own).
     """
 
-    context = 5
-
-    def __init__(self, cfg, run, kind: str) -> None:
+    def __init__(self, cfg, run, kind: str, shared: FrameModels | None = None) -> None:
         super().__init__(cfg, run)
         self.kind, self.name = kind, f"frame_{kind}"
-        self.models: dict[str, FrameGaussian] = {}
-        self.held_out: dict[str, FrameGaussian] = {}  # "path" -> the model of the folds without that clip
-
-    @property
-    def path(self) -> Path:
-        return self.run / "references" / "frames.npz"
+        self.frames = shared or FrameModels(self.run / "references" / "frames.npz")
 
     def fit(self, normal: NormalSet) -> None:
         super().fit(normal)
-        self.held_out = {}
-        if normal.logmels is None:
-            self.models = load_frame_models(self.path) if self.path.is_file() else {}
-            return
-        x, types, ids, paths = normal.logmels
-        suff = [FrameGaussian.sufficient(context_frames(x[i].cpu().numpy(), self.context)) for i in range(len(x))]
-        self.models = {}
-        for key in sorted(set(zip(types, ids, strict=True))):
-            rows = np.array([i for i, u in enumerate(zip(types, ids, strict=True)) if u == key])
-            self.models[f"{key[0]}/{key[1]}"] = _fit_rows(suff, rows)
-            fold = fold_of(len(rows))
-            for k in np.unique(fold):
-                if (fold != k).sum() == 0:
-                    continue
-                model = _fit_rows(suff, rows[fold != k])
-                self.held_out.update({str(paths[i]): model for i in rows[fold == k]})
-        save_frame_models(self.path, self.models)
+        self.frames.fit(normal)
 
     def score(self, clips: Clips) -> np.ndarray:
         out = np.empty(len(clips))
         for n, (t, i) in enumerate(zip(clips.machine_types, clips.machine_ids, strict=True)):
-            model = self.models.get(f"{t}/{i}")
+            model = self.frames.models.get(f"{t}/{i}")
             if model is None:
                 raise ScoringError(f"machine {t} id {i} was not in this run's training data ({self.name}: no frame "
                                    "model); pass the right --machine-type/--machine-id or train on it")
             if clips.paths is not None:
-                model = self.held_out.get(str(clips.paths[n]), model)
-            frames = context_frames(clips.x[n].cpu().numpy(), self.context)
+                model = self.frames.held_out.get(str(clips.paths[n]), model)
+            frames = context_frames(clips.x[n].cpu().numpy(), FrameModels.context)
             out[n] = (model.pca_residual(frames, self.cfg.frame_components) if self.kind == "pca"
                       else model.maha(frames))
         return out
-
-
-def _fit_rows(suff: list, rows: np.ndarray) -> FrameGaussian:
-    return FrameGaussian().fit_sufficient(sum(suff[i][0] for i in rows), sum(suff[i][1] for i in rows),
-                                          sum(suff[i][2] for i in rows))
 
 
 def save_frame_models(path: Path, models: dict[str, FrameGaussian]) -> None:

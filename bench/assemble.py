@@ -24,6 +24,7 @@ SECTIONS = [
     ("Domain shift: rcmae vs the AE baseline on the 2023-style demo set (DCASE 2021-2025 protocol)",
      ["dcase2023.md"]),
     ("RC-MAE in the small-data regime: what was tried", ["training.md"]),
+    ("Scorers on unlike data sets: accuracy and speed", ["scorers.md"]),
     ("A real-data sanity check (DCASE 2020 slider)", ["real_slider.md"]),
     ("The demo data: difficulty and generation time", ["demo.md"]),
     ("Front-end speed", ["frontend-cpu.md", "frontend-cuda.md"]),

@@ -134,7 +134,12 @@ class Detector:
         self.thresholds = thresholds or {}
         self.references = references or {}
         self.device = torch.device(device)
-        self.logmel = LogMel(cfg.features).to(self.device)
+        self.family = cfg.family
+        if self.family == "margin":
+            # The margin classifier computes its own log-mel and Tgram from the waveform: its input is the clip.
+            self.logmel, self.stats = _WaveformInput().to(self.device), _IdentityStats()
+        else:
+            self.logmel = LogMel(cfg.features).to(self.device)
         self.notes: list[str] = []
         self.scorers = [s for s in SCORERS if self._available(s)]
         default = cfg.score.default_scorer
@@ -166,7 +171,10 @@ class Detector:
             raise RunFolderError(f"{run}: no checkpoints/{pre.name}; pretrain the run first")
         models = {"pretrain": _model_from_checkpoint(pre)[0]}
         fin = checkpoint_path(run, "finetune", "last")
-        if fin.is_file():
+        if cfg.family == "margin":
+            # One stage: the classifier is the "finetune" (classifier) space; idprob and knn read it there.
+            models = {"finetune": models["pretrain"]}
+        elif fin.is_file():
             models["finetune"] = _model_from_checkpoint(fin)[0]
         classes = [tuple(c) for c in info.get("classes", [])]
         thr_path = run / "thresholds.json"
@@ -181,8 +189,8 @@ class Detector:
                 references[space] = _load_rows(path)
         det = cls(run, cfg, stats, classes, models, thresholds, references, device or "cpu", clipstats, moments)
         # Runs fitted before the joint-space scorers lack clipstats and moments: fit them once.
-        if fit and (not thresholds or set(det._spaces_needed()) - set(references) or clipstats is None
-                    or "moments" not in thr_json):
+        if fit and (not thresholds or set(det._spaces_needed()) - set(references)
+                    or (clipstats is None and det.family != "margin") or "moments" not in thr_json):
             fit_run(run)
             return cls.load(run, device=device, fit=False)
         return det
@@ -194,6 +202,8 @@ class Detector:
         return not self._why_unavailable(scorer)
 
     def _why_unavailable(self, scorer: str) -> str:
+        if self.family == "margin" and scorer in ("recon", "recon_topk", "knn_joint", "maha"):
+            return "the margin classifier has no decoder or band-statistics space (use idprob, knn or ensemble)"
         if scorer == "idprob":
             if len(self.classes) < 2:
                 return "a single machine ID: no classes to tell apart"
@@ -276,7 +286,9 @@ class Detector:
         for b in range(0, len(x), self.cfg.score.batch_size):
             xb = x[b : b + self.cfg.score.batch_size].to(self.device)
             ib = idx[b : b + self.cfg.score.batch_size]
-            per_window = [-torch.log_softmax(model.classify(model.embed(w)).float(), -1).gather(1, ib[:, None])[:, 0]
+            # float64: a confident classifier's float32 -log p is exactly 0 (p rounds to 1) for most clips, and
+            # those ties flatten the ranking (bench/results/idprob.md).
+            per_window = [-torch.log_softmax(model.classify(model.embed(w)).double(), -1).gather(1, ib[:, None])[:, 0]
                           for w in self._windows(xb)]
             out.append(torch.stack(per_window).mean(0))
         return torch.cat(out).cpu().numpy().astype(np.float64)
@@ -517,6 +529,21 @@ class Detector:
         return self._row("<waveform>", str(machine_type), str(machine_id), scorer, score, self._probs(x)[0])
 
 
+class _WaveformInput(torch.nn.Module):
+    """The margin family's "features": the waveform batch itself ``[B, N]`` (the model holds its front-end)."""
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(wave, dtype=torch.float32)
+
+
+class _IdentityStats:
+    """Stands in for :class:`FeatureStats` where the model normalises its own log-mel."""
+
+    @staticmethod
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
 def knn_distances(z: np.ndarray, references: Sequence[np.ndarray], k: int = 1,
                   exclude: Sequence[int | None] | None = None) -> np.ndarray:
     """Mean cosine distance of each ``z[i]`` to its ``k`` nearest rows of ``references[i]``.
@@ -637,7 +664,11 @@ def fit_run(run: str | os.PathLike, train: TrainData | None = None, progress: bo
     run = Path(run)
     det = Detector.load(run, fit=False)
     cfg = det.cfg
-    if train is None:
+    if train is None and det.family == "margin":
+        from rcmae.margin_train import load_train_waves
+
+        train = load_train_waves(read_run_json(run)["data"], cfg, progress=progress)
+    elif train is None:
         from rcmae.train import load_train_data
 
         info = read_run_json(run)
@@ -649,11 +680,12 @@ def fit_run(run: str | os.PathLike, train: TrainData | None = None, progress: bo
                          ["normal"] * len(z), keep_other=False)  # the weights changed: old test rows are stale
         det.references[space] = {"z": z, "machine_type": np.asarray(types), "machine_id": np.asarray(ids),
                                  "path": np.asarray(train.paths)}
-    cs = clip_stats(train.x).float().cpu().numpy()
-    _save_embeddings(run / "references" / "clipstats.npz", cs, train.paths, types, ids, "train",
-                     ["normal"] * len(cs), keep_other=False)
-    det.clipstats = {"z": cs, "machine_type": np.asarray(types), "machine_id": np.asarray(ids),
-                     "path": np.asarray(train.paths)}
+    if det.family != "margin":  # band statistics of log-mels (the margin family's inputs are waveforms)
+        cs = clip_stats(train.x).float().cpu().numpy()
+        _save_embeddings(run / "references" / "clipstats.npz", cs, train.paths, types, ids, "train",
+                         ["normal"] * len(cs), keep_other=False)
+        det.clipstats = {"z": cs, "machine_type": np.asarray(types), "machine_id": np.asarray(ids),
+                         "path": np.asarray(train.paths)}
     thresholds: dict[str, dict[str, float]] = {}
     moments: dict[str, dict[str, list[float]]] = {}
     det.moments = moments

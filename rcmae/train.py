@@ -406,8 +406,8 @@ def balanced_indices(labels: torch.Tensor, n: int, generator: torch.Generator) -
     pick = classes[torch.randint(0, len(classes), (n,), generator=generator)]
     out = torch.empty(n, dtype=torch.long)
     for c in classes:
-        members = torch.flatnonzero(labels == c)
-        slots = torch.flatnonzero(pick == c)
+        members = torch.nonzero(labels == c).flatten()
+        slots = torch.nonzero(pick == c).flatten()
         out[slots] = members[torch.randint(0, len(members), (len(slots),), generator=generator)]
     return out
 

@@ -141,11 +141,10 @@ def _run_child(spec: dict) -> dict:
     # A run left by an earlier failed attempt starts over: the benchmark resumes per system, not per epoch.
     shutil.rmtree(run, ignore_errors=True)
     overrides = [*spec["overrides"], f"seed={spec['seed']}"]
-    no_pretraining = spec.get("pretrain_epochs") == 0
     train.pretrain(data=Path(spec["data"]), out=run, preset=spec["preset"], aug=spec["aug"],
-                   epochs=spec.get("pretrain_epochs"), overrides=overrides, progress=False,
-                   fit_scores=not no_pretraining)
+                   epochs=spec.get("pretrain_epochs"), overrides=overrides, progress=False)
     train.finetune(run=run, data=Path(spec["data"]), progress=False)
+    # Training never scores: evaluate fits the thresholds and train embeddings of the trained run (fit_run).
     results = score.evaluate_run(run, data=Path(spec["data"]), progress=False)
     return {f"{spec['system']}:{name}": res for name, res in results.items()}
 

@@ -8,6 +8,7 @@ the handlers so that ``rcmae --help`` stays fast and needs no torch.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -108,6 +109,18 @@ def _add_index(sub) -> None:
 
 
 # ---------------------------------------------------------------- pretrain / finetune
+def _fit_scorers_after_training(run: Path) -> None:
+    """Fit thresholds and train embeddings of a freshly trained run (first process only under DDP).
+
+    Training never imports scoring (the run folder is the contract): the orchestration calls it here.
+    """
+    if any(int(os.environ.get(var, 0)) != 0 for var in ("RANK", "LOCAL_RANK", "NODE_RANK")):
+        return
+    from rcmae import score
+
+    score.fit_run(run)
+
+
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from rcmae import train
 
@@ -124,6 +137,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         precision=args.precision,
         accelerator=args.accelerator,
     )
+    _fit_scorers_after_training(run)
     print(f"pretrained run: {run}")
     return 0
 
@@ -132,8 +146,9 @@ def _add_pretrain(sub) -> None:
     p = sub.add_parser("pretrain", help="self-supervised RC-MAE pretraining (MAE + InfoNCE + VCR)")
     p.add_argument("--data", required=True, help="data folder (its train clips are used)")
     p.add_argument("--out", required=True, help="run folder to create (or resume)")
-    p.add_argument("--preset", default="tiny", help="tiny | paper | paper+ | audiomae | margin (the angular-margin classifier, one "
-                   "stage) | a YAML file (default tiny)")
+    p.add_argument("--preset", default="tiny",
+                   help="tiny | paper | paper+ | audiomae | margin (the angular-margin classifier, one stage) | "
+                   "a YAML file (default tiny)")
     p.add_argument("--aug", default="specaugment", help="specaugment (the paper's 'without DDA' arm) or a bank folder")
     p.add_argument("--epochs", type=int, default=None, help="override the preset's pretraining epochs")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
@@ -156,6 +171,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         precision=args.precision,
         accelerator=args.accelerator,
     )
+    _fit_scorers_after_training(run)
     print(f"fine-tuned run: {run}")
     return 0
 

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 import torch
-import torch.nn.functional as nnf
 from torch import Tensor, nn
 
 from rcmae.features import LogMel, LogMelConfig
@@ -76,8 +75,8 @@ class MarginConfig:
         for name in ("emb_dim", "tgram_blocks", "n_classes"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < (1 if name == "emb_dim" else 0):
-                raise ValueError(f"margin.{name}={value!r}: must be a {'positive' if name == 'emb_dim' else 'non-negative'}"
-                                 " integer")
+                kind = "positive" if name == "emb_dim" else "non-negative"
+                raise ValueError(f"margin.{name}={value!r}: must be a {kind} integer")
         if self.head not in ("arcface", "adacos", "softmax"):
             raise ValueError(f"margin.head={self.head!r}: must be arcface, adacos or softmax")
         if self.margin < 0 or self.scale <= 0:

@@ -3,8 +3,9 @@
 A run whose config says ``family: margin`` (the ``margin`` preset) trains in one stage, started by
 ``rcmae pretrain`` (``rcmae finetune`` then has nothing to do and says so). The run folder is the same
 contract as RC-MAE's: ``config.yaml``, ``run.json``, ``stats.json`` (the log-mel statistics, also held
-inside the model), ``checkpoints/pretrain-{last,best}.ckpt``, ``metrics.csv``, ``progress.json``, then
-thresholds and train embeddings from :func:`rcmae.score.fit_run`; ``rcmae evaluate``, ``rcmae score``,
+inside the model), ``checkpoints/pretrain-{last,best}.ckpt``, ``metrics.csv``, ``progress.json``; thresholds
+and train embeddings come from scoring's ``fit_run`` (the CLI after training, or the first
+``Detector.load``), never from here: training does not import scoring. ``rcmae evaluate``, ``rcmae score``,
 the :class:`~rcmae.score.Detector` and the workbench read it like any other run, with the scorers
 ``idprob`` (``-log p(own machine ID)``, no margin at test time) and ``knn`` (cosine distance to the
 unit's nearest normal training embeddings).
@@ -33,6 +34,7 @@ from rcmae.config import RunConfig
 from rcmae.data import DatasetLayoutError, id_classes, index_dataset, load_waveforms
 from rcmae.datasets import ClipDataset
 from rcmae.features import FeatureStats, LogMel, compute_stats
+from rcmae.files import write_json
 from rcmae.losses import mixup, mixup_cross_entropy
 from rcmae.margin import MarginConfig, STgramNet, crop_waves
 from rcmae.model import count_parameters
@@ -40,17 +42,16 @@ from rcmae.train import (
     RunFolderError,
     TrainData,
     _fit,
+    _git_commit,
     _now,
     _StageModule,
     _steps_per_epoch,
     _versions,
-    _git_commit,
     checkpoint_path,
     read_run_json,
     trainer_options,
     update_run_json,
 )
-from rcmae.files import write_json
 
 FAMILY = "margin"
 
@@ -141,7 +142,7 @@ def pretrain_margin(
     trainer_kw: dict | None = None,
     progress: bool = True,
     callbacks: Sequence[Callback] = (),
-    fit_scores: bool = True,
+    fit_scores: bool = True,  # noqa: ARG001 - as rcmae.train.pretrain: training never scores
 ) -> Path:
     """Train an angular-margin classifier run (``family: margin``) into the run folder ``out``.
 
@@ -194,10 +195,6 @@ def pretrain_margin(
                           **{k: trainer_kw[k] for k in ("accelerator", "precision", "strategy")}}
     stages["finetune"] = {"skipped": "the margin family trains in one stage"}
     update_run_json(out, stages=stages)
-    if fit_scores:
-        from rcmae.score import fit_run
-
-        fit_run(out, train=train, progress=progress)
     return out
 
 

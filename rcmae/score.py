@@ -28,18 +28,40 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import scipy.stats
 import torch
 from tqdm.auto import tqdm
 
 from rcmae import config as rconfig
 from rcmae.audio import AudioError, load_audio
 from rcmae.data import index_dataset, parse_name
-from rcmae.datasets import compute_logmels, make_generator, window_starts
+from rcmae.datasets import compute_logmels, window_starts
 from rcmae.features import FeatureStats, LogMel
 from rcmae.files import atomic_write_text, read_json, write_json
 from rcmae.metrics import evaluate_scores, write_results
 from rcmae.model import RCMAE, clip_stats
+from rcmae.scorers import (
+    RECON_SEED,
+    SCORERS,
+    Clips,
+    EnsembleScorer,
+    IdProbScorer,
+    JointKnnScorer,
+    KnnScorer,
+    MahaScorer,
+    NormalSet,
+    ReconScorer,
+    ReconTopkScorer,
+    Scorer,
+    ScoringError,
+    fit_gaussian,
+    fit_threshold,
+    fit_unit_thresholds,
+    joint_features,
+    knn_distances,
+    knn_euclidean,
+    mahalanobis,
+    topk_mean,
+)
 from rcmae.train import (
     RunFolderError,
     TrainData,
@@ -49,40 +71,12 @@ from rcmae.train import (
     update_run_json,
 )
 
-SCORERS = ("idprob", "knn", "recon", "knn_joint", "maha", "recon_topk", "ensemble")
-# Fixed stream for the recon masks: a clip gets the same masks wherever and however it is scored.
-_RECON_SEED = 20231
+# The recon scorers' fixed mask stream (kept under its old name).
+_RECON_SEED = RECON_SEED
 _SPACES = ("pretrain", "finetune")
-
-
-class ScoringError(ValueError):
-    """A clip or scorer that cannot be scored as asked; the message is one line."""
-
-
-def fit_threshold(normal_scores: Sequence[float] | np.ndarray, method: str = "gamma", q: float = 0.9) -> float:
-    """Decision threshold from normal scores: the ``q`` quantile of a fitted gamma, or the ``q`` percentile.
-
-    Args:
-        normal_scores: Scores of normal (training) clips.
-        method: ``"gamma"`` (``scipy.stats.gamma.fit``, then ``ppf(q)``) or ``"percentile"`` (``np.quantile``).
-        q: Quantile in (0, 1).
-    """
-    s = np.asarray(normal_scores, dtype=np.float64)
-    s = s[np.isfinite(s)]
-    if s.size == 0:
-        raise ValueError("fit_threshold: no finite normal scores to fit a threshold on")
-    if not 0.0 < q < 1.0:
-        raise ValueError(f"fit_threshold: q={q} must be in (0, 1) (score.threshold_q)")
-    if method == "percentile":
-        return float(np.quantile(s, q))
-    if method != "gamma":
-        raise ValueError(f"fit_threshold: method {method!r} unknown; use gamma or percentile (score.threshold)")
-    if s.size < 3 or np.ptp(s) <= 1e-12 * max(1.0, abs(s.mean())):
-        # A gamma cannot be fitted to (nearly) constant or too few scores: the largest one is the honest bound.
-        return float(s.max())
-    params = scipy.stats.gamma.fit(s)
-    thr = float(scipy.stats.gamma.ppf(q, *params))
-    return thr if np.isfinite(thr) else float(np.quantile(s, q))
+# Names that moved to rcmae.scorers and stay importable from here.
+__all__ = ["SCORERS", "Detector", "ScoringError", "evaluate_run", "fit_gaussian", "fit_run", "fit_threshold",
+           "joint_features", "knn_distances", "knn_euclidean", "mahalanobis", "topk_mean"]
 
 
 def _parse_type_id(path: str | os.PathLike) -> tuple[str | None, str | None]:
@@ -122,9 +116,9 @@ class Detector:
         self.run = Path(run)
         # Per-band mean/std log-mel of the normal training clips ({"z", "machine_type", "machine_id", "path"}).
         self.clipstats = clipstats
-        # {scorer: {"type/id": [mean, std]}} of the normal training scores (for ``ensemble``).
+        # {scorer: {"type/id": [mean, std]}} of the held-out normal training scores (the ensemble's z-scores);
+        # one dict shared with the ensemble, filled in place by fit_run.
         self.moments = moments or {}
-        self._maha_cache: dict[tuple, object] = {}
         self._memo: dict[tuple, tuple] = {}
         self.cfg = cfg
         self.stats = stats
@@ -140,6 +134,8 @@ class Detector:
             self.logmel, self.stats = _WaveformInput().to(self.device), _IdentityStats()
         else:
             self.logmel = LogMel(cfg.features).to(self.device)
+        self._families = self._build_scorers()
+        self.refit()
         self.notes: list[str] = []
         self.scorers = [s for s in SCORERS if self._available(s)]
         default = cfg.score.default_scorer
@@ -188,9 +184,11 @@ class Detector:
             if path.is_file() and space in models:
                 references[space] = _load_rows(path)
         det = cls(run, cfg, stats, classes, models, thresholds, references, device or "cpu", clipstats, moments)
-        # Runs fitted before the joint-space scorers lack clipstats and moments: fit them once.
+        # Fit once when anything is missing (runs fitted before the joint-space scorers lack clipstats and
+        # moments) or stale (trained again since: the stamp of the training stages changed).
         if fit and (not thresholds or set(det._spaces_needed()) - set(references)
-                    or (clipstats is None and det.family != "margin") or "moments" not in thr_json):
+                    or (clipstats is None and det.family != "margin") or "moments" not in thr_json
+                    or thr_json.get("fitted_on") != _training_stamp(info)):
             fit_run(run)
             return cls.load(run, device=device, fit=False)
         return det
@@ -201,21 +199,29 @@ class Detector:
     def _available(self, scorer: str) -> bool:
         return not self._why_unavailable(scorer)
 
+    def _build_scorers(self) -> dict[str, Scorer]:
+        """One scorer object per name (:data:`rcmae.scorers.SCORERS`), sharing this detector's models and memo."""
+        sc, spaces, pre = self.cfg.score, list(self.models), self.models.get("pretrain")
+        return {
+            "idprob": IdProbScorer(sc, self.run, self.models.get("finetune"), self.classes, self._windows,
+                                   self.device),
+            "knn": KnnScorer(sc, self.run, spaces),
+            "recon": ReconScorer(sc, self.run, pre, self._windows, self.device),
+            "knn_joint": JointKnnScorer(sc, self.run, spaces),
+            "maha": MahaScorer(sc, self.run, spaces),
+            "recon_topk": ReconTopkScorer(sc, self.run, pre, self._windows, self.device),
+            "ensemble": EnsembleScorer(sc, self.run, lambda: self.cfg.score.ensemble,
+                                       lambda name, clips: self._scores(clips.x, clips.machine_types,
+                                                                        clips.machine_ids, name, clips.paths),
+                                       self.moments, self._why_unavailable),
+        }
+
     def _why_unavailable(self, scorer: str) -> str:
-        if self.family == "margin" and scorer in ("recon", "recon_topk", "knn_joint", "maha"):
-            return "the margin classifier has no decoder or band-statistics space (use idprob, knn or ensemble)"
-        if scorer == "idprob":
-            if len(self.classes) < 2:
-                return "a single machine ID: no classes to tell apart"
-            if "finetune" not in self.models or self.models["finetune"].head is None:
-                return "the run is not fine-tuned"
         if scorer not in SCORERS:
             return f"unknown scorer; choose one of {', '.join(SCORERS)}"
-        if scorer == "ensemble":
-            missing = [c for c in self.cfg.score.ensemble if self._why_unavailable(c)]
-            if missing:
-                return f"its part(s) {', '.join(missing)} are unavailable (score.ensemble)"
-        return ""
+        if self.family == "margin" and scorer in ("recon", "recon_topk", "knn_joint", "maha"):
+            return "the margin classifier has no decoder or band-statistics space (use idprob, knn or ensemble)"
+        return self._families[scorer].unavailable()
 
     def _scorer(self, scorer: str | None) -> str:
         scorer = scorer or self.default_scorer
@@ -257,15 +263,7 @@ class Detector:
 
     # ----------------------------------------------------------------------------------------- scorers
     def _class_indices(self, machine_types: Sequence[str], machine_ids: Sequence[str]) -> list[int]:
-        out = []
-        for t, i in zip(machine_types, machine_ids, strict=True):
-            key = (str(t), str(i))
-            if key not in self.class_index:
-                known = ", ".join(f"{a}/{b}" for a, b in self.classes)
-                raise ScoringError(f"machine {t} id {i} was not in this run's training data (known: {known}); "
-                                   "pass the right --machine-type/--machine-id or train on it")
-            out.append(self.class_index[key])
-        return out
+        return self._families["idprob"].class_indices(machine_types, machine_ids)
 
     @torch.no_grad()
     def class_probs(self, x: torch.Tensor) -> torch.Tensor:
@@ -278,55 +276,6 @@ class Detector:
                                       for w in self._windows(xb)]).mean(0))
         return torch.cat(probs)
 
-    @torch.no_grad()
-    def _idprob(self, x: torch.Tensor, machine_types, machine_ids) -> np.ndarray:
-        idx = torch.tensor(self._class_indices(machine_types, machine_ids), device=self.device)
-        model = self.models["finetune"]
-        out = []
-        for b in range(0, len(x), self.cfg.score.batch_size):
-            xb = x[b : b + self.cfg.score.batch_size].to(self.device)
-            ib = idx[b : b + self.cfg.score.batch_size]
-            # float64: a confident classifier's float32 -log p is exactly 0 (p rounds to 1) for most clips, and
-            # those ties flatten the ranking (bench/results/idprob.md).
-            per_window = [-torch.log_softmax(model.classify(model.embed(w)).double(), -1).gather(1, ib[:, None])[:, 0]
-                          for w in self._windows(xb)]
-            out.append(torch.stack(per_window).mean(0))
-        return torch.cat(out).cpu().numpy().astype(np.float64)
-
-    def _reference(self, mtype: str, mid: str) -> np.ndarray:
-        ref = self.references.get(self.knn_space)
-        if ref is None:
-            raise ScoringError(f"{self.run}: no training embeddings for knn; run `rcmae evaluate --run {self.run}`")
-        sel = (ref["machine_type"] == mtype) & (ref["machine_id"] == mid)
-        if not sel.any():
-            raise ScoringError(f"machine {mtype} id {mid} has no normal training clips in {self.run}; "
-                               "pass the right --machine-type/--machine-id or train on it")
-        return ref["z"][sel]
-
-    def _knn(self, x: torch.Tensor, machine_types, machine_ids, paths=None) -> np.ndarray:
-        z = self._embed_memo(x, self.knn_space)
-        refs = [self._reference(str(t), str(i)) for t, i in zip(machine_types, machine_ids, strict=True)]
-        excl = None
-        if paths is not None:
-            _, excl = self._refs_and_exclusions(self.references[self.knn_space], machine_types, machine_ids, paths,
-                                                "knn")
-        return knn_distances(z, refs, self.cfg.score.knn_k, exclude=excl)
-
-    @torch.no_grad()
-    def _recon(self, x: torch.Tensor) -> np.ndarray:
-        model = self.models["pretrain"]
-        n = self.cfg.score.recon_masks
-        out = np.empty(len(x), dtype=np.float64)
-        for row in range(len(x)):
-            errs = []
-            for w in self._windows(x[row : row + 1].to(self.device)):
-                # The clip repeated once per mask, drawn from a fixed stream: per-clip, batch-independent.
-                gen = make_generator(_RECON_SEED, device=self.device)
-                reps = w.expand(n, -1, -1)
-                errs.append(model.reconstruction_error(reps, self.cfg.score.recon_mask_ratio, gen, n_masks=1).mean())
-            out[row] = float(torch.stack(errs).mean())
-        return out
-
     def _embed_memo(self, x: torch.Tensor, space: str) -> np.ndarray:
         # fit_run and ensemble score the same tensor with several scorers: embed it once per space.
         key = ("embed", space)
@@ -337,85 +286,29 @@ class Detector:
         self._memo[key] = (x, z)
         return z
 
-    def _rows_of(self, table: dict, mtype: str, mid: str, what: str) -> np.ndarray:
-        sel = (table["machine_type"] == mtype) & (table["machine_id"] == mid)
-        if not sel.any():
-            raise ScoringError(f"machine {mtype} id {mid} was not in this run's training data ({what}: no normal "
-                               "training clips); pass the right --machine-type/--machine-id or train on it")
-        return np.flatnonzero(sel)
+    def _feature(self, x: torch.Tensor, name: str) -> np.ndarray:
+        """Feature ``name`` of ``x`` for the scorers: an embedding space or ``clipstats`` (memoised per tensor)."""
+        if name == "clipstats":
+            hit = self._memo.get(("clipstats",))
+            if hit is not None and hit[0] is x:
+                return hit[1]
+            cs = clip_stats(x).float().cpu().numpy()
+            self._memo[("clipstats",)] = (x, cs)
+            return cs
+        return self._embed_memo(x, name)
 
-    def _refs_and_exclusions(self, table: dict, machine_types, machine_ids, paths, what: str):
-        refs, excl = [], []
-        for n, (t, i) in enumerate(zip(machine_types, machine_ids, strict=True)):
-            rows = self._rows_of(table, str(t), str(i), what)
-            refs.append(rows)
-            own = np.flatnonzero(table["path"][rows] == paths[n]) if paths is not None else np.empty(0, int)
-            excl.append(int(own[0]) if own.size else None)
-        return refs, excl
+    def _normal_set(self) -> NormalSet:
+        tables = dict(self.references)
+        if self.clipstats is not None:
+            tables["clipstats"] = self.clipstats
+        return NormalSet(tables)
 
-    def joint_space(self, x: torch.Tensor, weight: float) -> tuple[np.ndarray, np.ndarray, dict]:
-        """``(queries, references, reference table)`` in the joint space (:func:`joint_features`) of ``x``."""
-        if self.clipstats is None:
-            raise ScoringError(f"{self.run}: no references/clipstats.npz; run `rcmae evaluate --run {self.run}`")
-        ref = self.references.get(self.knn_space)
-        if ref is None:
-            raise ScoringError(f"{self.run}: no training embeddings; run `rcmae evaluate --run {self.run}`")
-        if not np.array_equal(ref["path"], self.clipstats["path"]):
-            raise ScoringError(f"{self.run}: embeddings and clipstats come from different clips; "
-                               f"run `rcmae evaluate --run {self.run}` after deleting thresholds.json")
-        cs = self.clipstats["z"].astype(np.float64)
-        mu, sd = cs.mean(0), cs.std(0)
-        q = joint_features(self._embed_memo(x, self.knn_space), clip_stats(x).double().cpu().numpy(), mu, sd, weight)
-        return q, joint_features(ref["z"], cs, mu, sd, weight), ref
-
-    def _joint(self, x: torch.Tensor, machine_types, machine_ids, paths=None) -> np.ndarray:
-        q, ref_joint, ref = self.joint_space(x, self.cfg.score.joint_weight)
-        rows, excl = self._refs_and_exclusions(ref, machine_types, machine_ids, paths, "knn_joint")
-        return knn_euclidean(q, [ref_joint[r] for r in rows], self.cfg.score.knn_k, exclude=excl)
-
-    def _maha(self, x: torch.Tensor, machine_types, machine_ids, paths=None) -> np.ndarray:
-        w = self.cfg.score.maha_weight
-        q, ref_joint, ref = self.joint_space(x, w)
-        rows, excl = self._refs_and_exclusions(ref, machine_types, machine_ids, paths, "maha")
-        out = np.empty(len(q))
-        for n, (r, e) in enumerate(zip(rows, excl, strict=True)):
-            # One Gaussian per machine ID (per left-out clip when fitting thresholds), reused across calls.
-            key = (self.knn_space, w, int(r[0]), len(r), e)
-            model = self._maha_cache.get(key)
-            if model is None:
-                model = fit_gaussian(np.delete(ref_joint[r], e, axis=0) if e is not None else ref_joint[r])
-                self._maha_cache[key] = model
-            out[n] = mahalanobis(q[n : n + 1], *model)[0]
-        return out
-
-    @torch.no_grad()
-    def _recon_topk(self, x: torch.Tensor) -> np.ndarray:
-        model = self.models["pretrain"]
-        out = np.empty(len(x), dtype=np.float64)
-        for row in range(len(x)):
-            errs = []
-            for w in self._windows(x[row : row + 1].to(self.device)):
-                gen = make_generator(_RECON_SEED, device=self.device)  # the recon scorer's masks
-                errs.append(model.masked_patch_errors(w.expand(self.cfg.score.recon_masks, -1, -1),
-                                                      self.cfg.score.recon_mask_ratio, gen).flatten())
-            out[row] = topk_mean(torch.cat(errs).cpu().numpy(), self.cfg.score.recon_topk)
-        return out
-
-    def _ensemble(self, x: torch.Tensor, machine_types, machine_ids, paths=None) -> np.ndarray:
-        parts = []
-        for name in self.cfg.score.ensemble:
-            moments = self.moments.get(name)
-            if moments is None:
-                raise ScoringError(f"{self.run}: no training-score moments of {name} for the ensemble; "
-                                   f"run `rcmae evaluate --run {self.run}` after deleting thresholds.json")
-            s = self._scores(x, machine_types, machine_ids, name, paths)
-            mean_std = np.array([moments.get(f"{t}/{i}", [np.nan, np.nan])
-                                 for t, i in zip(machine_types, machine_ids, strict=True)], dtype=np.float64)
-            if np.isnan(mean_std).any():
-                raise ScoringError(f"ensemble: a machine ID has no training-score moments of {name}; "
-                                   "train on it or pick another scorer")
-            parts.append((s - mean_std[:, 0]) / np.maximum(mean_std[:, 1], 1e-12))
-        return np.mean(parts, axis=0)
+    def refit(self) -> None:
+        """Fit every scorer on the normal training tables (``references`` and ``clipstats``)."""
+        normal = self._normal_set()
+        for family in self._families.values():
+            family.fit(normal)
+        self._memo.clear()
 
     def _scores(self, x: torch.Tensor, machine_types: Sequence[str], machine_ids: Sequence[str], scorer: str,
                 paths: Sequence[str] | None = None) -> np.ndarray:
@@ -425,20 +318,8 @@ class Detector:
         tag = (tuple(map(str, machine_types)), tuple(map(str, machine_ids)), None if paths is None else tuple(paths))
         if hit is not None and hit[0] is x and hit[1] == tag:
             return hit[2]
-        if scorer == "idprob":
-            scores = self._idprob(x, machine_types, machine_ids)
-        elif scorer == "knn":
-            scores = self._knn(x, machine_types, machine_ids, paths)
-        elif scorer == "knn_joint":
-            scores = self._joint(x, machine_types, machine_ids, paths)
-        elif scorer == "maha":
-            scores = self._maha(x, machine_types, machine_ids, paths)
-        elif scorer == "recon_topk":
-            scores = self._recon_topk(x)
-        elif scorer == "ensemble":
-            scores = self._ensemble(x, machine_types, machine_ids, paths)
-        else:
-            scores = self._recon(x)
+        clips = Clips(x, machine_types, machine_ids, paths, lambda name: self._feature(x, name))
+        scores = self._families[scorer].score(clips)
         self._memo[key] = (x, tag, scores)
         return scores
 
@@ -544,88 +425,9 @@ class _IdentityStats:
         return x
 
 
-def knn_distances(z: np.ndarray, references: Sequence[np.ndarray], k: int = 1,
-                  exclude: Sequence[int | None] | None = None) -> np.ndarray:
-    """Mean cosine distance of each ``z[i]`` to its ``k`` nearest rows of ``references[i]``.
-
-    Args:
-        z: Query embeddings ``[B, D]``.
-        references: One ``[n_i, D]`` array per query (the normal train embeddings of its machine ID).
-        k: Neighbours averaged (capped at the reference size).
-        exclude: Per query, a reference row to leave out (leave-one-out threshold fitting), or ``None``.
-    """
-    out = np.empty(len(z), dtype=np.float64)
-    for i, (q, ref) in enumerate(zip(z, references, strict=True)):
-        qn = q / max(np.linalg.norm(q), 1e-12)
-        rn = ref / np.maximum(np.linalg.norm(ref, axis=1, keepdims=True), 1e-12)
-        d = 1.0 - rn.astype(np.float64) @ qn.astype(np.float64)
-        if exclude is not None and exclude[i] is not None:
-            d = np.delete(d, exclude[i])
-        if d.size == 0:
-            raise ScoringError("knn: a machine ID with a single training clip has no neighbour to compare with")
-        kk = min(k, d.size)
-        out[i] = float(np.sort(d)[:kk].mean())
-    return out
-
-
-def knn_euclidean(q: np.ndarray, references: Sequence[np.ndarray], k: int = 1,
-                  exclude: Sequence[int | None] | None = None) -> np.ndarray:
-    """Mean Euclidean distance of each ``q[i]`` to its ``k`` nearest rows of ``references[i]``.
-
-    Args:
-        q: Query vectors ``[B, D]``.
-        references: One ``[n_i, D]`` array per query.
-        k: Neighbours averaged (capped at the reference size).
-        exclude: Per query, a reference row to leave out (leave-one-out), or ``None``.
-    """
-    out = np.empty(len(q), dtype=np.float64)
-    for i, (v, ref) in enumerate(zip(q, references, strict=True)):
-        d = np.sqrt(((np.asarray(ref, dtype=np.float64) - np.asarray(v, dtype=np.float64)) ** 2).sum(axis=1))
-        if exclude is not None and exclude[i] is not None:
-            d = np.delete(d, exclude[i])
-        if d.size == 0:
-            raise ScoringError("knn_joint: a machine ID with a single training clip has no neighbour to compare with")
-        out[i] = float(np.sort(d)[: min(k, d.size)].mean())
-    return out
-
-
-def joint_features(z: np.ndarray, stats: np.ndarray, mean: np.ndarray, std: np.ndarray,
-                   weight: float = 1.0) -> np.ndarray:
-    """The ``knn_joint`` space: ``[z / |z|, weight * (stats - mean) / std / sqrt(dim)]``.
-
-    Both blocks have a comparable (unit-order) norm, so neither drowns the other; ``stats`` are the
-    per-band mean/std log-mel of a clip (``rcmae.model.clip_stats``), ``mean``/``std`` those of the training clips.
-    """
-    z = np.asarray(z, dtype=np.float64)
-    zn = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
-    st = (np.asarray(stats, dtype=np.float64) - mean) / np.maximum(std, 1e-6) / np.sqrt(stats.shape[1])
-    return np.concatenate([zn, weight * st], axis=1)
-
-
-def fit_gaussian(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and precision matrix of ``z [n, D]`` with a Ledoit-Wolf shrunk covariance (few clips, many dims)."""
-    from sklearn.covariance import ledoit_wolf
-
-    z = np.asarray(z, dtype=np.float64)
-    if len(z) < 2:
-        raise ScoringError("maha: a machine ID needs at least 2 normal training clips for a covariance")
-    cov, _ = ledoit_wolf(z)
-    # The shrunk covariance is well conditioned: a plain inverse is ~10x faster than the estimator's pinvh,
-    # which matters for the leave-one-out fits (one per training clip).
-    return z.mean(axis=0), np.linalg.inv(cov)
-
-
-def mahalanobis(z: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
-    """Mahalanobis distances ``sqrt((z - mean) P (z - mean))`` of the rows of ``z``."""
-    d = np.asarray(z, dtype=np.float64) - mean
-    return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, precision, d), 0.0))
-
-
-def topk_mean(errors: np.ndarray, fraction: float) -> float:
-    """Mean of the largest ``ceil(fraction * n)`` values (at least one) of ``errors``."""
-    errors = np.asarray(errors, dtype=np.float64).ravel()
-    k = max(1, int(np.ceil(fraction * errors.size)))
-    return float(np.partition(errors, errors.size - k)[errors.size - k :].mean())
+def _training_stamp(info: dict) -> dict[str, str | None]:
+    """When each training stage of a run finished (from run.json): thresholds fitted before it are stale."""
+    return {stage: s.get("finished", s.get("skipped")) for stage, s in sorted(info.get("stages", {}).items())}
 
 
 def _load_rows(path: Path) -> dict | None:
@@ -686,29 +488,27 @@ def fit_run(run: str | os.PathLike, train: TrainData | None = None, progress: bo
                          ["normal"] * len(cs), keep_other=False)
         det.clipstats = {"z": cs, "machine_type": np.asarray(types), "machine_id": np.asarray(ids),
                          "path": np.asarray(train.paths)}
+    det.refit()
     thresholds: dict[str, dict[str, float]] = {}
-    moments: dict[str, dict[str, list[float]]] = {}
-    det.moments = moments
+    moments = det.moments  # shared with the ensemble, which z-scores its members with them
+    moments.clear()
     rows = []
     paths = list(map(str, train.paths))
     for scorer in det.scorers:
         try:
-            # Leave-one-out (knn, knn_joint, maha): a training clip is not its own reference.
+            # Held-out normal scores: each training clip is left out of its own references (knn, knn_joint, maha).
             scores = det._scores(train.x, types, ids, scorer, paths)
         except ScoringError as err:
             print(f"{scorer}: {err}; its threshold is not fitted", file=sys.stderr)
             continue
-        thresholds[scorer], moments[scorer] = {}, {}
-        for key in sorted(set(zip(types, ids, strict=True))):
-            sel = [n for n, ti in enumerate(zip(types, ids, strict=True)) if ti == key]
-            thresholds[scorer][f"{key[0]}/{key[1]}"] = fit_threshold(scores[sel], cfg.score.threshold,
-                                                                     cfg.score.threshold_q)
-            moments[scorer][f"{key[0]}/{key[1]}"] = [float(np.mean(scores[sel])), float(np.std(scores[sel]))]
+        thresholds[scorer], moments[scorer] = fit_unit_thresholds(scores, types, ids, cfg.score.threshold,
+                                                                  cfg.score.threshold_q)
         rows += [{"path": p, "machine_type": t, "machine_id": i, "scorer": scorer, "score": float(s)}
                  for p, t, i, s in zip(train.paths, types, ids, scores, strict=True)]
     write_json(run / "thresholds.json", {"method": cfg.score.threshold, "q": cfg.score.threshold_q,
                                          "scorers": det.scorers, "default_scorer": det.default_scorer,
-                                         "thresholds": thresholds, "moments": moments})
+                                         "thresholds": thresholds, "moments": moments,
+                                         "fitted_on": _training_stamp(read_run_json(run))})
     frame = pd.DataFrame(rows, columns=["path", "machine_type", "machine_id", "scorer", "score"])
     atomic_write_text(run / "train_scores.csv", frame.to_csv(index=False))
     for note in det.notes:

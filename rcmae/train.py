@@ -401,7 +401,7 @@ class FinetuneModule(_StageModule):
 
 
 def balanced_indices(labels: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
-    """``n`` clip indices drawn class-balanced: a class uniformly, then one of its clips uniformly (with replacement)."""
+    """``n`` clip indices, class-balanced: a class uniformly, then one of its clips uniformly (with replacement)."""
     classes = torch.unique(labels)
     pick = classes[torch.randint(0, len(classes), (n,), generator=generator)]
     out = torch.empty(n, dtype=torch.long)
@@ -620,7 +620,7 @@ def pretrain(
     accelerator: str = "auto",
     progress: bool = True,
     callbacks: Sequence[Callback] = (),
-    fit_scores: bool = True,
+    fit_scores: bool = True,  # noqa: ARG001 - kept for old callers; training never scores
 ) -> Path:
     """Self-supervised RC-MAE pretraining into the run folder ``out``.
 
@@ -635,7 +635,8 @@ def pretrain(
         devices, num_nodes, precision, accelerator: Lightning Trainer flags.
         progress: Show progress bars.
         callbacks: Extra Lightning callbacks (job control, tests).
-        fit_scores: Fit thresholds and save train embeddings when training ends.
+        fit_scores: Ignored, kept for old callers: training never scores. Thresholds and train embeddings are
+            fitted by ``rcmae.score.fit_run`` (``rcmae pretrain`` calls it) or on the first ``Detector.load``.
 
     Returns:
         The run folder.
@@ -717,10 +718,6 @@ def pretrain(
                           "wall_s": round(time.time() - started, 1), "resumed": bool(resume),
                           **{k: trainer_kw[k] for k in ("accelerator", "precision", "strategy")}}
     update_run_json(out, stages=stages)
-    if fit_scores:
-        from rcmae.score import fit_run
-
-        fit_run(out, train=train, progress=progress)
     return out
 
 
@@ -736,7 +733,7 @@ def finetune(
     accelerator: str = "auto",
     progress: bool = True,
     callbacks: Sequence[Callback] = (),
-    fit_scores: bool = True,
+    fit_scores: bool = True,  # noqa: ARG001 - kept for old callers; training never scores
 ) -> Path:
     """Fine-tune a pretrained run on machine-ID classes (SupCon + cross-entropy).
 
@@ -752,7 +749,7 @@ def finetune(
         devices, num_nodes, precision, accelerator: Lightning Trainer flags.
         progress: Show progress bars.
         callbacks: Extra Lightning callbacks.
-        fit_scores: Refit thresholds and train embeddings afterwards.
+        fit_scores: Ignored, kept for old callers (see :func:`pretrain`).
 
     Returns:
         The run folder.
@@ -789,10 +786,6 @@ def finetune(
         print(message, flush=True)
         stages["finetune"] = {"skipped": message}
         update_run_json(run, stages=stages, data=str(data.resolve()))
-        if fit_scores:
-            from rcmae.score import fit_run
-
-            fit_run(run, train=train, progress=progress)
         return run
     model, _ = _model_from_checkpoint(pre)
     if cfg.finetune.head == "arcface":
@@ -819,8 +812,4 @@ def finetune(
                           "wall_s": round(time.time() - started, 1), "resumed": bool(resume),
                           **{k: trainer_kw[k] for k in ("accelerator", "precision", "strategy")}}
     update_run_json(run, stages=stages, data=str(data.resolve()), classes=[list(c) for c in train.classes])
-    if fit_scores:
-        from rcmae.score import fit_run
-
-        fit_run(run, train=train, progress=progress)
     return run

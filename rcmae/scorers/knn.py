@@ -1,0 +1,134 @@
+"""Nearest-neighbour scorers: ``knn`` (cosine, on an embedding space) and ``knn_joint`` (Euclidean, joint space).
+
+``knn``: mean cosine distance to the ``score.knn_k`` nearest normal training clips of the same unit, in the
+``score.knn_space`` embedding. ``knn_joint``: Euclidean kNN in :func:`joint_features` space, the unit-norm
+embedding next to the clip's per-band mean/std log-mel (standardised with the training clips), which the
+encoder's LayerNorm and pooling lose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from rcmae.scorers.base import Clips, Scorer, ScoringError
+
+
+def knn_distances(z: np.ndarray, references: Sequence[np.ndarray], k: int = 1,
+                  exclude: Sequence[int | None] | None = None) -> np.ndarray:
+    """Mean cosine distance of each ``z[i]`` to its ``k`` nearest rows of ``references[i]``.
+
+    Args:
+        z: Query embeddings ``[B, D]``.
+        references: One ``[n_i, D]`` array per query (the normal train embeddings of its machine ID).
+        k: Neighbours averaged (capped at the reference size).
+        exclude: Per query, a reference row to leave out (leave-one-out threshold fitting), or ``None``.
+    """
+    out = np.empty(len(z), dtype=np.float64)
+    for i, (q, ref) in enumerate(zip(z, references, strict=True)):
+        qn = q / max(np.linalg.norm(q), 1e-12)
+        rn = ref / np.maximum(np.linalg.norm(ref, axis=1, keepdims=True), 1e-12)
+        d = 1.0 - rn.astype(np.float64) @ qn.astype(np.float64)
+        if exclude is not None and exclude[i] is not None:
+            d = np.delete(d, exclude[i])
+        if d.size == 0:
+            raise ScoringError("knn: a machine ID with a single training clip has no neighbour to compare with")
+        kk = min(k, d.size)
+        out[i] = float(np.sort(d)[:kk].mean())
+    return out
+
+
+def knn_euclidean(q: np.ndarray, references: Sequence[np.ndarray], k: int = 1,
+                  exclude: Sequence[int | None] | None = None) -> np.ndarray:
+    """Mean Euclidean distance of each ``q[i]`` to its ``k`` nearest rows of ``references[i]``.
+
+    Args:
+        q: Query vectors ``[B, D]``.
+        references: One ``[n_i, D]`` array per query.
+        k: Neighbours averaged (capped at the reference size).
+        exclude: Per query, a reference row to leave out (leave-one-out), or ``None``.
+    """
+    out = np.empty(len(q), dtype=np.float64)
+    for i, (v, ref) in enumerate(zip(q, references, strict=True)):
+        d = np.sqrt(((np.asarray(ref, dtype=np.float64) - np.asarray(v, dtype=np.float64)) ** 2).sum(axis=1))
+        if exclude is not None and exclude[i] is not None:
+            d = np.delete(d, exclude[i])
+        if d.size == 0:
+            raise ScoringError("knn_joint: a machine ID with a single training clip has no neighbour to compare with")
+        out[i] = float(np.sort(d)[: min(k, d.size)].mean())
+    return out
+
+
+def joint_features(z: np.ndarray, stats: np.ndarray, mean: np.ndarray, std: np.ndarray,
+                   weight: float = 1.0) -> np.ndarray:
+    """The ``knn_joint`` space: ``[z / |z|, weight * (stats - mean) / std / sqrt(dim)]``.
+
+    Both blocks have a comparable (unit-order) norm, so neither drowns the other; ``stats`` are the
+    per-band mean/std log-mel of a clip (``rcmae.model.clip_stats``), ``mean``/``std`` those of the training clips.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    zn = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+    st = (np.asarray(stats, dtype=np.float64) - mean) / np.maximum(std, 1e-6) / np.sqrt(stats.shape[1])
+    return np.concatenate([zn, weight * st], axis=1)
+
+
+class EmbeddingScorer(Scorer):
+    """A scorer on the ``score.knn_space`` embedding (``pretrain`` when the run is not fine-tuned).
+
+    Args:
+        cfg, run: As :class:`Scorer`.
+        spaces: The embedding spaces the run has (``pretrain``, ``finetune``).
+    """
+
+    def __init__(self, cfg, run, spaces: Sequence[str]) -> None:
+        super().__init__(cfg, run)
+        self.spaces = tuple(spaces)
+
+    @property
+    def space(self) -> str:
+        """The embedding space scored (``score.knn_space``, or ``pretrain`` when that one is missing)."""
+        space = self.cfg.knn_space
+        return space if space in self.spaces else "pretrain"
+
+
+class KnnScorer(EmbeddingScorer):
+    """``knn``: mean cosine distance to the ``score.knn_k`` nearest normal clips of the unit."""
+
+    name = "knn"
+
+    def score(self, clips: Clips) -> np.ndarray:
+        table = self.normal.get(self.space)
+        if table is None:
+            raise ScoringError(f"{self.run}: no training embeddings for knn; run `rcmae evaluate --run {self.run}`")
+        rows, excl = self.normal.rows_and_exclusions(self.space, clips, "knn")
+        return knn_distances(clips.feature(self.space), [table["z"][r] for r in rows], self.cfg.knn_k,
+                             exclude=excl if clips.paths is not None else None)
+
+
+def joint_space(scorer: EmbeddingScorer, clips: Clips, weight: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(queries, references)`` of ``clips`` in the joint space (:func:`joint_features`) of ``scorer``'s run."""
+    cstats = scorer.normal.get("clipstats")
+    if cstats is None:
+        raise ScoringError(f"{scorer.run}: no references/clipstats.npz; run `rcmae evaluate --run {scorer.run}`")
+    ref = scorer.normal.get(scorer.space)
+    if ref is None:
+        raise ScoringError(f"{scorer.run}: no training embeddings; run `rcmae evaluate --run {scorer.run}`")
+    if not np.array_equal(ref["path"], cstats["path"]):
+        raise ScoringError(f"{scorer.run}: embeddings and clipstats come from different clips; "
+                           f"run `rcmae evaluate --run {scorer.run}` after deleting thresholds.json")
+    cs = cstats["z"].astype(np.float64)
+    mu, sd = cs.mean(0), cs.std(0)
+    q = joint_features(clips.feature(scorer.space), clips.feature("clipstats").astype(np.float64), mu, sd, weight)
+    return q, joint_features(ref["z"], cs, mu, sd, weight)
+
+
+class JointKnnScorer(EmbeddingScorer):
+    """``knn_joint``: Euclidean kNN in the joint space weighted by ``score.joint_weight``."""
+
+    name = "knn_joint"
+
+    def score(self, clips: Clips) -> np.ndarray:
+        q, ref_joint = joint_space(self, clips, self.cfg.joint_weight)
+        rows, excl = self.normal.rows_and_exclusions(self.space, clips, "knn_joint")
+        return knn_euclidean(q, [ref_joint[r] for r in rows], self.cfg.knn_k, exclude=excl)

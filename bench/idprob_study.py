@@ -126,6 +126,29 @@ def run_variant(data: Path, work: Path, name: str, overrides: list[str], pre: Pa
     return record
 
 
+def report(work: Path) -> str:
+    """Markdown table of every finished variant under ``work`` (AUC/pAUC and calibration per set, AUC mean)."""
+    recs = [read_json(p) | {"set": p.parent.name} for p in sorted(work.glob("*/*.json"))
+            if p.name not in ("pretrain_time.json", "test_paths.json")]
+    sets = sorted({r["set"] for r in recs})
+    by = {(r["variant"], r["set"]): r for r in recs}
+    order = [v for v in VARIANTS if any((v, s) in by for s in sets)]
+    order += sorted({r["variant"] for r in recs} - set(order))
+    head = ["variant", "overrides"] + [f"{s} AUC / pAUC" for s in sets] + ["mean AUC"]
+    head += [f"{s} median p(true ID) normal / anomalous" for s in sets]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
+    for v in order:
+        cells = [by.get((v, s)) for s in sets]
+        ov = next(c["overrides"] for c in cells if c)
+        aucs = [c["auc"] for c in cells if c]
+        mean = f"{np.mean(aucs):.3f}" if len(aucs) == len(sets) else "-"
+        row = [v, "`" + " ".join(ov) + "`" if ov else "(tiny fine-tuning as is)"]
+        row += [f"{c['auc']:.3f} / {c['pauc']:.3f}" if c else "-" for c in cells] + [mean]
+        row += [f"{c['p_med_normal']:.3f} / {c['p_med_anomaly']:.3f}" if c else "-" for c in cells]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", nargs="+", required=True, type=Path)
@@ -134,7 +157,11 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], dest="overrides", help="pretraining override")
     ap.add_argument("--variants", default=",".join(VARIANTS),
                     help="comma list of variant names, or NAME=key=value;key=value for a combination")
+    ap.add_argument("--report", action="store_true", help="only print the table of the finished variants")
     args = ap.parse_args()
+    if args.report:
+        print(report(args.work))
+        return
     torch.set_num_threads(max(1, torch.get_num_threads()))
     rows = []
     for spec in args.variants.split(","):
@@ -154,7 +181,10 @@ def main() -> None:
     frame = pd.DataFrame(rows)
     table = frame.pivot_table(index="variant", columns="set", values="auc", sort=False)
     table["mean"] = table.mean(axis=1)
-    print(table.round(3).to_markdown())
+    print("| variant | " + " | ".join(map(str, table.columns)) + " |")
+    print("|---|" + "---:|" * len(table.columns))
+    for name, row in table.iterrows():
+        print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
 
 
 if __name__ == "__main__":

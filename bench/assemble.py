@@ -21,6 +21,8 @@ average 2-8), so wall times are upper bounds.
 
 SECTIONS = [
     ("Detection accuracy on the demo data: rcmae vs the DCASE 2020 AE baseline and kNN", ["baselines.md"]),
+    ("Domain shift: rcmae vs the AE baseline on the 2023-style demo set (DCASE 2021-2025 protocol)",
+     ["dcase2023.md"]),
     ("RC-MAE in the small-data regime: what was tried", ["training.md"]),
     ("A real-data sanity check (DCASE 2020 slider)", ["real_slider.md"]),
     ("The angular-margin classifier family (STgram-style, ArcFace)", ["classifier.md"]),
@@ -30,6 +32,9 @@ SECTIONS = [
     ("Scoring and training speed", ["speed.md"]),
     ("Augmentation speed", ["augment.md", "audioldm.md"]),
     ("Workbench quick demo", ["workbench.md"]),
+    ("Monitoring long recordings", ["monitor.md"]),
+    ("Reliability under faults", ["reliability.md"]),
+    ("The paper on a GPU: throughput, AudioLDM, full-schedule hours", ["paper.md"]),
 ]
 
 

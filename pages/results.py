@@ -1,4 +1,6 @@
-"""Results: per-type/per-ID AUC and pAUC, ROC curves, score histograms, t-SNE/UMAP; runs and benchmarks compared."""
+"""Results: per-type/per-ID AUC and pAUC (2021+: per-section source/target AUC, decisions, official score), ROC
+curves and score histograms (split by domain), t-SNE/UMAP (by ID, domain or attribute); runs and benchmarks
+compared."""
 
 from __future__ import annotations
 
@@ -8,9 +10,8 @@ import numpy as np
 import streamlit as st
 
 from rcmae import viz, workbench
-from rcmae.workspace import Workspace
 
-ws = Workspace.default(st.session_state.get("workspace")).ensure()
+ws = workbench.page_workspace(st.session_state.get("workspace"))
 
 st.title("Results")
 
@@ -48,6 +49,23 @@ with run_tab:
         m1.metric("Average AUC", f"{avg['auc']:.3f}" if avg["auc"] is not None else "-")
         m2.metric("Average pAUC", f"{avg['pauc']:.3f}" if avg["pauc"] is not None else "-")
         m3.metric("Machine IDs", len(res["per_id"]))
+        official = res.get("official") or {}
+        if res.get("per_section"):
+            # DCASE 2021-2025 data: the challenge's own numbers (docs/metrics.md has the formulas).
+            st.subheader("DCASE 2021-2025 protocol: domains and the official score")
+            o1, o2, o3, o4 = st.columns(4)
+            fmt = lambda v: f"{v:.3f}" if v is not None else "-"  # noqa: E731
+            o1.metric("Official score", fmt(official.get("score")),
+                      help="Harmonic mean of every section's AUC (source), AUC (target) and pAUC (DCASE 2022-2025)")
+            o2.metric("AUC source (hmean)", fmt(official.get("hmean_source")))
+            o3.metric("AUC target (hmean)", fmt(official.get("hmean_target")))
+            o4.metric("pAUC (hmean)", fmt(official.get("pauc_hmean")))
+            st.dataframe(viz.section_table(res), hide_index=True, width="stretch")
+            with st.expander("Official score and the evaluators' means"):
+                st.dataframe(viz.official_table(res), hide_index=True, width="stretch")
+            if res.get("skipped_sections"):
+                st.caption("Not in the official score: " + "; ".join(
+                    f"{r['machine_type']} section {r['section']} ({r['reason']})" for r in res["skipped_sections"]))
         st.subheader("Per machine type")
         st.dataframe(viz.per_type_table(res), hide_index=True, width="stretch")
         with st.expander("Per machine ID"):
@@ -65,14 +83,27 @@ with run_tab:
             ids = sorted(labelled.loc[labelled["machine_type"] == mtype, "machine_id"].unique())
             mid = c2.selectbox("Machine ID (histogram)", ids)
             sub = labelled[(labelled["machine_type"] == mtype) & (labelled["machine_id"] == mid)]
+            has_domain = "domain" in sub.columns and sub["domain"].isin(["source", "target"]).any()
+            by_domain = has_domain and st.toggle("Split by domain (source / target)", value=True,
+                                                 help="ROC: each domain's normals against all anomalies of the "
+                                                      "section (the official AUCs); histogram: per domain")
             a, b = st.columns(2)
-            a.plotly_chart(viz.roc_figure(scores, by="machine_type", title="ROC per machine type"), width="stretch",
-                           key="roc")
             thr = sub["threshold"].dropna()
-            b.plotly_chart(viz.score_histogram(sub["score"].to_numpy(), sub["label"].tolist(),
-                                               threshold=float(thr.iloc[0]) if len(thr) else None,
-                                               title=f"{mtype} id {mid}: normal vs anomalous"),
-                           width="stretch", key="hist")
+            if by_domain:
+                a.plotly_chart(viz.roc_figure(sub, by="domain", title=f"{mtype} section {mid}: ROC per domain"),
+                               width="stretch", key="roc")
+                b.plotly_chart(viz.domain_histogram(sub["score"].to_numpy(), sub["label"].tolist(),
+                                                    sub["domain"].tolist(),
+                                                    threshold=float(thr.iloc[0]) if len(thr) else None,
+                                                    title=f"{mtype} section {mid}: scores by domain"),
+                               width="stretch", key="hist")
+            else:
+                a.plotly_chart(viz.roc_figure(scores, by="machine_type", title="ROC per machine type"),
+                               width="stretch", key="roc")
+                b.plotly_chart(viz.score_histogram(sub["score"].to_numpy(), sub["label"].tolist(),
+                                                   threshold=float(thr.iloc[0]) if len(thr) else None,
+                                                   title=f"{mtype} id {mid}: normal vs anomalous"),
+                               width="stretch", key="hist")
         spaces = workbench.embedding_files(run)
         if spaces:
             st.subheader("Embeddings")
@@ -83,6 +114,10 @@ with run_tab:
             # One machine type at a time reads like the paper's Figures 3-4; "(all)" shows every ID.
             mtype_e = c3.selectbox("Machine type", type_options, index=min(1, len(type_options) - 1),
                                    key="emb_type")
+            colour = "machine ID"
+            if res.get("per_section"):
+                colour = st.radio("Colour by", ["machine ID", "domain", "attributes"], horizontal=True,
+                                  help="domain and attributes come from the clip names (DCASE 2021+)")
             cols = st.columns(len(spaces))
             for col, (space, npz) in zip(cols, spaces.items(), strict=True):
                 try:
@@ -91,7 +126,11 @@ with run_tab:
                     col.info(f"{space}: {err}")
                     continue
                 sel = np.ones(len(proj["points"]), bool) if mtype_e == "(all)" else proj["machine_type"] == mtype_e
-                ids = [f"{t}/{i}" for t, i in zip(proj["machine_type"][sel], proj["machine_id"][sel], strict=True)]
+                if colour == "machine ID":
+                    ids = [f"{t}/{i}" for t, i in zip(proj["machine_type"][sel], proj["machine_id"][sel],
+                                                      strict=True)]
+                else:
+                    ids = list(viz.clip_groups(proj["path"][sel], by="domain" if colour == "domain" else "attributes"))
                 fig = viz.embedding_figure(proj["points"][sel], ids, proj["label"][sel], proj["path"][sel],
                                            title=f"{space} ({method.upper()})")
                 event = col.plotly_chart(fig, width="stretch", key=f"emb_{space}", on_select="rerun",
@@ -106,7 +145,7 @@ with run_tab:
                         col.audio(clip.wave, sample_rate=clip.sample_rate)
                     except (ValueError, FileNotFoundError) as err:
                         col.caption(str(err))
-            st.caption("Colour: machine ID; circle: normal, cross: anomalous. Hover shows the file; "
+            st.caption(f"Colour: {colour}; circle: normal, cross: anomalous. Hover shows the file; "
                        "click a point to play it.")
 
 with cmp_tab:

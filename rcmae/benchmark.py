@@ -33,8 +33,10 @@ import numpy as np
 from rcmae.files import atomic_write_text, read_json, write_json
 
 # One table of named systems: the rcmae ablations are override sets on the same pipeline.
-# aug "bank" = a procedural augmentation bank built once per benchmark (the weight-free stand-in
-# for the paper's diffusion augmentation); "specaugment" = time/frequency masking (paper's "without DDA").
+# aug "bank" = the augmentation bank built once per benchmark with the backend --aug names (procedural:
+# the weight-free stand-in, the default; audioldm: the paper's diffusion augmentation; specaugment: no
+# bank at all); "specaugment" = time/frequency masking (paper's "without DDA"). Table 3 of the paper is
+# --systems rcmae,rcmae-nodda --aug audioldm.
 SYSTEMS: dict[str, dict] = {
     "rcmae": {"kind": "rcmae", "aug": "bank", "overrides": [],
               "about": "full RC-MAE: MAE + InfoNCE + VCR pretraining on augmented pairs, then SupCon + CE"},
@@ -115,10 +117,17 @@ def _literal(text: str) -> object:
 
 
 # ---------------------------------------------------------------- child side
+AUG_BACKENDS = ("procedural", "audioldm", "specaugment")
+
+
 def _run_bank_child(spec: dict) -> dict:
     from rcmae.augment import bank
 
-    bank.build_bank(data=Path(spec["data"]), out=Path(spec["bank"]), backend="procedural", seed=spec["seed"])
+    options = dict(spec.get("aug_options") or {})
+    if "steps" in options:
+        options["steps"] = tuple(options["steps"])
+    print(bank.build_bank(data=Path(spec["data"]), out=Path(spec["bank"]), backend=spec.get("backend", "procedural"),
+                          seed=spec["seed"], **options), flush=True)
     return {}
 
 
@@ -198,16 +207,20 @@ def _error_line(out: Path, returncode: int) -> str:
     return lines[-1] if lines else f"child exited with status {returncode} and no output"
 
 
-def _prepare_bank(data: Path, out: Path, seed: int) -> tuple[str | None, str]:
-    """Build (or reuse) a procedural augmentation bank for the systems with aug "bank"."""
+def _prepare_bank(data: Path, out: Path, seed: int, backend: str = "procedural",
+                  aug_options: dict | None = None) -> tuple[str | None, str]:
+    """Build (or resume) the augmentation bank for the systems with aug "bank" (``out/bank`` for the
+    procedural backend, ``out/bank-<backend>`` otherwise)."""
     if importlib.util.find_spec("rcmae.augment.bank") is None:
-        return None, "specaugment (rcmae.augment.bank is not installed, so no procedural bank)"
-    bank = out / "bank"
-    spec = {"kind": "bank", "data": str(data), "bank": str(bank), "seed": seed, "out": str(out / "bank-build")}
-    record = _spawn(spec, out / "bank-build")
+        return None, f"specaugment (rcmae.augment.bank is not installed, so no {backend} bank)"
+    name = "bank" if backend == "procedural" else f"bank-{backend}"
+    bank = out / name
+    spec = {"kind": "bank", "data": str(data), "bank": str(bank), "seed": seed, "out": str(out / f"{name}-build"),
+            "backend": backend, "aug_options": dict(aug_options or {})}
+    record = _spawn(spec, out / f"{name}-build")
     if record["status"] != "ok":
-        return None, f"specaugment (building the procedural bank failed: {record['error']})"
-    return str(bank), f"procedural bank {bank} (built in {record['wall_s']:.0f} s)"
+        return None, f"specaugment (building the {backend} bank failed: {record['error']})"
+    return str(bank), f"{backend} bank {bank} (built in {record['wall_s']:.0f} s)"
 
 
 def _stat(values: list[float]) -> dict:
@@ -243,7 +256,48 @@ def _aggregate(system_records: dict[str, dict]) -> list[dict]:
                 "wall_s": _stat([r["wall_s"] for r in ok]),
                 "peak_mib": _stat([r["peak_mib"] for r in ok]),
             })
+            if any(x.get("official") for x in res):
+                rows[-1].update(_domain_stats(res))
     return rows
+
+
+_OFFICIAL_KEYS = ("score", "hmean_source", "hmean_target", "pauc_hmean", "amean_source", "amean_target",
+                  "pauc_amean")
+
+
+def _domain_stats(res: list[dict]) -> dict:
+    """DCASE 2021+ rows: the official score and its means, and per type source/target AUC and pAUC, over seeds."""
+    types = sorted({t for x in res for t in x.get("domain_per_type", {})})
+    return {
+        "official": {k: _stat([(x.get("official") or {}).get(k) for x in res]) for k in _OFFICIAL_KEYS},
+        "dcase2021_score": _stat([(x.get("dcase2021") or {}).get("score") for x in res]),
+        "domain_per_type": {t: {m: _stat([x.get("domain_per_type", {}).get(t, {}).get(m) for x in res])
+                                for m in ("auc_source", "auc_target", "pauc")} for t in types},
+    }
+
+
+def render_domain_table(bench: dict) -> list[str]:
+    """Markdown lines of the DCASE 2021+ table (per type AUC source/target and pAUC, official score); [] for 2020."""
+    rows = [r for r in bench["rows"] if r.get("official")]
+    if not rows:
+        return []
+    types = sorted({t for r in rows for t in r.get("domain_per_type", {})})
+    head = ["system"] + [f"{t} {m}" for t in types for m in ("AUC src", "AUC tgt", "pAUC")] + [
+        "hmean AUC src", "hmean AUC tgt", "hmean pAUC", "official score", "2021 score"]
+    lines = ["", "DCASE 2021-2025 protocol (docs/metrics.md): per type the mean over its sections of AUC (source "
+             "normals + all anomalies), AUC (target) and pAUC (all clips); official score = harmonic mean of every "
+             "section's AUC (source), AUC (target) and pAUC; 2021 score: each domain scored on its own clips.", "",
+             "| " + " | ".join(head) + " |",
+             "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"]
+    for r in rows:
+        cells = [r["row"]]
+        for t in types:
+            cells += [_cell(r["domain_per_type"].get(t, {}).get(m)) for m in ("auc_source", "auc_target", "pauc")]
+        off = r["official"]
+        cells += [_cell(off["hmean_source"]), _cell(off["hmean_target"]), _cell(off["pauc_hmean"]),
+                  _cell(off["score"]), _cell(r["dcase2021_score"])]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return lines
 
 
 def _cell(stat: dict | None, scale: float = 100.0, digits: int = 2) -> str:
@@ -286,6 +340,7 @@ def render_table(bench: dict) -> str:
             cells += [_cell(r["average"]["auc"]), _cell(r["average"]["pauc"]),
                       _cell(r["wall_s"], 1.0, 1), _cell(r["peak_mib"], 1.0, 0)]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    lines += render_domain_table(bench)
     failures = [r for r in rows if r.get("error")]
     if failures:
         lines += ["", "Failures:", ""]
@@ -303,8 +358,16 @@ def run_benchmark(
     overrides: list[str] | tuple[str, ...] = (),
     progress: bool = True,
     command: str | None = None,
+    aug: str = "procedural",
+    aug_options: dict | None = None,
 ) -> Path:
     """Run ``systems`` on ``data`` (seeds ``0 .. repeat-1``); write ``out/benchmark.json`` and ``out/table.md``.
+
+    ``aug`` chooses the bank the bank-using arms (``rcmae`` and its ablations) pretrain on:
+    ``procedural`` (default), ``audioldm`` (the paper's; ``aug_options["model"]`` names the weights) or
+    ``specaugment`` (no bank: every arm pairs clips with time/frequency-masked twins). ``aug_options`` go
+    to :func:`rcmae.augment.bank.build_bank` (``model``, ``per_clip``, ``steps``, ``t0``, ``guidance``,
+    ``device``, ``allow_download``, ``prompts``, ``limit``). ``rcmae-nodda`` always uses SpecAugment.
 
     A system whose result for a seed is already in ``out/systems/<system>/seed<k>/record.json``
     with status ok is not run again, so an interrupted benchmark resumes.
@@ -326,9 +389,14 @@ def run_benchmark(
     rc_overrides, base_kw = _split_overrides(list(overrides))
     out.mkdir(parents=True, exist_ok=True)
     started = dt.datetime.now(dt.UTC)
+    if aug not in AUG_BACKENDS:
+        raise ValueError(f"--aug {aug!r}: use one of {', '.join(AUG_BACKENDS)}")
     augmentation, bank = "not used", None
     if any(SYSTEMS.get(s, {}).get("aug") == "bank" for s in systems):
-        bank, augmentation = _prepare_bank(data, out, seed=0)
+        if aug == "specaugment":
+            augmentation = "specaugment (--aug specaugment: no bank; every arm pairs clips with masked twins)"
+        else:
+            bank, augmentation = _prepare_bank(data, out, seed=0, backend=aug, aug_options=aug_options)
     records: dict[str, dict] = {}
     jobs = [(s, seed) for s in systems for seed in range(repeat)]
     for system, seed in tqdm(jobs, desc="benchmark", unit="run", disable=not progress):
@@ -347,11 +415,11 @@ def run_benchmark(
         spec = {"kind": entry["kind"], "system": system, "data": str(data), "out": str(run_out), "seed": seed,
                 "preset": entry.get("preset", preset)}
         if entry["kind"] == "rcmae":
-            aug = bank if entry["aug"] == "bank" and bank else "specaugment"
-            rec["aug"] = aug
+            arm_aug = bank if entry["aug"] == "bank" and bank else "specaugment"
+            rec["aug"] = arm_aug
             # A system with its own preset (margin) takes the same --set overrides: its config has every section
             # (pretrain.epochs shortens both; model.* only matters to rcmae, margin.* only to margin).
-            spec.update(aug=aug, overrides=[*entry["overrides"], *rc_overrides],
+            spec.update(aug=arm_aug, overrides=[*entry["overrides"], *rc_overrides],
                         pretrain_epochs=entry.get("pretrain_epochs"))
         else:
             spec["baseline_kw"] = base_kw[system]
@@ -363,6 +431,8 @@ def run_benchmark(
         "preset": preset,
         "repeat": repeat,
         "overrides": list(overrides),
+        "aug": aug,
+        "aug_options": dict(aug_options or {}),
         "systems": records,
         "augmentation": augmentation,
         "rows": _aggregate(records),

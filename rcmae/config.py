@@ -109,6 +109,9 @@ class ScoreConfig:
     recon_topk: float = 0.1
     # ensemble: scorers combined after per-ID standardisation with their normal training scores.
     ensemble: list[str] = field(default_factory=lambda: ["knn", "maha"])
+    # DCASE 2021+ domain shift: knn/knn_joint/maha keep separate source and target reference sets per unit and
+    # take the minimum score over them (rcmae/scorers/domains.py); false pools the domains.
+    domain_banks: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.recon_topk <= 1.0:

@@ -12,11 +12,23 @@
   2023+'s ``dev_data/raw/<type>/...``.
 
 The split comes from the clip's folder, the machine type from the folder above it, the ID / section,
-domain and label from the file name.
+domain, label and attributes from the file name.
+
+DCASE 2021-2025 extras (read when they are anywhere under the root, or under ``ground_truth=``):
+
+- ``attributes_<ss>.csv`` (2022+, beside a machine type's folders): ``file_name,d1p,d1v,d2p,d2v,...``; a clip
+  whose name carries no attribute tail takes ``p_v_p_v`` from its row;
+- the challenge's ground truth for unlabelled evaluation clips, as the official evaluators ship it:
+  ``ground_truth_data/ground_truth_<type>_section_<ss>_test.csv`` (``name,0|1``, 1 = anomaly),
+  ``ground_truth_domain/...`` (``name,0|1``, 1 = target), ``ground_truth_attributes/...`` (``name,dev-style name``
+  whose tail holds the attributes); 2021's ``ground_truth_<type>_section_<ss>_{source,target}_test.csv`` too.
+  They set ``label``, ``domain`` and ``attributes`` of the clips they name (the index attr ``ground_truth`` counts
+  the clips they labelled).
 """
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -33,15 +45,21 @@ __all__ = [
     "COLUMNS",
     "DatasetLayoutError",
     "LoadReport",
+    "attach_ground_truth",
+    "attribute_classes",
+    "class_name",
     "count_table",
+    "domain_counts",
+    "has_domains",
     "id_classes",
     "index_dataset",
     "load_waveforms",
+    "parse_attributes",
     "parse_name",
     "split_index",
 ]
 
-COLUMNS = ["path", "machine_type", "machine_id", "section", "domain", "split", "label", "dataset"]
+COLUMNS = ["path", "machine_type", "machine_id", "section", "domain", "split", "label", "dataset", "attributes"]
 SPLITS = ("train", "test")
 LABELS = ("normal", "anomaly", "unknown")
 
@@ -59,6 +77,15 @@ _NAME_2021 = re.compile(
 )
 # 2022+ evaluation test clips hide domain and label: section_00_0000.wav (2023+ without any tail).
 _NAME_EVAL = re.compile(r"^section_(?P<section>\d{2})_(?P<num>\d+)(?:_.*)?\.wav$", re.IGNORECASE)
+# The attribute tail after the clip number: "_vel_6_loc_A", "_noAttribute", 2021's "_0_g_25_mm_2000_mV_none".
+_TAIL_2021 = re.compile(
+    r"^section_\d{2}_(?:source|target)_(?:train|test)(?:_(?:normal|anomaly))?_\d+_(?P<tail>.+)\.wav$", re.IGNORECASE
+)
+_TAIL_EVAL = re.compile(r"^section_\d{2}_\d+_(?P<tail>.+)\.wav$", re.IGNORECASE)
+_GT_NAME = re.compile(
+    r"^ground_truth_(?P<type>.+)_section_(?P<section>\d{2})_(?:(?P<domain>source|target)_)?test\.csv$", re.IGNORECASE
+)
+_GT_KINDS = {"ground_truth_data": "label", "ground_truth_domain": "domain", "ground_truth_attributes": "attributes"}
 
 _PATTERN_2020 = "dev_data/<type>/{train,test}/{normal,anomaly}_id_00_00000000.wav"
 _PATTERN_2021 = "<type>/{train,test}/section_00_{source,target}_{train,test}_{normal,anomaly}_0000.wav"
@@ -90,6 +117,16 @@ def parse_name(path: str | os.PathLike) -> dict | None:
     if m:
         return {"machine_id": m["section"], "section": m["section"], "domain": "", "label": "unknown", "split": ""}
     return None
+
+
+def parse_attributes(path: str | os.PathLike) -> str:
+    """The attribute tail of a DCASE 2021-2025 clip name: ``"vel_6_loc_A"``, ``"noAttribute"``, or ``""`` (none).
+
+    2020 names and bare evaluation names (``section_00_0000.wav``) have no attributes.
+    """
+    name = Path(path).name
+    m = _TAIL_2021.match(name) or _TAIL_EVAL.match(name)
+    return m["tail"] if m else ""
 
 
 def _layout_error(root: Path, rel: str, problem: str, name: str) -> DatasetLayoutError:
@@ -131,11 +168,13 @@ def _index_row(file: Path) -> tuple[dict | None, str]:
         "label": parsed["label"],
         # The dev/eval level may be above the root the user gave (e.g. root = .../dev_data/fan).
         "dataset": _dataset_of(file.parent.parts),
+        "attributes": parse_attributes(file),
     }
     return row, ""
 
 
-def index_dataset(root: str | os.PathLike, strict: bool = True) -> pd.DataFrame:
+def index_dataset(root: str | os.PathLike, strict: bool = True,
+                  ground_truth: str | os.PathLike | None = None) -> pd.DataFrame:
     """Index every ``.wav`` clip under ``root`` into one table (see the module docstring for layouts).
 
     Args:
@@ -143,6 +182,9 @@ def index_dataset(root: str | os.PathLike, strict: bool = True) -> pd.DataFrame:
             machine-type folder. Files that are not ``.wav`` (README, csv) and hidden files are ignored.
         strict: when True (default) a ``.wav`` file that fits no layout raises; when False it is skipped
             and listed in ``index.attrs["skipped"]`` as ``(path, problem)``.
+        ground_truth: a folder holding the challenge's ``ground_truth_data`` / ``ground_truth_domain`` /
+            ``ground_truth_attributes`` CSVs (e.g. a checkout of the official evaluator), read in addition to
+            those found under ``root`` (see :func:`attach_ground_truth`).
 
     Returns:
         A DataFrame with columns ``COLUMNS`` (all strings), sorted by path; ``attrs["root"]`` holds the root.
@@ -155,9 +197,11 @@ def index_dataset(root: str | os.PathLike, strict: bool = True) -> pd.DataFrame:
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: data folder not found; pass a folder such as workspace/data/demo")
     files: list[Path] = []
+    tables: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         files.extend(Path(dirpath) / f for f in filenames if f.lower().endswith(".wav") and not f.startswith("."))
+        tables.extend(Path(dirpath) / f for f in filenames if _is_side_table(f))
     files.sort(key=str)
     if not files:
         raise DatasetLayoutError(f"{root}: no .wav files found; expected a path like {_PATTERN_2020}")
@@ -175,9 +219,116 @@ def index_dataset(root: str | os.PathLike, strict: bool = True) -> pd.DataFrame:
         first = files[0]
         raise _layout_error(root, str(first.relative_to(root)), skipped[0][1], first.name)
     index = pd.DataFrame(rows, columns=COLUMNS).sort_values("path", kind="stable").reset_index(drop=True)
+    _apply_attribute_csvs(index, [t for t in tables if t.name.lower().startswith("attributes_")])
+    gt_tables = [t for t in tables if t.name.lower().startswith("ground_truth_")]
+    if ground_truth is not None:
+        gt_root = Path(ground_truth)
+        if not gt_root.is_dir():
+            raise FileNotFoundError(f"{gt_root}: ground-truth folder not found; pass the folder that holds "
+                                    "ground_truth_data/ (e.g. a checkout of the DCASE evaluator)")
+        gt_tables += sorted(p for p in gt_root.rglob("ground_truth_*.csv") if p not in gt_tables)
+    n_labelled = attach_ground_truth(index, gt_tables) if gt_tables else 0
     index.attrs["root"] = str(root)
     index.attrs["skipped"] = skipped
+    index.attrs["ground_truth"] = n_labelled
     return index
+
+
+def _is_side_table(name: str) -> bool:
+    low = name.lower()
+    return low.endswith(".csv") and (low.startswith("attributes_") or low.startswith("ground_truth_"))
+
+
+def _read_rows(path: Path) -> list[list[str]]:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        return [[c.strip() for c in row] for row in csv.reader(f) if row and any(c.strip() for c in row)]
+
+
+def _apply_attribute_csvs(index: pd.DataFrame, tables: Sequence[Path]) -> None:
+    """Fill ``attributes`` from ``attributes_XX.csv`` (``file_name,d1p,d1v,...``) for clips whose name has none."""
+    if not tables or index.empty:
+        return
+    by_name: dict[tuple[str, str], str] = {}
+    for table in tables:
+        rows = _read_rows(table)
+        if rows and rows[0] and rows[0][0].lower() == "file_name":
+            rows = rows[1:]
+        for row in rows:
+            parts = Path(row[0].replace("\\", "/")).parts
+            if len(parts) < 1:
+                continue
+            # file_name is "<type>/<split>/<clip>.wav"; without the type the table's folder names it.
+            mtype = parts[-3] if len(parts) >= 3 else table.parent.name
+            pairs = [v for v in row[1:] if v != ""]
+            by_name[(mtype, parts[-1])] = "_".join(pairs)
+    names = index["path"].map(lambda p: Path(p).name)
+    for i in index.index[index["attributes"] == ""]:
+        value = by_name.get((index.at[i, "machine_type"], names[i]))
+        if value:
+            index.at[i, "attributes"] = value
+
+
+def attach_ground_truth(index: pd.DataFrame, tables: Sequence[str | os.PathLike]) -> int:
+    """Set ``label``, ``domain`` and ``attributes`` of evaluation clips from the challenge's ground-truth CSVs.
+
+    Each table is ``ground_truth_<type>_section_<ss>_test.csv`` (2022+) or ``..._{source,target}_test.csv``
+    (2021); its folder says what it holds: ``ground_truth_data`` (``name,0|1``: normal/anomaly),
+    ``ground_truth_domain`` (``name,0|1``: source/target) or ``ground_truth_attributes`` (``name,<dev-style name>``:
+    the attributes, domain and label of the clip). A table in another folder is read as ``ground_truth_data``
+    when its second column holds only 0/1. Clips are matched by machine type and file name; the index is
+    changed in place.
+
+    Returns:
+        The number of index rows whose label the tables set.
+
+    Raises:
+        DatasetLayoutError: a ground-truth value that is not 0/1 (the message names the file and line).
+    """
+    if index.empty:
+        return 0
+    keys = {(t, Path(p).name): i for i, (t, p) in enumerate(zip(index["machine_type"], index["path"], strict=True))}
+    labelled = set()
+    for table in map(Path, tables):
+        m = _GT_NAME.match(table.name)
+        if m is None:
+            continue
+        mtype = m["type"]
+        rows = _read_rows(table)
+        kind = _GT_KINDS.get(table.parent.name.lower())
+        if kind is None:
+            kind = "label" if rows and all(len(r) >= 2 and r[1] in ("0", "1") for r in rows) else "attributes"
+        for line, row in enumerate(rows, start=1):
+            if len(row) < 2:
+                raise DatasetLayoutError(f"{table}: line {line}: expected 'name,value'; fix or remove the line")
+            pos = keys.get((mtype, row[0]))
+            if pos is None:
+                continue
+            if kind == "attributes":
+                full = row[1] if row[1].lower().endswith(".wav") else row[1] + ".wav"
+                parsed = parse_name(full)
+                if parsed is None:
+                    continue
+                index.iat[pos, index.columns.get_loc("attributes")] = parse_attributes(full)
+                if parsed["domain"]:
+                    index.iat[pos, index.columns.get_loc("domain")] = parsed["domain"]
+                if parsed["label"] in ("normal", "anomaly") and index.iat[pos, index.columns.get_loc("label")] \
+                        == "unknown":
+                    index.iat[pos, index.columns.get_loc("label")] = parsed["label"]
+                    labelled.add(pos)
+                continue
+            if row[1] not in ("0", "1"):
+                raise DatasetLayoutError(f"{table}: line {line}: value {row[1]!r} must be 0 or 1; fix the file")
+            if kind == "label":
+                index.iat[pos, index.columns.get_loc("label")] = ("normal", "anomaly")[int(row[1])]
+                labelled.add(pos)
+            else:
+                index.iat[pos, index.columns.get_loc("domain")] = ("source", "target")[int(row[1])]
+        if m["domain"]:  # 2021: the file itself names the domain
+            for row in rows:
+                pos = keys.get((mtype, row[0]))
+                if pos is not None and not index.iat[pos, index.columns.get_loc("domain")]:
+                    index.iat[pos, index.columns.get_loc("domain")] = m["domain"].lower()
+    return len(labelled)
 
 
 def _check_index(index: pd.DataFrame, columns: Iterable[str]) -> None:
@@ -208,6 +359,51 @@ def count_table(index: pd.DataFrame) -> pd.DataFrame:
     )
     counts["clips"] = counts["clips"].astype(int)
     return counts.reset_index(drop=True)
+
+
+def has_domains(index: pd.DataFrame) -> bool:
+    """True for DCASE 2021-2025 data: some clip has a section (and so a source/target domain)."""
+    return "section" in index.columns and bool(index["section"].astype(str).str.len().gt(0).any())
+
+
+def domain_counts(index: pd.DataFrame) -> pd.DataFrame:
+    """Clip counts per machine type, section, domain, split and label: the DCASE 2021-2025 view of the data.
+
+    One row per combination present, with columns ``machine_type, section, domain, split, label, clips``;
+    an evaluation clip whose domain is unknown (no ground truth) has domain ``"?"``.
+    """
+    keys = ["machine_type", "section", "domain", "split", "label"]
+    _check_index(index, keys)
+    frame = index.assign(domain=index["domain"].replace("", "?"))
+    counts = frame.groupby(keys, sort=False).size().rename("clips").reset_index()
+    order = {"split": {s: i for i, s in enumerate(SPLITS)}, "label": {s: i for i, s in enumerate(LABELS)},
+             "domain": {"source": 0, "target": 1, "?": 2}}
+    counts = counts.sort_values(
+        keys, key=lambda col: col.map(order[col.name]) if col.name in order else col, kind="stable"
+    )
+    counts["clips"] = counts["clips"].astype(int)
+    return counts.reset_index(drop=True)
+
+
+def attribute_classes(index: pd.DataFrame) -> list[tuple[str, str]]:
+    """Sorted ``(machine_type, "<section>_<attributes>")`` pairs over the training rows.
+
+    Where a data set has no machine IDs (DCASE 2023+: one section per machine type), the section and the
+    attribute values are the only labels a classifier can learn; this is that class set. A clip without
+    attributes ("noAttribute", or none) keeps its section alone as its class.
+    """
+    _check_index(index, ["machine_type", "section", "attributes", "split"])
+    train = index[index["split"] == "train"]
+    return sorted({(str(t), class_name(s, a)) for t, s, a in
+                   zip(train["machine_type"], train["section"], train["attributes"], strict=True)})
+
+
+def class_name(section: str, attributes: str) -> str:
+    """The attribute class of a clip: ``"00_vel_6_loc_A"``; the section alone without attributes."""
+    attributes = str(attributes or "")
+    if not attributes or attributes.lower() == "noattribute":
+        return str(section)
+    return f"{section}_{attributes}"
 
 
 def id_classes(index: pd.DataFrame) -> list[tuple[str, str]]:

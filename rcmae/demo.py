@@ -14,6 +14,7 @@ so the bytes depend on the seed only, not on the order of generation or the numb
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import io
 import json
@@ -54,6 +55,26 @@ GAIN_RANGE_DB = (-6.0, 6.0)
 LEVEL_DBFS = {"fan": -26.0, "gearbox": -26.0, "pump": -26.0, "slider": -28.0, "valve": -36.0}
 N_BACKGROUNDS = 4
 BACKGROUND_SECONDS = 30.0
+
+# Generator modes (``make_demo_data(mode=...)``, ``rcmae demo-data --mode``); "2020" is the original set and stays
+# byte-identical. See docs/demo-data.md.
+MODES = ("2020", "near-identical", "domain-shift", "2023")
+# near-identical: the units of a type are one design; each ID's speed is the type's base speed times
+# (1 + NEAR_SPEED_STEPS[k] + U(-NEAR_SPEED_JITTER, NEAR_SPEED_JITTER)) and each resonance is the base one times
+# (1 + U(-NEAR_RESONANCE_SPREAD, NEAR_RESONANCE_SPREAD)): units differ by 1-4 % in speed and at most ~3 % in
+# resonance, as real units of one model do.
+NEAR_SPEED_STEPS = (-0.015, 0.0, 0.015)
+NEAR_SPEED_JITTER = 0.005
+NEAR_RESONANCE_SPREAD = 0.015
+NEAR_LOAD_SPREAD = 0.05
+# domain-shift / 2023: the source domain runs at a few speed settings (percent of nominal, cycled over the clip
+# index), the target domain at another setting, another load and in another factory hall (other backgrounds).
+SOURCE_SPEEDS = (96, 100, 104)
+TARGET_SPEED = 112
+TARGET_LOAD_SHIFT = 0.35
+BACKGROUND_NAMES = {"source": "A", "target": "B"}
+TARGET_TRAIN_DEFAULT = 3
+ATTRIBUTES_CSV = "attributes_00.csv"
 
 _TWO_PI = 2.0 * np.pi
 _SPLIT_CODE = {"train": 0, "test": 1}
@@ -196,6 +217,41 @@ def _unit(seed: int, machine_type: str, machine_id: str) -> _Unit:
                  float(rng.uniform(0.3, 0.9)), band, extra)
 
 
+def _near_identical_unit(seed: int, machine_type: str, machine_id: str) -> _Unit:
+    """A unit of the near-identical mode: the type's base design (ID 00's draw) with small per-unit deviations."""
+    base = _unit(seed, machine_type, "00")
+    rng = np.random.default_rng(_seed_key(seed, "near-identical", machine_type, machine_id))
+    k = MACHINE_IDS.index(machine_id)
+    dv = NEAR_SPEED_STEPS[k] + rng.uniform(-NEAR_SPEED_JITTER, NEAR_SPEED_JITTER)
+    res = tuple(float(r * (1.0 + rng.uniform(-NEAR_RESONANCE_SPREAD, NEAR_RESONANCE_SPREAD)))
+                for r in base.resonances)
+    load = float(np.clip(base.load + rng.uniform(-NEAR_LOAD_SPREAD, NEAR_LOAD_SPREAD), 0.0, 1.0))
+    return _with_speed(dataclasses.replace(base, machine_id=machine_id, resonances=res, load=load), 1.0 + dv)
+
+
+def _with_speed(u: _Unit, factor: float) -> _Unit:
+    """The unit running ``factor`` times faster (a cycle period shrinks; the slider's motor whine rises)."""
+    if u.machine_type in ("fan", "gearbox", "pump"):
+        return dataclasses.replace(u, speed=u.speed * factor)
+    if u.machine_type == "slider":
+        return dataclasses.replace(u, speed=u.speed / factor, extra=u.extra * factor)
+    return dataclasses.replace(u, speed=u.speed / factor)  # valve: switching interval
+
+
+def unit_for(seed: int, plan: ClipPlan) -> _Unit:
+    """The physical unit (with its operating condition) that sounds in ``plan``'s clip."""
+    if plan.mode == "near-identical":
+        return _near_identical_unit(seed, plan.machine_type, plan.machine_id)
+    u = _unit(seed, plan.machine_type, plan.machine_id)
+    if not plan.domain:
+        return u
+    speed = float(dict(plan.attributes)["spd"]) / 100.0
+    if plan.domain == "target":
+        load = u.load + TARGET_LOAD_SHIFT if u.load < 0.55 else u.load - TARGET_LOAD_SHIFT
+        u = dataclasses.replace(u, load=float(load))
+    return _with_speed(u, speed)
+
+
 @dataclass(frozen=True)
 class ClipPlan:
     """What one clip will be, drawn cheaply without synthesis (so a resumed run can still list every clip).
@@ -207,6 +263,10 @@ class ClipPlan:
         snr_db: machine-to-background power ratio of the mix (-6 to 6 dB).
         gain_db: random level offset around the type's nominal RMS (-6 to 6 dB).
         background, offset: which shared background recording, and the sample where the excerpt starts.
+        mode: the generator mode (one of ``MODES``; ``"2020"`` for the original set).
+        domain: ``"source"`` or ``"target"`` in the domain-shift and 2023 modes, else ``""``.
+        attributes: ``((name, value), ...)`` of the operating condition (``spd``: speed setting in percent of
+            nominal; ``bg``: factory background set A/B), in the domain-shift and 2023 modes, else ``()``.
     """
 
     path: str
@@ -221,15 +281,50 @@ class ClipPlan:
     gain_db: float
     background: int
     offset: int
+    mode: str = "2020"
+    domain: str = ""
+    attributes: tuple[tuple[str, str], ...] = ()
 
 
-def plan_clip(seed: int, machine_type: str, machine_id: str, split: str, label: str, index: int) -> ClipPlan:
-    """The plan of one clip; depends only on its arguments (not on the other clips of the set)."""
-    key = _seed_key(seed, machine_type, machine_id, _SPLIT_CODE[split], _LABEL_CODE[label], index)
+def _mode_key(mode: str, domain: str) -> list[int]:
+    """Extra seed entropy of the non-default modes (empty for "2020", so its clips keep their bytes)."""
+    return [] if mode == "2020" else _seed_key(mode, domain or "-")
+
+
+def _attributes(domain: str, index: int) -> tuple[tuple[str, str], ...]:
+    """The operating condition of a domain-shift / 2023 clip: source cycles over SOURCE_SPEEDS, target is fixed."""
+    if not domain:
+        return ()
+    speed = SOURCE_SPEEDS[index % len(SOURCE_SPEEDS)] if domain == "source" else TARGET_SPEED
+    return (("spd", str(speed)), ("bg", BACKGROUND_NAMES[domain]))
+
+
+def clip_path(mode: str, machine_type: str, machine_id: str, split: str, label: str, index: int, domain: str = "",
+              attributes: tuple[tuple[str, str], ...] = ()) -> str:
+    """A clip's path relative to the data root in the mode's layout (2020 names, or 2023 section names)."""
+    if mode == "2023":
+        tail = "".join(f"_{k}_{v}" for k, v in attributes)
+        name = f"section_{machine_id}_{domain}_{split}_{label}_{index:04d}{tail}.wav"
+        return f"dev_data/raw/{machine_type}/{split}/{name}"
+    return f"dev_data/{machine_type}/{split}/{label}_id_{machine_id}_{index:08d}.wav"
+
+
+def plan_clip(seed: int, machine_type: str, machine_id: str, split: str, label: str, index: int, *,
+              mode: str = "2020", domain: str = "", number: int | None = None) -> ClipPlan:
+    """The plan of one clip; depends only on its arguments (not on the other clips of the set).
+
+    ``mode`` and ``domain`` select a generator mode (``MODES``) and, in the domain-shift and 2023 modes, the
+    ``"source"`` or ``"target"`` operating condition; ``index`` counts within (ID, split, label, domain).
+    ``number`` is the number written in the file name (default ``index``; the domain-shift mode numbers the
+    target clips after the source ones, as 2020 names carry no domain).
+    """
+    extra = _mode_key(mode, domain)
+    key = _seed_key(seed, machine_type, machine_id, _SPLIT_CODE[split], _LABEL_CODE[label], index) + extra
     rng = np.random.default_rng(key + [0])
     # SNR and gain are drawn without the label: test normal i and anomaly i share them, so that the two
     # classes have the same level distribution and loudness only reflects the anomaly itself.
-    level_rng = np.random.default_rng(_seed_key(seed, machine_type, machine_id, _SPLIT_CODE[split], index, "level"))
+    level_rng = np.random.default_rng(_seed_key(seed, machine_type, machine_id, _SPLIT_CODE[split], index, "level")
+                                      + extra)
     snr_db = float(level_rng.uniform(*SNR_RANGE_DB))
     gain_db = float(level_rng.uniform(*GAIN_RANGE_DB))
     kinds = ANOMALY_KINDS[machine_type]
@@ -238,9 +333,15 @@ def plan_clip(seed: int, machine_type: str, machine_id: str, split: str, label: 
     severity = float(rng.uniform(0.35, 1.0)) if label == "anomaly" else 0.0
     background = int(rng.integers(N_BACKGROUNDS))
     offset = int(rng.integers(int(BACKGROUND_SECONDS * SAMPLE_RATE) - N_SAMPLES))
-    path = f"dev_data/{machine_type}/{split}/{label}_id_{machine_id}_{index:08d}.wav"
+    if mode == "2020":
+        path = f"dev_data/{machine_type}/{split}/{label}_id_{machine_id}_{index:08d}.wav"
+        return ClipPlan(path, machine_type, machine_id, split, label, index, kind, severity, snr_db, gain_db,
+                        background, offset)
+    attributes = _attributes(domain, index)
+    path = clip_path(mode, machine_type, machine_id, split, label, index if number is None else number, domain,
+                     attributes)
     return ClipPlan(path, machine_type, machine_id, split, label, index, kind, severity, snr_db, gain_db,
-                 background, offset)
+                    background, offset, mode, domain, attributes)
 
 
 # ------------------------------------------------------------------ machine models
@@ -499,16 +600,19 @@ _MODELS = {"fan": _fan, "gearbox": _gearbox, "pump": _pump, "slider": _slider, "
 
 # ------------------------------------------------------------------ background
 @functools.lru_cache(maxsize=2)
-def make_backgrounds(seed: int, n_backgrounds: int = N_BACKGROUNDS, seconds: float = BACKGROUND_SECONDS) -> np.ndarray:
+def make_backgrounds(seed: int, n_backgrounds: int = N_BACKGROUNDS, seconds: float = BACKGROUND_SECONDS,
+                     variant: str = "") -> np.ndarray:
     """Synthesise the shared factory background recordings for one seed: ``[n_backgrounds, seconds * 16000]``.
 
     Each mixes distant machinery hum (mains and another machine's harmonics), occasional distant
     impacts, babble-like speech-shaped noise and a diffuse noise floor, each at a random level.
+    ``variant`` (e.g. ``"target"``) draws another hall's recordings; ``""`` is the original set.
     """
     n = int(seconds * SAMPLE_RATE)
     out = np.zeros((n_backgrounds, n))
     for b in range(n_backgrounds):
-        rng = np.random.default_rng(_seed_key(seed, "background", b))
+        rng = np.random.default_rng(_seed_key(seed, "background", b) if not variant
+                                    else _seed_key(seed, "background", variant, b))
         f_mains = 50.0 * (1.0 + 0.0005 * _slow(rng, n, 0.2))
         hum = _harmonics(f_mains, np.arange(1.0, 7.0), 1.0 / np.arange(1.0, 7.0) ** 1.5, rng)
         f_far = rng.uniform(20, 45) * (1.0 + 0.003 * _slow(rng, n, 0.5))
@@ -539,13 +643,17 @@ def synthesize_clip(plan: ClipPlan, seed: int, backgrounds: np.ndarray | None = 
     """The float32 waveform ``[160000]`` of one planned clip (machine model + background at the plan's SNR and gain).
 
     ``backgrounds`` defaults to ``make_backgrounds(seed)`` (cached); pass it to avoid the lookup in tight loops.
+    Target-domain clips always use ``make_backgrounds(seed, variant="target")``.
     """
-    if backgrounds is None:
+    if plan.domain == "target":
+        # The target domain's other factory hall (cached per process).
+        backgrounds = make_backgrounds(seed, variant="target")
+    elif backgrounds is None:
         backgrounds = make_backgrounds(seed)
     key = _seed_key(seed, plan.machine_type, plan.machine_id, _SPLIT_CODE[plan.split],
-                    _LABEL_CODE[plan.label], plan.index)
+                    _LABEL_CODE[plan.label], plan.index) + _mode_key(plan.mode, plan.domain)
     rng = np.random.default_rng(key + [1])
-    unit = _unit(seed, plan.machine_type, plan.machine_id)
+    unit = unit_for(seed, plan)
     machine = _MODELS[plan.machine_type](unit, plan.kind, plan.severity, rng, N_SAMPLES)
     machine = machine / _rms(machine)
     bg = backgrounds[plan.background, plan.offset:plan.offset + N_SAMPLES]
@@ -571,30 +679,64 @@ def _make_one(args: tuple[ClipPlan, int, str]) -> str:
 
 
 # ------------------------------------------------------------------ public API
+def _ids(mode: str) -> tuple[str, ...]:
+    """Machine IDs (2020 layouts) or the one section "00" per type (2023 mode)."""
+    return ("00",) if mode == "2023" else MACHINE_IDS
+
+
 def plan_clips(seed: int = 0, train_per_id: int = 50, test_per_id: int = 20,
-               machine_types: Sequence[str] = MACHINE_TYPES) -> list[ClipPlan]:
-    """Every clip of a demo set, in a fixed order, with its anomaly kind, severity, SNR and gain."""
+               machine_types: Sequence[str] = MACHINE_TYPES, *, mode: str = "2020",
+               target_train_per_id: int = TARGET_TRAIN_DEFAULT) -> list[ClipPlan]:
+    """Every clip of a demo set, in a fixed order, with its anomaly kind, severity, SNR and gain.
+
+    In the domain-shift and 2023 modes ``train_per_id`` counts the source training clips and
+    ``target_train_per_id`` the target ones; ``test_per_id`` counts the test clips per (domain, label), so a
+    unit's test set holds source and target normals and anomalies, ``test_per_id`` of each.
+    """
     plans = []
     for machine_type in machine_types:
-        for machine_id in MACHINE_IDS:
-            plans += [plan_clip(seed, machine_type, machine_id, "train", "normal", i) for i in range(train_per_id)]
+        for machine_id in _ids(mode):
+            if mode in ("2020", "near-identical"):
+                plans += [plan_clip(seed, machine_type, machine_id, "train", "normal", i, mode=mode)
+                          for i in range(train_per_id)]
+                for label in ("normal", "anomaly"):
+                    plans += [plan_clip(seed, machine_type, machine_id, "test", label, i, mode=mode)
+                              for i in range(test_per_id)]
+                continue
+            # 2020 names carry no domain: the domain-shift mode numbers the target clips after the source ones;
+            # 2023 names count per domain.
+            shift = mode == "domain-shift"
+            for domain, n in (("source", train_per_id), ("target", target_train_per_id)):
+                offset = train_per_id if shift and domain == "target" else 0
+                plans += [plan_clip(seed, machine_type, machine_id, "train", "normal", i, mode=mode, domain=domain,
+                                    number=offset + i) for i in range(n)]
             for label in ("normal", "anomaly"):
-                plans += [plan_clip(seed, machine_type, machine_id, "test", label, i) for i in range(test_per_id)]
+                for domain in ("source", "target"):
+                    offset = test_per_id if shift and domain == "target" else 0
+                    plans += [plan_clip(seed, machine_type, machine_id, "test", label, i, mode=mode, domain=domain,
+                                        number=offset + i) for i in range(test_per_id)]
     return plans
 
 
-def _settings(seed: int, train_per_id: int, test_per_id: int, machine_types: Sequence[str]) -> dict:
-    return {
+def _settings(seed: int, train_per_id: int, test_per_id: int, machine_types: Sequence[str], mode: str = "2020",
+              target_train_per_id: int = TARGET_TRAIN_DEFAULT) -> dict:
+    settings = {
         "format": "rcmae-demo",
         "version": FORMAT_VERSION,
         "seed": seed,
         "train_per_id": train_per_id,
         "test_per_id": test_per_id,
         "machine_types": list(machine_types),
-        "machine_ids": list(MACHINE_IDS),
+        "machine_ids": list(_ids(mode)),
         "sample_rate": SAMPLE_RATE,
         "seconds": CLIP_SECONDS,
     }
+    # The original set's marker keeps its bytes: mode keys only for the other modes.
+    if mode != "2020":
+        settings["mode"] = mode
+    if mode in ("domain-shift", "2023"):
+        settings["target_train_per_id"] = target_train_per_id
+    return settings
 
 
 def _read_json(path: Path) -> dict | None:
@@ -613,28 +755,40 @@ def is_demo_data(out: str | Path) -> bool:
 
 def make_demo_data(out: str | Path, seed: int = 0, train_per_id: int = 50, test_per_id: int = 20,
                    progress: bool = True, *, machine_types: Sequence[str] | None = None,
-                   workers: int | None = None) -> Path:
-    """Write the demo factory data set under ``out/dev_data/<type>/{train,test}/`` and return ``out``.
+                   workers: int | None = None, mode: str = "2020",
+                   target_train_per_id: int = TARGET_TRAIN_DEFAULT) -> Path:
+    """Write the demo factory data set under ``out/dev_data/`` and return ``out``.
 
     Args:
         out: output folder; created if missing. It must be empty, or hold demo data from an earlier
             (possibly interrupted) call: an interrupted call with the same settings is resumed.
         seed: random seed; the same seed gives byte-identical files.
-        train_per_id: normal training clips per machine ID.
-        test_per_id: normal and anomalous test clips (each) per machine ID.
+        train_per_id: normal training clips per machine ID (source-domain ones in the domain-shift and 2023
+            modes).
+        test_per_id: normal and anomalous test clips (each) per machine ID; per domain as well in the
+            domain-shift and 2023 modes.
         progress: show a tqdm progress bar.
         machine_types: a subset of ``MACHINE_TYPES`` (default all five); the clips of a type do not
             depend on which other types are generated.
         workers: processes to use (default: up to 2, the cores available).
+        mode: ``"2020"`` (the original set, default), ``"near-identical"`` (units of a type differ by a few
+            percent), ``"domain-shift"`` (2020 layout, many source and a few target-condition training clips)
+            or ``"2023"`` (DCASE 2023 layout: one section per type, source/target domains, attributes in the
+            names and ``attributes_00.csv``). See docs/demo-data.md.
+        target_train_per_id: target-domain training clips per ID / section (domain-shift and 2023 modes).
     """
     out = Path(out)
     types = tuple(MACHINE_TYPES if machine_types is None else machine_types)
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r}: unknown demo mode; use one of {list(MODES)}")
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed={seed!r}: the demo seed must be a non-negative integer")
-    for name, value in (("train_per_id", train_per_id), ("test_per_id", test_per_id)):
+    for name, value in (("train_per_id", train_per_id), ("test_per_id", test_per_id),
+                        ("target_train_per_id", target_train_per_id)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name}={value!r}: must be a positive integer number of clips per machine ID")
     seed, train_per_id, test_per_id = int(seed), int(train_per_id), int(test_per_id)
+    target_train_per_id = int(target_train_per_id)
     unknown = [m for m in types if m not in MACHINE_TYPES]
     if unknown or not types:
         raise ValueError(f"machine_types={list(types)!r}: choose one or more of {list(MACHINE_TYPES)}")
@@ -643,10 +797,10 @@ def make_demo_data(out: str | Path, seed: int = 0, train_per_id: int = 50, test_
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: exists and is not a folder; give a new or empty folder for the demo data")
 
-    settings = _settings(seed, train_per_id, test_per_id, types)
+    settings = _settings(seed, train_per_id, test_per_id, types, mode, target_train_per_id)
     marker, partial = out / MARKER, out / PARTIAL_MARKER
     done = _read_json(marker)
-    if done and {k: done.get(k) for k in settings} == settings:
+    if done and {k: done.get(k) for k in settings} == settings and done.get("mode", "2020") == mode:
         return out
     resumable = _read_json(partial) == settings
     ours = marker.exists() or partial.exists()
@@ -654,16 +808,17 @@ def make_demo_data(out: str | Path, seed: int = 0, train_per_id: int = 50, test_
         raise ValueError(f"{out}: already holds a dev_data folder that is not rcmae demo data; "
                          "choose an empty folder")
 
-    plans = plan_clips(seed, train_per_id, test_per_id, types)
+    plans = plan_clips(seed, train_per_id, test_per_id, types, mode=mode, target_train_per_id=target_train_per_id)
     if ours:
-        # An earlier demo set with other settings: drop its clips that the new set does not have (stale counts or
-        # types would otherwise silently mix into the new set).
+        # An earlier demo set with other settings: drop its clips (and attribute tables) that the new set does not
+        # have (stale counts, types or modes would otherwise silently mix into the new set).
         wanted = {p.path for p in plans}
-        for old in (out / "dev_data").glob("*/*/*.wav"):
+        for old in list((out / "dev_data").rglob("*.wav")) + list((out / "dev_data").rglob(ATTRIBUTES_CSV)):
             if old.relative_to(out).as_posix() not in wanted:
                 old.unlink()
-        for folder in sorted((out / "dev_data").glob("*/*")) + sorted((out / "dev_data").glob("*")):
-            if folder.is_dir() and not any(folder.iterdir()):
+        folders = [d for d in (out / "dev_data").rglob("*") if d.is_dir()]
+        for folder in sorted(folders, key=lambda d: len(d.parts), reverse=True):
+            if not any(folder.iterdir()):
                 folder.rmdir()
     for d in {(out / p.path).parent for p in plans}:
         d.mkdir(parents=True, exist_ok=True)
@@ -688,20 +843,66 @@ def make_demo_data(out: str | Path, seed: int = 0, train_per_id: int = 50, test_
     bar.close()
 
     _write_clip_table(out / CLIPS_CSV, plans)
-    counts = {m: {"train": len(MACHINE_IDS) * train_per_id, "test_normal": len(MACHINE_IDS) * test_per_id,
-                  "test_anomaly": len(MACHINE_IDS) * test_per_id} for m in types}
+    if mode == "2023":
+        _write_attribute_tables(out, plans)
+    counts = _counts(plans, types)
     # The marker goes last: is_demo_data() is only true for a complete set.
     atomic_write_text(marker, json.dumps({**settings, "counts": counts, "clips": len(plans)}, indent=2))
     partial.unlink(missing_ok=True)
     return out
 
 
+def _counts(plans: list[ClipPlan], types: Sequence[str]) -> dict:
+    """Per type: clip counts (2020 mode: train / test_normal / test_anomaly; the domain modes add per-domain ones)."""
+    counts: dict = {}
+    for m in types:
+        mine = [p for p in plans if p.machine_type == m]
+        c = {"train": sum(p.split == "train" for p in mine),
+             "test_normal": sum(p.split == "test" and p.label == "normal" for p in mine),
+             "test_anomaly": sum(p.split == "test" and p.label == "anomaly" for p in mine)}
+        if any(p.domain for p in mine):
+            for d in ("source", "target"):
+                c[f"train_{d}"] = sum(p.split == "train" and p.domain == d for p in mine)
+                c[f"test_normal_{d}"] = sum(p.split == "test" and p.label == "normal" and p.domain == d for p in mine)
+                c[f"test_anomaly_{d}"] = sum(p.split == "test" and p.label == "anomaly" and p.domain == d
+                                             for p in mine)
+        counts[m] = c
+    return counts
+
+
 def _write_clip_table(path: Path, plans: list[ClipPlan]) -> None:
-    """Per-clip ground truth for analysis: anomaly kind, severity, SNR and gain of every file."""
+    """Per-clip ground truth for analysis: anomaly kind, severity, SNR and gain of every file.
+
+    The domain-shift and 2023 modes add the domain and the attributes (``spd=104;bg=A``).
+    """
+    with_domain = any(p.domain for p in plans)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["path", "machine_type", "machine_id", "split", "label", "kind", "severity", "snr_db", "gain_db"])
+    head = ["path", "machine_type", "machine_id", "split", "label", "kind", "severity", "snr_db", "gain_db"]
+    w.writerow(head + (["domain", "attributes"] if with_domain else []))
     for p in plans:
-        w.writerow([p.path, p.machine_type, p.machine_id, p.split, p.label, p.kind, f"{p.severity:.3f}",
-                    f"{p.snr_db:.2f}", f"{p.gain_db:.2f}"])
+        row = [p.path, p.machine_type, p.machine_id, p.split, p.label, p.kind, f"{p.severity:.3f}",
+               f"{p.snr_db:.2f}", f"{p.gain_db:.2f}"]
+        if with_domain:
+            row += [p.domain, ";".join(f"{k}={v}" for k, v in p.attributes)]
+        w.writerow(row)
     atomic_write_text(path, buf.getvalue())
+
+
+def _write_attribute_tables(out: Path, plans: list[ClipPlan]) -> None:
+    """``dev_data/raw/<type>/attributes_00.csv`` as in the DCASE 2023 sets: ``file_name,d1p,d1v,d2p,d2v``.
+
+    ``file_name`` is ``<type>/<split>/<clip name>``; one row per clip, training and test.
+    """
+    by_type: dict[str, list[ClipPlan]] = {}
+    for p in plans:
+        by_type.setdefault(p.machine_type, []).append(p)
+    for machine_type, mine in by_type.items():
+        n_attr = max(len(p.attributes) for p in mine)
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["file_name"] + [f"d{i + 1}{x}" for i in range(n_attr) for x in ("p", "v")])
+        for p in sorted(mine, key=lambda q: q.path):
+            name = Path(p.path).name
+            w.writerow([f"{machine_type}/{p.split}/{name}"] + [x for kv in p.attributes for x in kv])
+        atomic_write_text(out / "dev_data" / "raw" / machine_type / ATTRIBUTES_CSV, buf.getvalue())

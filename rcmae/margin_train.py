@@ -200,8 +200,10 @@ def pretrain_margin(
 
 def check_resume(ckpt: Path, cfg: RunConfig) -> None:
     """Refuse to resume a margin run from a checkpoint of another architecture."""
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    meta = state.get("rcmae", {})
+    from rcmae.checkpoint import load_checkpoint
+
+    state = load_checkpoint(ckpt)
+    meta = state.get("rcmae") or {}
     if meta.get("family") != FAMILY:
         raise RunFolderError(f"{ckpt}: not a margin-classifier checkpoint; start a new run with a fresh --out")
     saved = {k: v for k, v in meta.get("model_config", {}).items() if k != "n_classes"}

@@ -72,9 +72,11 @@ class ModelConfig:
     depth: int = 12
     heads: int = 6
     mlp_ratio: float = 4.0
-    decoder_embed_dim: int = 256
-    decoder_depth: int = 4
-    decoder_heads: int = 8
+    # The paper: "The encoder and decoders are based on ViT ... with a depth of 12 layers and 6 heads"
+    # (docs/model.md, decision table); `paper-light` keeps MAE's light 256 x 4 decoder.
+    decoder_embed_dim: int = 384
+    decoder_depth: int = 12
+    decoder_heads: int = 6
     proj_dim: int = 512
     n_classes: int = 0
     norm_pix_loss: bool = False
@@ -313,14 +315,16 @@ class RCMAE(nn.Module):
         return lo + (hi - lo) * u
 
     @staticmethod
-    def random_masking(x: Tensor, mask_ratio: float,
-                       generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def random_masking(x: Tensor, mask_ratio: float, generator: torch.Generator | None = None,
+                       noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Per-sample random masking by argsort of uniform noise (MAE).
 
         Args:
             x: Tokens ``[B, L, D]``.
             mask_ratio: Fraction removed; ``int(L * (1 - mask_ratio))`` tokens are kept.
             generator: Draws the noise; must live on ``x``'s device.
+            noise: ``[B, L]`` uniform noise to use instead of drawing it (an exported detector carries the
+                noise its fixed-seed generator would draw, so it masks the same patches).
 
         Returns:
             ``(x_kept [B, L_keep, D], mask [B, L] with 1 = removed, ids_restore [B, L])``; ``ids_restore``
@@ -330,7 +334,8 @@ class RCMAE(nn.Module):
             raise ValueError(f"random_masking: mask_ratio={mask_ratio} must be in [0, 1)")
         b, length, dim = x.shape
         len_keep = max(1, int(length * (1 - mask_ratio)))
-        noise = torch.rand(b, length, generator=generator, device=x.device)
+        if noise is None:
+            noise = torch.rand(b, length, generator=generator, device=x.device)
         ids_shuffle = torch.argsort(noise, dim=1)  # ascending: the smallest noise values are kept
         ids_restore = torch.argsort(ids_shuffle, dim=1)
         ids_keep = ids_shuffle[:, :len_keep]
@@ -356,15 +361,15 @@ class RCMAE(nn.Module):
             h = block(h)
         return self.norm(h)
 
-    def forward_encoder(self, x: Tensor, mask_ratio: float,
-                        generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """Encode the visible patches of ``x [B, F, T]``.
+    def forward_encoder(self, x: Tensor, mask_ratio: float, generator: torch.Generator | None = None,
+                        noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Encode the visible patches of ``x [B, F, T]`` (``noise``: see :meth:`random_masking`).
 
         Returns:
             ``(latent [B, 1 + L_keep, D] with the class token first, mask [B, L] 1 = removed, ids_restore [B, L])``.
         """
         tokens = self._tokens(x)
-        kept, mask, ids_restore = self.random_masking(tokens, mask_ratio, generator)
+        kept, mask, ids_restore = self.random_masking(tokens, mask_ratio, generator, noise)
         return self._encode(kept), mask, ids_restore
 
     def forward_decoder(self, latent: Tensor, ids_restore: Tensor) -> Tensor:
@@ -500,7 +505,8 @@ PRESETS: dict[str, Callable[[], ModelConfig]] = {
     "paper": lambda: ModelConfig(),
     # Audio-MAE geometry: 1024 frames at hop 160, 16 x 16 patches -> 8 x 64 = 512 tokens, 0.8 masking.
     "audiomae": lambda: ModelConfig(n_frames=1024, patch_f=16, patch_t=16, norm_pix_loss=True,
-                                    mask_ratio_min=0.8, mask_ratio_max=0.8),
+                                    mask_ratio_min=0.8, mask_ratio_max=0.8, decoder_embed_dim=256, decoder_depth=4,
+                                    decoder_heads=8),
 }
 
 

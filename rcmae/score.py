@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from rcmae.data import index_dataset, parse_name
 from rcmae.datasets import compute_logmels, window_starts
 from rcmae.features import FeatureStats, LogMel
 from rcmae.files import atomic_write_text, read_json, write_json
+from rcmae.inputs import check_labelled_test, clip_windows
 from rcmae.metrics import evaluate_scores, write_results
 from rcmae.model import RCMAE, clip_stats
 from rcmae.scorers import (
@@ -181,8 +183,9 @@ class Detector:
         references = {}
         for space in _SPACES:
             path = run / "embeddings" / f"{space}.npz"
-            if path.is_file() and space in models:
-                references[space] = _load_rows(path)
+            rows = _load_rows(path) if path.is_file() and space in models else None
+            if rows is not None:  # a damaged file counts as missing: refitted below
+                references[space] = rows
         det = cls(run, cfg, stats, classes, models, thresholds, references, device or "cpu", clipstats, moments)
         # Fit once when anything is missing (runs fitted before the joint-space scorers lack clipstats and
         # moments) or stale (trained again since: the stamp of the training stages changed).
@@ -364,23 +367,30 @@ class Detector:
         files: list[Path] = []
         for p in paths:
             p = Path(p)
-            files.extend(sorted(p.rglob("*.wav")) if p.is_dir() else [p])
+            if p.is_dir():
+                found = sorted(f for f in p.rglob("*") if f.suffix.lower() == ".wav" and f.is_file())
+                if not found:
+                    raise ScoringError(f"{p}: no .wav files in this folder (or below it); give a folder of clips")
+                files.extend(found)
+            else:
+                files.append(p)
         rows = []
         for p in tqdm(files, desc=f"scoring ({scorer})", unit="clip", disable=not progress):
             mtype, mid = _parse_type_id(p)
             mtype, mid = machine_type or mtype, machine_id or mid
             base = {"path": str(p), "machine_type": mtype, "machine_id": mid, "scorer": scorer, "score": None,
-                    "threshold": None, "decision": None, "probs": None}
+                    "threshold": None, "decision": None, "probs": None, "note": None}
+            if not p.exists():
+                rows.append({**base, "error": "no such file; check the path"})
+                continue
             if mtype is None or mid is None:
                 rows.append({**base, "error": "machine type/ID not in the path; pass --machine-type and "
                                               "--machine-id"})
                 continue
             try:
-                wave = load_audio(p, sample_rate=self.cfg.data.sample_rate, duration=self.cfg.data.duration,
+                wave = load_audio(p, sample_rate=self.cfg.data.sample_rate, duration=None,
                                   channel=self.cfg.data.channel)
-                x = self.features(wave[None])
-                score = self.score_logmels(x, [mtype], [mid], scorer)[0]
-                rows.append(self._row(str(p), mtype, mid, scorer, score, self._probs(x)[0]))
+                rows.append(self._score_whole(wave, str(p), mtype, mid, scorer))
             except (AudioError, ScoringError, FileNotFoundError) as err:
                 rows.append({**base, "error": str(err)})
         return rows
@@ -403,11 +413,21 @@ class Detector:
         wave = np.asarray(wav_or_path, dtype=np.float32)
         if wave.ndim != 1 or wave.size == 0 or not np.isfinite(wave).all():
             raise ScoringError(f"score(waveform): expected a finite 1-D waveform, got shape {wave.shape}")
-        n = int(round(self.cfg.data.duration * self.cfg.data.sample_rate))
-        wave = np.pad(wave[:n], (0, max(0, n - wave.size)))
-        x = self.features(wave[None])
-        score = self.score_logmels(x, [machine_type], [machine_id], scorer)[0]
-        return self._row("<waveform>", str(machine_type), str(machine_id), scorer, score, self._probs(x)[0])
+        return self._score_whole(wave, "<waveform>", str(machine_type), str(machine_id), scorer)
+
+    def _score_whole(self, wave: np.ndarray, path: str, mtype: str, mid: str, scorer: str) -> dict:
+        """Score a whole clip: run-length windows (``rcmae.inputs.clip_windows``), highest score kept, noted."""
+        sr = self.cfg.data.sample_rate
+        windows, note = clip_windows(wave, int(round(self.cfg.data.duration * sr)), sr)
+        scores, probs = [], []
+        for b in range(0, len(windows), 32):  # long recordings: bounded memory
+            x = self.features(windows[b:b + 32])
+            scores.append(self.score_logmels(x, [mtype] * len(x), [mid] * len(x), scorer))
+            probs += self._probs(x)
+        scores = np.concatenate(scores)
+        best = int(np.argmax(scores))
+        row = self._row(path, mtype, mid, scorer, float(scores[best]), probs[best])
+        return {**row, "note": note, "windows": len(windows)}
 
 
 class _WaveformInput(torch.nn.Module):
@@ -434,10 +454,17 @@ def _load_rows(path: Path) -> dict | None:
     """The train rows of an ``embeddings/*.npz``-schema file, or ``None`` when it does not exist."""
     if not path.is_file():
         return None
-    with np.load(path, allow_pickle=False) as npz:
-        train = npz["split"] == "train"
-        return {"z": npz["z"][train].astype(np.float32), "machine_type": npz["machine_type"][train].astype(str),
-                "machine_id": npz["machine_id"][train].astype(str), "path": npz["path"][train].astype(str)}
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            train = npz["split"] == "train"
+            return {"z": npz["z"][train].astype(np.float32), "machine_type": npz["machine_type"][train].astype(str),
+                    "machine_id": npz["machine_id"][train].astype(str), "path": npz["path"][train].astype(str)}
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        # Derived from the run's weights and data: a torn file is refitted, never fatal.
+        print(f"{path}: damaged ({type(err).__name__}: {str(err)[:80]}); refitting it from the run's data",
+              file=sys.stderr)
+        path.unlink(missing_ok=True)
+        return None
 
 
 # --------------------------------------------------------------------------------- run-level fitting/evaluation
@@ -447,10 +474,13 @@ def _save_embeddings(path: Path, z: np.ndarray, paths, types, ids, split: str, l
             "machine_type": np.asarray(types, dtype=str), "machine_id": np.asarray(ids, dtype=str),
             "split": np.asarray([split] * len(paths), dtype=str), "label": np.asarray(labels, dtype=str)}
     if keep_other and path.is_file():
-        with np.load(path, allow_pickle=False) as old:
-            other = old["split"] != split
-            if other.any() and old["z"].shape[1] == cols["z"].shape[1]:
-                cols = {k: np.concatenate([old[k][other], v]) for k, v in cols.items()}
+        try:
+            with np.load(path, allow_pickle=False) as old:
+                other = old["split"] != split
+                if other.any() and old["z"].shape[1] == cols["z"].shape[1]:
+                    cols = {k: np.concatenate([old[k][other], v]) for k, v in cols.items()}
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile):
+            pass  # a damaged file is simply rewritten with this split's rows
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.npz")
     np.savez(tmp, **cols)
@@ -519,7 +549,7 @@ def fit_run(run: str | os.PathLike, train: TrainData | None = None, progress: bo
 
 def evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, scorer: str | None = None,
                  progress: bool = True) -> dict[str, dict]:
-    """Score every labelled test clip with every scorer (or one) and write ``eval/``.
+    """Score every labelled test clip (2021+ data: every test clip) with every scorer (or one) and write ``eval/``.
 
     Writes ``eval/results.json`` and challenge CSVs for the default scorer, ``eval/results.<scorer>.json``
     and ``eval/<scorer>/`` (results + CSVs) for each, ``eval/scores.csv`` (every clip, score, threshold,
@@ -535,7 +565,11 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, 
     if not data.is_dir():
         raise FileNotFoundError(f"{data}: data folder not found; pass --data")
     index = index_dataset(data)
-    test = index[(index["split"] == "test") & index["label"].isin(["normal", "anomaly"])].reset_index(drop=True)
+    test = index[index["split"] == "test"]
+    # DCASE 2021+ evaluation clips without ground truth (section_00_0000.wav) are scored as well, so that the
+    # challenge CSVs hold every clip a submission needs; the metrics use the labelled clips only.
+    test = test[test["label"].isin(["normal", "anomaly"])
+                | ((test["label"] == "unknown") & test["section"].astype(str).str.len().gt(0))].reset_index(drop=True)
     if test.empty:
         raise FileNotFoundError(f"{data}: no labelled test clips (<type>/test/normal_*, anomaly_*); pass --data")
     known = set(det.class_index) if det.classes else set()
@@ -546,6 +580,7 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, 
         test = test.drop(unknown.index).reset_index(drop=True)
     if test.empty:
         raise ValueError(f"{data}: none of its test clips belong to the run's machine IDs; evaluate on the right data")
+    check_labelled_test(test, data)  # before anything is scored or written: earlier results stay
     scorers = [det._scorer(scorer)] if scorer else list(det.scorers)
     x, kept, report = compute_logmels(list(test["path"]), det.logmel, det.cfg.data.sample_rate,
                                       det.cfg.data.duration, channel=det.cfg.data.channel, progress=progress,
@@ -556,8 +591,10 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, 
     types, ids = list(test["machine_type"].astype(str)), list(test["machine_id"].astype(str))
     out_dir = run / "eval"
     results: dict[str, dict] = {}
-    scores_table = test[["path", "machine_type", "machine_id", "label"]].copy()
+    scores_table = test[["path", "machine_type", "machine_id", "label"]
+                        + [c for c in ("section", "domain", "attributes") if c in test.columns]].copy()
     skipped: dict[str, str] = {}
+    tables: dict[str, pd.DataFrame] = {}
     for name in scorers:
         try:
             scores = det.score_logmels(x, types, ids, name)
@@ -567,13 +604,12 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, 
             skipped[name] = str(err)
             print(f"evaluate: scorer {name} skipped: {err}", file=sys.stderr)
             continue
-        table = test.assign(score=scores)
-        res = evaluate_scores(table, system=f"rcmae-{name}", data=str(data))
-        write_results(res, table, out_dir / name, name="results.json")
-        write_json(out_dir / f"results.{name}.json", res)
-        if name == det.default_scorer:
-            write_results(res, table, out_dir, name="results.json")
         thr = [det.threshold(name, t, i) for t, i in zip(types, ids, strict=True)]
+        # One threshold per machine ID / section covers both domains (the DCASE 2022+ rule).
+        table = test.assign(score=scores, decision=[None if h is None else int(s > h)
+                                                    for s, h in zip(scores, thr, strict=True)])
+        res = evaluate_scores(table, system=f"rcmae-{name}", data=str(data))
+        tables[name] = table
         scores_table[f"score_{name}"] = scores
         scores_table[f"threshold_{name}"] = thr
         scores_table[f"decision_{name}"] = [None if h is None else ("anomaly" if s > h else "normal")
@@ -581,12 +617,20 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, 
         results[name] = res
     if not results:
         raise ScoringError(f"{run}: no scorer could score this run ({'; '.join(skipped.values())})")
+    # Written only now that every scorer has finished: a failure above leaves the earlier eval/ intact.
+    for name, res in results.items():
+        write_results(res, tables[name], out_dir / name, name="results.json")
+        write_json(out_dir / f"results.{name}.json", res)
+        if name == det.default_scorer:
+            write_results(res, tables[name], out_dir, name="results.json")
     if det.default_scorer not in results:
         stand_in = next(iter(results))
         print(f"evaluate: the default scorer {det.default_scorer} was skipped; eval/results.json holds {stand_in}",
               file=sys.stderr)
-        write_results(results[stand_in], test.assign(score=scores_table[f"score_{stand_in}"]), out_dir,
-                      name="results.json")
+        write_results(results[stand_in], test.assign(
+            score=scores_table[f"score_{stand_in}"],
+            decision=scores_table[f"decision_{stand_in}"].map({"anomaly": 1, "normal": 0})), out_dir,
+            name="results.json")
     atomic_write_text(out_dir / "scores.csv", scores_table.to_csv(index=False))
     for space in det.models:
         z = det.embed(x, space).float().cpu().numpy()

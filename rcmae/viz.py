@@ -73,6 +73,73 @@ def compare_table(results: Sequence[dict], names: Sequence[str] | None = None) -
     return table
 
 
+# ---------------------------------------------------------------- DCASE 2021-2025 tables
+_SECTION_COLUMNS = [("AUC (source)", "auc_source"), ("AUC (target)", "auc_target"), ("pAUC", "pauc"),
+                    ("precision (source)", "precision_source"), ("precision (target)", "precision_target"),
+                    ("recall (source)", "recall_source"), ("recall (target)", "recall_target"),
+                    ("F1 (source)", "f1_source"), ("F1 (target)", "f1_target")]
+
+
+def section_table(results: dict) -> pd.DataFrame:
+    """Per (machine type, section) rows of a DCASE 2021+ ``results.json``: the official evaluator's columns.
+
+    Columns: machine_type, section, AUC (source), AUC (target), pAUC, precision/recall/F1 (source, target);
+    then one ``mean`` row per machine type (arithmetic means over its sections, as the challenge papers
+    tabulate). Empty for 2020-style results (no ``per_section``).
+    """
+    cols = ["machine_type", "section"] + [c for c, _ in _SECTION_COLUMNS]
+    rows = [{"machine_type": r["machine_type"], "section": r["section"],
+             **{c: r.get(k) for c, k in _SECTION_COLUMNS}} for r in results.get("per_section", [])]
+    for mtype in sorted({r["machine_type"] for r in rows}):
+        mine = [r for r in rows if r["machine_type"] == mtype]
+        mean = {"machine_type": mtype, "section": "mean"}
+        for c, _ in _SECTION_COLUMNS:
+            vals = [r[c] for r in mine]
+            mean[c] = float(np.mean(vals)) if vals and all(v is not None for v in vals) else None
+        rows.append(mean)
+    table = pd.DataFrame(rows, columns=cols)
+    return table.sort_values(["machine_type", "section"], kind="stable").reset_index(drop=True)
+
+
+def official_table(results: dict) -> pd.DataFrame:
+    """The official score and the means the DCASE evaluators print, one row each (value as a fraction).
+
+    Rows: official score (2022-2025), arithmetic mean of all its terms, AUC arithmetic mean, source/target
+    harmonic and arithmetic AUC means, pAUC means, and DCASE 2021's official score. Empty for 2020 results.
+    """
+    off = results.get("official") or {}
+    if not off:
+        return pd.DataFrame(columns=["metric", "value"])
+    d21 = results.get("dcase2021") or {}
+    rows = [("official score (2022-2025: hmean of AUC source, AUC target, pAUC)", off.get("score")),
+            ("arithmetic mean of the same terms", off.get("amean")),
+            ("AUC arithmetic mean (source and target)", off.get("auc_amean")),
+            ("AUC harmonic mean, source", off.get("hmean_source")),
+            ("AUC harmonic mean, target", off.get("hmean_target")),
+            ("AUC arithmetic mean, source", off.get("amean_source")),
+            ("AUC arithmetic mean, target", off.get("amean_target")),
+            ("pAUC harmonic mean", off.get("pauc_hmean")),
+            ("pAUC arithmetic mean", off.get("pauc_amean")),
+            ("official score (2021 definition: per domain, hmean of AUC and pAUC)", d21.get("score"))]
+    for key, name in (("precision", "precision"), ("recall", "recall"), ("f1", "F1")):
+        rows.append((f"{name} harmonic mean (both domains)", (off.get("over_all") or {}).get("hmean", {}).get(key)))
+    return pd.DataFrame(rows, columns=["metric", "value"])
+
+
+def clip_groups(paths: Sequence[str], by: str = "domain") -> np.ndarray:
+    """Per clip its ``domain`` (source/target, from the file name) or ``attributes`` (the name's tail).
+
+    Clips whose name does not say (2020 names, bare evaluation names) get ``"?"`` / ``"none"``.
+    """
+    from rcmae.data import parse_attributes, parse_name
+
+    if by == "domain":
+        return np.asarray([(parse_name(p) or {}).get("domain") or "?" for p in paths])
+    if by == "attributes":
+        return np.asarray([parse_attributes(p) or "none" for p in paths])
+    raise ValueError(f"by: {by!r} is not known; use 'domain' or 'attributes'")
+
+
 # ---------------------------------------------------------------- scores
 def load_score_table(folder: str | os.PathLike) -> pd.DataFrame:
     """Per-clip scores of an eval folder from its challenge CSVs (``anomaly_score_<type>_id_XX.csv``).
@@ -103,8 +170,32 @@ def load_score_table(folder: str | os.PathLike) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)[list(_SCORE_COLUMNS)]
 
 
+def domain_roc_points(table: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{"source": (fpr, tpr), "target": ...}``: each domain's normals against *all* anomalies.
+
+    These are the curves under the official AUC(source) and AUC(target) (DCASE 2022-2025): the
+    area under each equals the ``auc_source`` / ``auc_target`` of the table's section.
+    """
+    if "domain" not in table.columns:
+        raise ValueError("domain ROC: the scores table has no 'domain' column (DCASE 2021+ data only)")
+    labelled = table[table["label"].isin(list(LABEL_VALUE))]
+    out = {}
+    for domain in ("source", "target"):
+        g = labelled[(labelled["domain"] == domain) | (labelled["label"] == "anomaly")]
+        y = g["label"].map(LABEL_VALUE).to_numpy()
+        if len(y) and y.min() != y.max():
+            fpr, tpr, _ = roc_curve(y, g["score"].to_numpy(dtype=float))
+            out[domain] = (fpr, tpr)
+    return out
+
+
 def roc_points(table: pd.DataFrame, by: str = "machine_type") -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``{group: (fpr, tpr)}`` from sklearn's ``roc_curve`` over labelled rows, grouped by a column (or "all")."""
+    """``{group: (fpr, tpr)}`` from sklearn's ``roc_curve`` over labelled rows, grouped by a column (or "all").
+
+    ``by="domain"`` gives the official source/target curves (:func:`domain_roc_points`).
+    """
+    if by == "domain":
+        return domain_roc_points(table)
     labelled = table[table["label"].isin(list(LABEL_VALUE))]
     groups = [("all", labelled)] if by == "all" else list(labelled.groupby(by, sort=True))
     out = {}
@@ -150,6 +241,32 @@ def score_histogram(scores: np.ndarray, labels: Sequence[str], threshold: float 
     for lab, counts in h["counts"].items():
         fig.add_trace(go.Bar(x=centers, y=counts, width=np.diff(edges), name=lab, opacity=0.6,
                              marker_color=colors[lab]))
+    if threshold is not None:
+        fig.add_vline(x=float(threshold), line_dash="dash", line_color="black",
+                      annotation_text=f"threshold {threshold:.3g}")
+    fig.update_layout(barmode="overlay", title=title, xaxis_title="score", yaxis_title="clips", height=380)
+    return fig
+
+
+def domain_histogram(scores: np.ndarray, labels: Sequence[str], domains: Sequence[str],
+                     threshold: float | None = None, bins: int = 30, title: str = "Anomaly scores by domain"
+                     ) -> go.Figure:
+    """Overlaid score histograms per (domain, label): source/target normals and anomalies on shared bins.
+
+    The one decision threshold of the section (it covers both domains) is drawn as a vertical line.
+    """
+    scores = np.asarray(scores, dtype=float)
+    groups = [f"{d} {lab}" for d, lab in zip(domains, labels, strict=True)]
+    edges = np.histogram_bin_edges(scores, bins=bins)
+    centers = (edges[:-1] + edges[1:]) / 2
+    colors = {"source normal": "#1f77b4", "target normal": "#2ca02c", "source anomaly": "#d62728",
+              "target anomaly": "#ff7f0e"}
+    fig = go.Figure()
+    arr = np.asarray(groups)
+    for i, name in enumerate(sorted(set(groups), key=lambda g: (list(colors).index(g) if g in colors else 9, g))):
+        counts = np.histogram(scores[arr == name], bins=edges)[0]
+        fig.add_trace(go.Bar(x=centers, y=counts, width=np.diff(edges), name=name, opacity=0.55,
+                             marker_color=colors.get(name, _PALETTE[i % len(_PALETTE)])))
     if threshold is not None:
         fig.add_vline(x=float(threshold), line_dash="dash", line_color="black",
                       annotation_text=f"threshold {threshold:.3g}")
@@ -300,4 +417,20 @@ def spectrogram_figure(logmel: np.ndarray, sample_rate: int = 16000, hop_length:
                                zmax=zmax, colorbar={"title": "dB"}))
     fig.update_layout(title=title, xaxis_title="time (s)", yaxis_title="mel bin", height=300,
                       margin={"l": 40, "r": 10, "t": 40, "b": 40})
+    return fig
+
+
+def monitor_figure(series: pd.DataFrame, events: pd.DataFrame | None = None, threshold: float | None = None,
+                   title: str = "Anomaly score over time") -> go.Figure:
+    """Score time series of ``rcmae monitor`` (``center_s``, ``score``) with the threshold and shaded events."""
+    fig = go.Figure(go.Scatter(x=series["center_s"], y=series["score"], mode="lines+markers", name="score",
+                               marker={"size": 5}, customdata=series[["start_s", "end_s"]].to_numpy(),
+                               hovertemplate="t=%{x:.1f} s<br>score=%{y:.4f}<extra></extra>"))
+    if threshold is not None:
+        fig.add_hline(y=threshold, line_dash="dash", line_color="firebrick",
+                      annotation_text=f"threshold {threshold:.4g}", annotation_position="top left")
+    for _, ev in (events if events is not None else pd.DataFrame()).iterrows():
+        fig.add_vrect(x0=ev["start_s"], x1=ev["end_s"], fillcolor="firebrick", opacity=0.15, line_width=0)
+    fig.update_layout(title=title, xaxis_title="time (s, window centre)", yaxis_title="anomaly score", height=380,
+                      margin={"l": 40, "r": 10, "t": 50, "b": 40}, clickmode="event+select")
     return fig

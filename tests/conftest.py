@@ -91,3 +91,118 @@ def check_results(out: Path, data: Path) -> dict:
         assert vals["auc"] == pytest.approx(np.mean(ids))
     assert res["average"]["auc"] == pytest.approx(np.mean([v["auc"] for v in res["per_type"].values()]))
     return res
+
+
+# ---------------------------------------------------------------- a DCASE 2023-style set (domain shift)
+TINY23_TYPES = ("fan", "gearbox")
+TINY23_TRAIN = {"source": 10, "target": 2}  # the 990:10 imbalance, scaled down
+TINY23_TEST = 3  # per domain, normal and anomalous each
+
+
+def write_tiny_dcase2023(root: Path, seconds: float = 1.0, seed: int = 0) -> Path:
+    """Write ``root/dev_data/raw/<type>/{train,test}`` with DCASE 2023 names; returns ``root``.
+
+    One section (00) per machine type; the target domain runs 25 % faster (a shifted hum); attributes sit
+    in the names (``spd_<n>``; every third source clip is ``noAttribute``) and in ``attributes_00.csv``.
+    """
+    rng = np.random.default_rng(seed)
+    for t_i, machine_type in enumerate(TINY23_TYPES):
+        base = root / "dev_data" / "raw" / machine_type
+        rows = [["file_name", "d1p", "d1v"]]
+        for split in ("train", "test"):
+            (base / split).mkdir(parents=True, exist_ok=True)
+        for domain, n_train in TINY23_TRAIN.items():
+            f0 = (70.0 + 45.0 * t_i) * (1.25 if domain == "target" else 1.0)
+            speed = "3" if domain == "target" else "1"
+            clips = [("train", "normal", n) for n in range(n_train)]
+            clips += [("test", label, n) for label in ("normal", "anomaly") for n in range(TINY23_TEST)]
+            for split, label, n in clips:
+                attr = "noAttribute" if domain == "source" and n % 3 == 2 else f"spd_{speed}"
+                name = f"section_00_{domain}_{split}_{label}_{n:04d}_{attr}.wav"
+                sf.write(base / split / name, _tone_clip(rng, f0, seconds, label == "anomaly"), SR, subtype="PCM_16")
+                pair = ["", ""] if attr == "noAttribute" else ["spd", speed]
+                rows.append([f"{machine_type}/{split}/{name}", *pair])
+        with open(base / "attributes_00.csv", "w", newline="") as f:
+            csv.writer(f, lineterminator="\n").writerows(rows)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_dcase2023(tmp_path_factory) -> Path:
+    """A DCASE 2023-style dev set: 2 types x section 00, 10 source + 2 target train, 3/3 test per domain, 1 s."""
+    return write_tiny_dcase2023(tmp_path_factory.mktemp("tiny_dcase2023"))
+
+
+# A 1-block, 32-wide model on 1-second clips: a pretrain + finetune in seconds on one CPU thread.
+SHORT_OVERRIDES = [
+    "model.embed_dim=32", "model.depth=1", "model.heads=2", "model.decoder_embed_dim=32", "model.decoder_depth=1",
+    "model.decoder_heads=2", "model.proj_dim=32", "model.mlp_ratio=2.0", "pretrain.batch_size=8",
+    "finetune.batch_size=8", "score.recon_masks=2", "pretrain.crop_frames=null", "pretrain.crops_per_clip=1",
+    "data.duration=1.0", "model.n_frames=32", "pretrain.specaugment.time_width=8",
+]
+
+
+@pytest.fixture(scope="session")
+def short_run(tmp_path_factory) -> tuple[Path, Path]:
+    """``(data, run)``: 1-second tiny data and a run pretrained and fine-tuned 1 epoch each (copy before changing)."""
+    from rcmae import train
+
+    data = write_tiny_dcase(tmp_path_factory.mktemp("short_run_data"), seconds=1.0, seed=5)
+    run = tmp_path_factory.mktemp("short_run") / "run"
+    train.pretrain(data, run, epochs=1, overrides=SHORT_OVERRIDES, progress=False)
+    train.finetune(run, epochs=1, progress=False)
+    return data, run
+
+
+# ---------------------------------------------------------------- reliability figures
+# `bench/bench_reliability.py` sets $RCMAE_RELIABILITY_REPORT: every test marked `reliability` is one fault
+# tried; its outcome (passed = survived) is written there as JSON for bench/results/reliability.md.
+_RELIABILITY_OUTCOMES: dict[str, dict] = {}
+
+
+def pytest_runtest_logreport(report) -> None:
+    if "reliability" not in report.keywords or not os.environ.get("RCMAE_RELIABILITY_REPORT"):
+        return
+    entry = _RELIABILITY_OUTCOMES.setdefault(report.nodeid, {"nodeid": report.nodeid, "outcome": "passed",
+                                                             "duration": 0.0})
+    entry["duration"] += report.duration
+    if report.outcome != "passed" and entry["outcome"] == "passed":
+        entry["outcome"] = report.outcome if report.when == "call" else f"{report.outcome} in {report.when}"
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    out = os.environ.get("RCMAE_RELIABILITY_REPORT")
+    if out and _RELIABILITY_OUTCOMES:
+        Path(out).write_text(json.dumps(list(_RELIABILITY_OUTCOMES.values()), indent=1))
+
+
+# A tiny trained run on the synthetic demo data (one machine type, 3 IDs), for export/monitor/demo-app tests.
+DEMO_RUN_OVERRIDES = [
+    "model.embed_dim=32", "model.depth=1", "model.heads=2", "model.decoder_embed_dim=32", "model.decoder_depth=1",
+    "model.decoder_heads=2", "model.proj_dim=32", "model.mlp_ratio=2.0", "pretrain.batch_size=8",
+    "finetune.batch_size=8", "score.recon_masks=3", "score.knn_k=2",
+]
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    """Demo data (fan only: 3 IDs x 6 train + 3/3 test clips) and a run on it: 1 + 1 epochs, evaluated."""
+    from rcmae import demo, train
+    from rcmae.score import evaluate_run
+
+    root = tmp_path_factory.mktemp("demo_run")
+    data = demo.make_demo_data(root / "demo", train_per_id=6, test_per_id=3, progress=False,
+                               machine_types=["fan"], workers=1)
+    run = root / "run"
+    train.pretrain(data / "dev_data", run, epochs=1, overrides=DEMO_RUN_OVERRIDES, progress=False)
+    train.finetune(run, epochs=1, progress=False)
+    evaluate_run(run, progress=False)
+    return run
+
+
+@pytest.fixture(scope="session")
+def demo_bundle(demo_run, tmp_path_factory) -> Path:
+    """The demo run's default scorer exported as a TorchScript bundle."""
+    from rcmae.export import export_run
+
+    return export_run(demo_run, tmp_path_factory.mktemp("bundle") / "bundle", format="torchscript")

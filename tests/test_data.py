@@ -15,6 +15,7 @@ from rcmae import cli
 from rcmae.data import (
     COLUMNS,
     DatasetLayoutError,
+    attribute_classes,
     count_table,
     id_classes,
     index_dataset,
@@ -22,6 +23,7 @@ from rcmae.data import (
     parse_name,
     split_index,
 )
+from rcmae.data import domain_counts as data_domain_counts
 
 
 def _touch(root: Path, *rels: str) -> None:
@@ -33,9 +35,9 @@ def _touch(root: Path, *rels: str) -> None:
 
 
 def _expected(root: Path, rows: list[tuple]) -> pd.DataFrame:
-    """rows: (rel path, machine_type, machine_id, section, domain, split, label, dataset)."""
+    """rows: (rel path, machine_type, machine_id, section, domain, split, label, dataset[, attributes])."""
     frame = pd.DataFrame(
-        [(os.path.abspath(root / r[0]), *r[1:]) for r in rows], columns=COLUMNS
+        [(os.path.abspath(root / r[0]), *r[1:], *([""] if len(r) == 8 else [])) for r in rows], columns=COLUMNS
     )
     return frame.sort_values("path").reset_index(drop=True)
 
@@ -110,17 +112,17 @@ def test_dcase2021_to_2025_names(tmp_path):
     index = index_dataset(tmp_path)
     _assert_index(index, _expected(tmp_path, [
         ("dev_data/bearing/test/section_02_target_test_normal_0001_vel_6_loc_A.wav",
-         "bearing", "02", "02", "target", "test", "normal", "dev"),
+         "bearing", "02", "02", "target", "test", "normal", "dev", "vel_6_loc_A"),
         ("dev_data/gearbox/target_test/section_01_target_test_anomaly_0012.wav",
          "gearbox", "01", "01", "target", "test", "anomaly", "dev"),
         ("dev_data/gearbox/train/section_00_source_train_normal_0000_0_g_25_mm_2000_mV_none.wav",
-         "gearbox", "00", "00", "source", "train", "normal", "dev"),
+         "gearbox", "00", "00", "source", "train", "normal", "dev", "0_g_25_mm_2000_mV_none"),
         ("dev_data/raw/ToothBrush/train/section_00_target_train_normal_0009_noAttribute.wav",
-         "ToothBrush", "00", "00", "target", "train", "normal", "dev"),
+         "ToothBrush", "00", "00", "target", "train", "normal", "dev", "noAttribute"),
         ("eval_data/gearbox/source_test/section_03_source_test_0199.wav",
          "gearbox", "03", "03", "source", "test", "unknown", "eval"),
         ("eval_data/raw/3DPrinter/test/section_00_0001_extra.wav",
-         "3DPrinter", "00", "00", "", "test", "unknown", "eval"),
+         "3DPrinter", "00", "00", "", "test", "unknown", "eval", "extra"),
         ("eval_data/raw/ToothBrush/test/section_00_0042.wav",
          "ToothBrush", "00", "00", "", "test", "unknown", "eval"),
     ]))
@@ -261,3 +263,77 @@ def test_cli_index_prints_counts_and_errors(tiny_dcase, tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out.splitlines()[-1] == "28 clips, 1 machine types, 2 train ID classes"
     assert "take_1.wav: file name matches no DCASE pattern" in captured.err
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_dcase2023_eval_ground_truth_attributes_and_domain_counts(tmp_path, capsys):
+    """2023-style eval set: bare names get label/domain/attributes from the evaluator's three CSV folders."""
+    root = tmp_path / "data"
+    _touch(root,
+           "eval_data/raw/ToyTank/train/section_00_source_train_normal_0000_noAttribute.wav",
+           "eval_data/raw/ToyTank/train/section_00_target_train_normal_0000.wav",
+           "eval_data/raw/ToyTank/test/section_00_0000.wav",
+           "eval_data/raw/ToyTank/test/section_00_0001.wav",
+           "eval_data/raw/ToyTank/test/section_00_0002.wav",
+           "eval_data/raw/ToyTank/test/section_00_0003.wav")
+    # attributes_00.csv fills the attributes of a clip whose name carries none.
+    _write(root / "eval_data/raw/ToyTank/attributes_00.csv",
+           "file_name,d1p,d1v,d2p,d2v\n"
+           "ToyTank/train/section_00_target_train_normal_0000.wav,spd,3,mic,2\n")
+    gt = tmp_path / "evaluator"
+    _write(gt / "ground_truth_data/ground_truth_ToyTank_section_00_test.csv",
+           "section_00_0000.wav,1\nsection_00_0001.wav,0\nsection_00_0002.wav,0\nsection_00_0003.wav,1\n")
+    _write(gt / "ground_truth_domain/ground_truth_ToyTank_section_00_test.csv",
+           "section_00_0000.wav,1\nsection_00_0001.wav,1\nsection_00_0002.wav,0\nsection_00_0003.wav,0\n")
+    _write(gt / "ground_truth_attributes/ground_truth_ToyTank_section_00_test.csv",
+           "section_00_0000.wav,section_00_target_test_anomaly_0012_car_C1_spd_1\n"
+           "section_00_0001.wav,section_00_target_test_normal_0031_car_C1_spd_1\n"
+           "section_00_0002.wav,section_00_source_test_normal_0031_noAttribute\n"
+           "section_00_0003.wav,section_00_source_test_anomaly_0002_car_B2_spd_2\n")
+    bare = index_dataset(root)
+    assert set(bare.loc[bare["split"] == "test", "label"]) == {"unknown"}
+    assert bare.attrs["ground_truth"] == 0
+    index = index_dataset(root, ground_truth=gt)
+    assert index.attrs["ground_truth"] == 4
+    test = index[index["split"] == "test"].set_index(index.loc[index["split"] == "test", "path"].map(
+        lambda p: Path(p).name))
+    assert test.loc[["section_00_0000.wav", "section_00_0001.wav", "section_00_0002.wav",
+                     "section_00_0003.wav"], ["label", "domain", "attributes"]].values.tolist() == [
+        ["anomaly", "target", "car_C1_spd_1"], ["normal", "target", "car_C1_spd_1"],
+        ["normal", "source", "noAttribute"], ["anomaly", "source", "car_B2_spd_2"]]
+    train = index[index["split"] == "train"]
+    assert train["attributes"].tolist() == ["noAttribute", "spd_3_mic_2"]
+    # The same folders placed under the data root are found without the argument.
+    shutil.copytree(gt, root / "eval_data" / "evaluator")
+    assert index_dataset(root)["label"].tolist() == index["label"].tolist()
+
+    counts = data_domain_counts(index)
+    assert counts.values.tolist() == [
+        ["ToyTank", "00", "source", "train", "normal", 1], ["ToyTank", "00", "source", "test", "normal", 1],
+        ["ToyTank", "00", "source", "test", "anomaly", 1], ["ToyTank", "00", "target", "train", "normal", 1],
+        ["ToyTank", "00", "target", "test", "normal", 1], ["ToyTank", "00", "target", "test", "anomaly", 1]]
+    assert attribute_classes(index) == [("ToyTank", "00"), ("ToyTank", "00_spd_3_mic_2")]
+    assert cli.main(["index", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "section domain split   label  clips" in out and "4 clips labelled from ground-truth CSVs" in out
+
+    _write(gt / "ground_truth_data/ground_truth_ToyTank_section_00_test.csv", "section_00_0000.wav,2\n")
+    with pytest.raises(DatasetLayoutError, match=r"ground_truth_ToyTank_section_00_test.csv: line 1: value '2'"):
+        index_dataset(root, ground_truth=gt)
+
+
+def test_dcase2021_eval_ground_truth_per_domain_files(tmp_path):
+    _touch(tmp_path, "eval_data/gearbox/train/section_03_source_train_normal_0000.wav",
+           "eval_data/gearbox/source_test/section_03_source_test_0000.wav",
+           "eval_data/gearbox/target_test/section_03_target_test_0000.wav")
+    _write(tmp_path / "gt/ground_truth_data/ground_truth_gearbox_section_03_source_test.csv",
+           "section_03_source_test_0000.wav,1\n")
+    _write(tmp_path / "gt/ground_truth_data/ground_truth_gearbox_section_03_target_test.csv",
+           "section_03_target_test_0000.wav,0\n")
+    index = index_dataset(tmp_path)
+    assert index[["domain", "label"]].values.tolist() == [
+        ["source", "anomaly"], ["target", "normal"], ["source", "normal"]]

@@ -177,7 +177,7 @@ def test_margin_run_scores_equal_a_direct_recomputation(margin_run, tiny_dcase, 
     assert det.scorers == ["idprob", "knn", "ensemble"] and det.default_scorer == "ensemble"
     # Rebuild the network by hand from the checkpoint and the run's config.
     cfg = load_config(margin_run / "config.yaml")
-    state = torch.load(margin_run / "checkpoints" / "pretrain-last.ckpt", map_location="cpu", weights_only=False)
+    state = torch.load(margin_run / "checkpoints" / "pretrain-last.ckpt", map_location="cpu", weights_only=True)
     net = STgramNet(MarginConfig(**state["rcmae"]["model_config"]), cfg.features)
     net.load_state_dict({k[6:]: v for k, v in state["state_dict"].items() if k.startswith("model.")})
     net.eval()

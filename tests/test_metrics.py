@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import shutil
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy.stats import hmean
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
-from rcmae.metrics import auc_pauc, evaluate_scores, load_results, write_results
+from rcmae.metrics import auc_pauc, decision_metrics, evaluate_scores, load_results, write_results
 
 
 def _pair_count_auc(y, s):
@@ -160,3 +164,166 @@ def test_load_results_rejects_other_json(tmp_path):
     (tmp_path / "results.json").write_text('{"a": 1}')
     with pytest.raises(ValueError, match="not an rcmae results file"):
         load_results(tmp_path)
+
+
+# ---------------------------------------------------------------- DCASE 2021-2025 (domains, official score)
+def _evaluator_2023(team_dir: Path, gt_root: Path) -> dict:
+    """The numbers of nttcslab/dcase2023_task2_evaluator's ``output_result``, re-implemented from its
+    published definition: it reads the team's CSVs and the three ground-truth folders, pairs rows by
+    *sorted* file name (after mapping dev-style names through ground_truth_attributes), and scores each
+    section with sklearn."""
+    eps = sys.float_info.epsilon
+    gt_files = sorted((gt_root / "ground_truth_data").glob("ground_truth_*.csv"))
+    machines = sorted({f.name.split("_")[2] for f in gt_files})
+    sections = sorted({s for f in gt_files for s in re.findall("section_[0-9][0-9]", f.name)})
+
+    def read(path, decision=False, attribute=None):
+        with open(path) as f:
+            rows = list(csv.reader(f))
+        if attribute:
+            rows = [[attribute[r[0]], r[1]] if r[0] in attribute else r for r in rows]
+        vals = [float(r[1]) for r in sorted(rows)]
+        return np.array([int(v) for v in vals] if decision else vals)
+
+    per = []
+    for machine in machines:
+        for section in sections:
+            stem = f"{machine}_{section}_test.csv"
+            with open(gt_root / "ground_truth_attributes" / f"ground_truth_{stem}") as f:
+                attribute = {f"{a[1]}.wav": a[0] for a in csv.reader(f)}
+            y_pred = read(team_dir / f"anomaly_score_{stem}", attribute=attribute)
+            y_true = read(gt_root / "ground_truth_data" / f"ground_truth_{stem}")
+            y_dom = read(gt_root / "ground_truth_domain" / f"ground_truth_{stem}")
+            dec = read(team_dir / f"decision_result_{stem}", decision=True, attribute=attribute)
+            row = {"machine_type": machine, "section": section.split("_")[1],
+                   "auc_all": roc_auc_score(y_true, y_pred), "pauc": roc_auc_score(y_true, y_pred, max_fpr=0.1)}
+            for name, idx in (("source", 0), ("target", 1)):
+                keep = (y_dom == idx) | (y_true != 0)
+                row[f"auc_{name}"] = roc_auc_score(y_true[keep], y_pred[keep])
+                tn, fp, fn, tp = confusion_matrix(y_true[y_dom == idx], dec[y_dom == idx]).ravel()
+                prec = tp / np.maximum(tp + fp, eps)
+                rec = tp / np.maximum(tp + fn, eps)
+                row[f"precision_{name}"], row[f"recall_{name}"] = prec, rec
+                row[f"f1_{name}"] = 2.0 * prec * rec / np.maximum(prec + rec, eps)
+            per.append(row)
+    src = [r["auc_source"] for r in per]
+    tgt = [r["auc_target"] for r in per]
+    pauc = [r["pauc"] for r in per]
+    all_perf = np.array([src + tgt + pauc], dtype=float)
+    return {"per_section": per, "score": hmean(np.maximum(all_perf, eps), axis=None),
+            "auc_amean": np.mean(src + tgt), "amean": np.mean(all_perf),
+            "hmean_source": hmean(np.maximum(src, eps)), "hmean_target": hmean(np.maximum(tgt, eps))}
+
+
+def _eval_style_copy(dev: Path, root: Path, gt_root: Path, seed: int) -> None:
+    """A 2023 evaluation-style copy of ``dev``'s test clips: shuffled bare names ``section_00_NNNN.wav`` plus
+    the evaluator's ground_truth_{data,domain,attributes} CSVs in the official formats."""
+    rng = np.random.default_rng(seed)
+    from rcmae.data import index_dataset
+
+    index = index_dataset(dev)
+    for (mtype, section), group in index[index["split"] == "test"].groupby(["machine_type", "section"]):
+        order = rng.permutation(len(group))
+        files = {"data": [], "domain": [], "attributes": []}
+        out = root / "eval_data" / "raw" / mtype / "test"
+        out.mkdir(parents=True, exist_ok=True)
+        for n, (_, row) in zip(order, group.iterrows(), strict=True):
+            name = f"section_{section}_{n:04d}.wav"
+            shutil.copy(row["path"], out / name)
+            files["data"].append([name, int(row["label"] == "anomaly")])
+            files["domain"].append([name, int(row["domain"] == "target")])
+            files["attributes"].append([name, Path(row["path"]).stem])
+        for kind, rows in files.items():
+            path = gt_root / f"ground_truth_{kind}" / f"ground_truth_{mtype}_section_{section}_test.csv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "w", newline="") as f:
+                csv.writer(f, lineterminator="\n").writerows(sorted(rows))
+
+
+def test_official_2023_evaluator_reads_our_csvs_and_agrees(tiny_dcase2023, tmp_path):
+    from rcmae.data import index_dataset
+
+    gt_root = tmp_path / "evaluator"
+    _eval_style_copy(tiny_dcase2023, tmp_path / "eval", gt_root, seed=4)
+    index = index_dataset(tmp_path / "eval", ground_truth=gt_root)
+    test = index[index["split"] == "test"].reset_index(drop=True)
+    assert set(test["label"]) == {"normal", "anomaly"} and set(test["domain"]) == {"source", "target"}
+    rng = np.random.default_rng(5)
+    y = (test["label"] == "anomaly").to_numpy()
+    # Scores that separate source better than target, with some overlap; decisions from one threshold.
+    scores = rng.normal(size=len(test)) + 1.5 * y - 0.8 * y * (test["domain"] == "target").to_numpy()
+    table = test.assign(score=scores, decision=np.where(scores > 0.7, "anomaly", "normal"))
+    res = evaluate_scores(table, system="t", data="d")
+    team = tmp_path / "teams" / "rcmae"
+    write_results(res, table, team)
+    names = sorted(p.name for p in team.glob("*_test.csv"))
+    assert names == [f"{k}_{t}_section_00_test.csv" for k in ("anomaly_score", "decision_result")
+                     for t in ("fan", "gearbox")]
+    ref = _evaluator_2023(team, gt_root)
+    saved = json.loads((team / "results.json").read_text())
+    assert len(saved["per_section"]) == len(ref["per_section"]) == 2
+    for ours, theirs in zip(saved["per_section"], ref["per_section"], strict=True):
+        for key, value in theirs.items():
+            assert ours[key] == pytest.approx(value, abs=1e-9) if isinstance(value, float) else ours[key] == value
+    for key in ("score", "auc_amean", "amean", "hmean_source", "hmean_target"):
+        assert saved["official"][key] == pytest.approx(ref[key], abs=1e-9), key
+    # The 2020 keys are still there: per_id holds one row per section, its AUC is the all-clips AUC.
+    assert [r["auc"] for r in saved["per_id"]] == pytest.approx([r["auc_all"] for r in ref["per_section"]])
+
+
+def _domain_table():
+    """One section, hand-made: source normals 1, 2; target normals 3, 6; source anomaly 4; target anomaly 5."""
+    rows = [("fan", "00", "source", "normal", 1.0, 0), ("fan", "00", "source", "normal", 2.0, 0),
+            ("fan", "00", "target", "normal", 3.0, 0), ("fan", "00", "target", "normal", 6.0, 1),
+            ("fan", "00", "source", "anomaly", 4.0, 1), ("fan", "00", "target", "anomaly", 5.0, 0)]
+    return pd.DataFrame([(t, s, s, d, lab, f"/x/{t}/test/section_{s}_{d}_test_{lab}_{i:04d}.wav", v, dec)
+                         for i, (t, s, d, lab, v, dec) in enumerate(rows)],
+                        columns=["machine_type", "machine_id", "section", "domain", "label", "path", "score",
+                                 "decision"])
+
+
+def test_domain_metrics_hand_computed():
+    res = evaluate_scores(_domain_table(), system="t", data="d")
+    (row,) = res["per_section"]
+    # AUC(source): normals {1, 2} vs all anomalies {4, 5}: every pair ordered -> 1.
+    # AUC(target): normals {3, 6} vs {4, 5}: (4>3), (5>3), (4<6), (5<6) -> 1/2.
+    assert row["auc_source"] == 1.0 and row["auc_target"] == 0.5
+    assert row["pauc"] == pytest.approx(roc_auc_score([0, 0, 0, 0, 1, 1], [1, 2, 3, 6, 4, 5], max_fpr=0.1))
+    # Decisions: source tp 1, fp 0, fn 0 -> P = R = F1 = 1; target tp 0, fp 1, fn 1 -> 0 everywhere.
+    assert (row["precision_source"], row["recall_source"], row["f1_source"]) == (1.0, 1.0, 1.0)
+    assert (row["precision_target"], row["recall_target"], row["f1_target"]) == (0.0, 0.0, 0.0)
+    assert (row["n_source_normal"], row["n_target_normal"], row["n_anomaly"]) == (2, 2, 2)
+    official = res["official"]
+    assert official["score"] == pytest.approx(3 / (1 / 1.0 + 1 / 0.5 + 1 / row["pauc"]))
+    assert official["hmean_source"] == 1.0 and official["hmean_target"] == 0.5
+    assert official["auc_amean"] == 0.75
+    # 2021: each domain its own test set: source {1, 2} vs {4} -> 1; target {3, 6} vs {5} -> 1/2.
+    d21 = {r["domain"]: r for r in res["dcase2021"]["per_section_domain"]}
+    assert d21["source"]["auc"] == 1.0 and d21["target"]["auc"] == 0.5
+    assert d21["target"]["pauc"] == pytest.approx(roc_auc_score([0, 0, 1], [3, 6, 5], max_fpr=0.1))
+    vals = [1.0, 0.5, d21["source"]["pauc"], d21["target"]["pauc"]]
+    assert res["dcase2021"]["score"] == pytest.approx(hmean(vals))
+    # A zero enters the harmonic means as float epsilon (the evaluators' floor), not as an error.
+    assert res["official"]["over_all"]["hmean"]["precision"] == pytest.approx(
+        2 / (1 / 1.0 + 1 / sys.float_info.epsilon))
+
+
+def test_decision_metrics_against_sklearn():
+    rng = np.random.default_rng(2)
+    for _ in range(5):
+        y = rng.integers(0, 2, 40)
+        d = rng.integers(0, 2, 40)
+        p, r, f = precision_recall_fscore_support(y, d, average="binary", zero_division=0)[:3]
+        assert decision_metrics(y, d) == pytest.approx((p, r, f), abs=1e-12)
+
+
+def test_section_without_target_normals_is_listed_not_scored():
+    table = _domain_table()
+    table = table[~((table["domain"] == "target") & (table["label"] == "normal"))]
+    res = evaluate_scores(table, system="t", data="d")
+    assert res["per_section"][0]["auc_target"] is None and res["official"]["score"] is None
+    assert res["skipped_sections"] == [{"machine_type": "fan", "section": "00", "reason": "no target normal clips"}]
+
+
+def test_2020_results_have_no_domain_keys():
+    assert not {"per_section", "official", "dcase2021"} & set(evaluate_scores(_table(), system="t", data="d"))

@@ -53,6 +53,10 @@ def run_baseline(
     out.mkdir(parents=True, exist_ok=True)
     # A stray file that fits no layout is skipped and reported, as a bad clip is.
     index = rdata.index_dataset(data, strict=False)
+    from rcmae.inputs import check_labelled_test, drop_train_anomalies
+
+    check_labelled_test(index, data)  # before any training or writing
+    index = drop_train_anomalies(index, data)
     start = time.perf_counter()
     if name == "ae":
         from rcmae.baselines.ae import AEConfig, run_ae
@@ -70,6 +74,11 @@ def run_baseline(
         table, info = run_knn(index, out, progress=progress, **kw)
     if table.empty:
         raise ValueError(f"{data}: no test clips could be scored; the folder needs test/ clips with training clips")
+    # DCASE 2021+ data: the clips' section, domain and attributes, so that results.json gets the domain
+    # metrics and the official score (decisions need thresholds, which the baselines do not fit).
+    extra = [c for c in ("section", "domain", "attributes") if c not in table.columns]
+    if extra and rdata.has_domains(index):
+        table = table.merge(index[["path", *extra]], on="path", how="left")
     results = metrics.evaluate_scores(table, system=name, data=str(data))
     results["baseline"] = {k: v for k, v in info.items() if k != "skipped"}
     skipped = list(index.attrs.get("skipped", [])) + list(info["skipped"])

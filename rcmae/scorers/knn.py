@@ -4,6 +4,9 @@
 ``score.knn_space`` embedding. ``knn_joint``: Euclidean kNN in :func:`joint_features` space, the unit-norm
 embedding next to the clip's per-band mean/std log-mel (standardised with the training clips), which the
 encoder's LayerNorm and pooling lose.
+
+On DCASE 2021+ data both keep separate source and target reference sets per unit and score a clip by the
+smaller of its two kNN distances (``score.domain_banks``, :mod:`rcmae.scorers.domains`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from rcmae.scorers.base import Clips, Scorer, ScoringError
+from rcmae.scorers.domains import domain_banks
 
 
 def knn_distances(z: np.ndarray, references: Sequence[np.ndarray], k: int = 1,
@@ -73,6 +77,24 @@ def joint_features(z: np.ndarray, stats: np.ndarray, mean: np.ndarray, std: np.n
     return np.concatenate([zn, weight * st], axis=1)
 
 
+def min_over_domains(distance, q: np.ndarray, table: dict, refs: np.ndarray, rows: Sequence[np.ndarray],
+                     exclude: Sequence[int | None]) -> np.ndarray:
+    """Per query, the minimum of ``distance(q[i:i+1], [refs[bank]])`` over its unit's domain banks.
+
+    Args:
+        distance: ``knn_distances``-like ``(queries [1, D], [references]) -> [1]`` with k bound.
+        q: Queries ``[B, D]``.
+        table: The reference feature table (its ``path`` gives each row's domain).
+        refs: Reference vectors for every table row ``[n, D]``.
+        rows: Per query, its unit's row indices.
+        exclude: Per query, a position within its rows to leave out (leave-one-out), or ``None``.
+    """
+    out = np.empty(len(q), dtype=np.float64)
+    for i, (r, e) in enumerate(zip(rows, exclude, strict=True)):
+        out[i] = min(float(distance(q[i : i + 1], [refs[b]])[0]) for b in domain_banks(table, r, e))
+    return out
+
+
 class EmbeddingScorer(Scorer):
     """A scorer on the ``score.knn_space`` embedding (``pretrain`` when the run is not fine-tuned).
 
@@ -102,6 +124,10 @@ class KnnScorer(EmbeddingScorer):
         if table is None:
             raise ScoringError(f"{self.run}: no training embeddings for knn; run `rcmae evaluate --run {self.run}`")
         rows, excl = self.normal.rows_and_exclusions(self.space, clips, "knn")
+        if getattr(self.cfg, "domain_banks", True):
+            k = self.cfg.knn_k
+            return min_over_domains(lambda q, refs: knn_distances(q, refs, k), clips.feature(self.space), table,
+                                    table["z"], rows, excl if clips.paths is not None else [None] * len(rows))
         return knn_distances(clips.feature(self.space), [table["z"][r] for r in rows], self.cfg.knn_k,
                              exclude=excl if clips.paths is not None else None)
 
@@ -131,4 +157,8 @@ class JointKnnScorer(EmbeddingScorer):
     def score(self, clips: Clips) -> np.ndarray:
         q, ref_joint = joint_space(self, clips, self.cfg.joint_weight)
         rows, excl = self.normal.rows_and_exclusions(self.space, clips, "knn_joint")
+        if getattr(self.cfg, "domain_banks", True):
+            k = self.cfg.knn_k
+            return min_over_domains(lambda v, refs: knn_euclidean(v, refs, k), q, self.normal.get(self.space),
+                                    ref_joint, rows, excl)
         return knn_euclidean(q, [ref_joint[r] for r in rows], self.cfg.knn_k, exclude=excl)

@@ -2,6 +2,13 @@
 
 The joint space is :func:`rcmae.scorers.knn.joint_features` with the statistics block weighted by
 ``score.maha_weight``; the covariance is Ledoit-Wolf shrunk (few clips, many dimensions).
+
+Domain shift (DCASE 2021+, ``score.domain_banks``): one Gaussian per domain of the unit and the minimum
+distance over them, the idea of the 2023-2024 baselines' "selective Mahalanobis". Each domain has its own
+mean; the covariance is shared: Ledoit-Wolf of every clip's deviation from its own domain's mean (the
+within-domain scatter). Ten target clips cannot estimate a covariance in this many dimensions (the baselines
+estimate theirs on thousands of frame vectors per domain; a clip-level score has one vector per clip), and
+a covariance of the pooled clips would absorb the domain shift itself.
 """
 
 from __future__ import annotations
@@ -9,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from rcmae.scorers.base import Clips, NormalSet, ScoringError
+from rcmae.scorers.domains import domain_banks
 from rcmae.scorers.knn import EmbeddingScorer, joint_space
 
 
@@ -49,12 +57,21 @@ class MahaScorer(EmbeddingScorer):
         q, ref_joint = joint_space(self, clips, w)
         rows, excl = self.normal.rows_and_exclusions(self.space, clips, "maha")
         out = np.empty(len(q))
+        by_domain = getattr(self.cfg, "domain_banks", True)
+        table = self.normal.get(self.space)
         for n, (r, e) in enumerate(zip(rows, excl, strict=True)):
             # One Gaussian per unit (per left-out clip when fitting thresholds), reused across calls.
-            key = (self.space, w, int(r[0]), len(r), e)
-            model = self._cache.get(key)
-            if model is None:
-                model = fit_gaussian(np.delete(ref_joint[r], e, axis=0) if e is not None else ref_joint[r])
-                self._cache[key] = model
-            out[n] = mahalanobis(q[n : n + 1], *model)[0]
+            key = (self.space, w, int(r[0]), len(r), e, by_domain)
+            models = self._cache.get(key)
+            if models is None:
+                banks = domain_banks(table, r, e) if by_domain else [r]
+                if len(banks) == 1:
+                    models = [fit_gaussian(np.delete(ref_joint[r], e, axis=0) if e is not None else ref_joint[r])]
+                else:
+                    means = [ref_joint[b].mean(axis=0) for b in banks]
+                    within = np.concatenate([ref_joint[b] - m for b, m in zip(banks, means, strict=True)])
+                    precision = fit_gaussian(within)[1]
+                    models = [(m, precision) for m in means]
+                self._cache[key] = models
+            out[n] = min(mahalanobis(q[n : n + 1], *m)[0] for m in models)
         return out

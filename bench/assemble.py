@@ -26,6 +26,8 @@ SECTIONS = [
      ["dcase2023.md"]),
     ("RC-MAE in the small-data regime: what was tried", ["training.md"]),
     ("A real-data sanity check (DCASE 2020 slider)", ["real_slider.md"]),
+    ("The angular-margin classifier family (STgram-style, ArcFace)", ["classifier.md"]),
+    ("The paper's own score (idprob): what moves it", ["idprob.md"]),
     ("The demo data: difficulty and generation time", ["demo.md"]),
     ("Front-end speed", ["frontend-cpu.md", "frontend-cuda.md"]),
     ("Scoring and training speed", ["speed.md"]),

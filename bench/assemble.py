@@ -30,6 +30,7 @@ SECTIONS = [
     ("Scoring and training speed", ["speed.md"]),
     ("Augmentation speed", ["augment.md", "audioldm.md"]),
     ("Workbench quick demo", ["workbench.md"]),
+    ("Monitoring long recordings", ["monitor.md"]),
     ("Reliability under faults", ["reliability.md"]),
     ("The paper on a GPU: throughput, AudioLDM, full-schedule hours", ["paper.md"]),
 ]

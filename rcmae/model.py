@@ -307,14 +307,16 @@ class RCMAE(nn.Module):
         return lo + (hi - lo) * u
 
     @staticmethod
-    def random_masking(x: Tensor, mask_ratio: float,
-                       generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def random_masking(x: Tensor, mask_ratio: float, generator: torch.Generator | None = None,
+                       noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Per-sample random masking by argsort of uniform noise (MAE).
 
         Args:
             x: Tokens ``[B, L, D]``.
             mask_ratio: Fraction removed; ``int(L * (1 - mask_ratio))`` tokens are kept.
             generator: Draws the noise; must live on ``x``'s device.
+            noise: ``[B, L]`` uniform noise to use instead of drawing it (an exported detector carries the
+                noise its fixed-seed generator would draw, so it masks the same patches).
 
         Returns:
             ``(x_kept [B, L_keep, D], mask [B, L] with 1 = removed, ids_restore [B, L])``; ``ids_restore``
@@ -324,7 +326,8 @@ class RCMAE(nn.Module):
             raise ValueError(f"random_masking: mask_ratio={mask_ratio} must be in [0, 1)")
         b, length, dim = x.shape
         len_keep = max(1, int(length * (1 - mask_ratio)))
-        noise = torch.rand(b, length, generator=generator, device=x.device)
+        if noise is None:
+            noise = torch.rand(b, length, generator=generator, device=x.device)
         ids_shuffle = torch.argsort(noise, dim=1)  # ascending: the smallest noise values are kept
         ids_restore = torch.argsort(ids_shuffle, dim=1)
         ids_keep = ids_shuffle[:, :len_keep]
@@ -350,15 +353,15 @@ class RCMAE(nn.Module):
             h = block(h)
         return self.norm(h)
 
-    def forward_encoder(self, x: Tensor, mask_ratio: float,
-                        generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """Encode the visible patches of ``x [B, F, T]``.
+    def forward_encoder(self, x: Tensor, mask_ratio: float, generator: torch.Generator | None = None,
+                        noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Encode the visible patches of ``x [B, F, T]`` (``noise``: see :meth:`random_masking`).
 
         Returns:
             ``(latent [B, 1 + L_keep, D] with the class token first, mask [B, L] 1 = removed, ids_restore [B, L])``.
         """
         tokens = self._tokens(x)
-        kept, mask, ids_restore = self.random_masking(tokens, mask_ratio, generator)
+        kept, mask, ids_restore = self.random_masking(tokens, mask_ratio, generator, noise)
         return self._encode(kept), mask, ids_restore
 
     def forward_decoder(self, latent: Tensor, ids_restore: Tensor) -> Tensor:

@@ -518,7 +518,7 @@ def fit_run(run: str | os.PathLike, train: TrainData | None = None, progress: bo
 
 def evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, scorer: str | None = None,
                  progress: bool = True) -> dict[str, dict]:
-    """Score every labelled test clip with every scorer (or one) and write ``eval/``.
+    """Score every labelled test clip (2021+ data: every test clip) with every scorer (or one) and write ``eval/``.
 
     Writes ``eval/results.json`` and challenge CSVs for the default scorer, ``eval/results.<scorer>.json``
     and ``eval/<scorer>/`` (results + CSVs) for each, ``eval/scores.csv`` (every clip, score, threshold,
@@ -534,7 +534,11 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, 
     if not data.is_dir():
         raise FileNotFoundError(f"{data}: data folder not found; pass --data")
     index = index_dataset(data)
-    test = index[(index["split"] == "test") & index["label"].isin(["normal", "anomaly"])].reset_index(drop=True)
+    test = index[index["split"] == "test"]
+    # DCASE 2021+ evaluation clips without ground truth (section_00_0000.wav) are scored as well, so that the
+    # challenge CSVs hold every clip a submission needs; the metrics use the labelled clips only.
+    test = test[test["label"].isin(["normal", "anomaly"])
+                | ((test["label"] == "unknown") & test["section"].astype(str).str.len().gt(0))].reset_index(drop=True)
     if test.empty:
         raise FileNotFoundError(f"{data}: no labelled test clips (<type>/test/normal_*, anomaly_*); pass --data")
     known = set(det.class_index) if det.classes else set()

@@ -148,4 +148,20 @@ def test_workbench_in_chromium(server) -> None:
         page.wait_for_selector(IDLE)
         page.wait_for_timeout(1500)
         page.screenshot(path=str(SHOTS / "5-results.png"), full_page=True)
+
+        # Monitor: a demo test clip scored window by window; the score plot and the segment player render.
+        go("Monitor")
+        expect(page.get_by_text("Monitor a recording", exact=True)).to_be_visible()
+        clip = sorted((ws.data / "demo" / "dev_data" / "fan" / "test").glob("anomaly_*.wav"))[0]
+        box = page.get_by_label("Recording (.wav/.flac, any length) on this machine")
+        box.fill(str(clip.relative_to(ws.root)))
+        box.press("Enter")
+        page.wait_for_selector(IDLE)
+        page.get_by_role("button", name="Monitor", exact=True).click()
+        expect(page.get_by_text("1 windows")).to_be_visible(timeout=120_000)
+        page.wait_for_selector(IDLE)
+        expect(page.locator(".js-plotly-plot")).to_have_count(1, timeout=60_000)
+        expect(page.locator('[data-testid="stAudio"]')).to_have_count(1)
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(SHOTS / "6-monitor.png"), full_page=True)
         browser.close()

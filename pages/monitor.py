@@ -100,9 +100,15 @@ with tab_deploy:
                        help="TorchScript loads with torch alone; ONNX with onnxruntime alone.")
         name = c3.text_input("Bundle name", value=workbench.new_name(BUNDLES, f"{run.name}-{fmt}"))
         if st.button("Export", icon=":material/inventory_2:"):
-            argv = ["export", "--run", str(run), "--out", str(BUNDLES / name), "--format", fmt]
-            job = workbench.launch_and_start(store, argv, name=f"export {name}")
-            st.success(f"Export job #{job.id} started; the bundle appears below when it is done (see **Jobs**).")
+            try:
+                out = workbench.resolve_path(ws, name, under=BUNDLES)  # stays in the workspace (or allowed roots)
+            except workbench.PathNotAllowed as err:
+                st.error(str(err), icon=":material/error:")
+            else:
+                argv = ["export", "--run", str(run), "--out", str(out), "--format", fmt]
+                job = workbench.launch_and_start(store, argv, name=f"export {name}")
+                st.success(f"Export job #{job.id} started; the bundle appears below when it is done "
+                           "(see **Jobs**).")
     st.subheader("Bundles")
     if not bundles:
         st.caption(f"None yet in `{BUNDLES}`.")

@@ -96,5 +96,6 @@ nav = st.navigation([
     st.Page(PAGES / "jobs.py", title="Jobs", icon=":material/play_circle:"),
     st.Page(PAGES / "results.py", title="Results", icon=":material/monitoring:"),
     st.Page(PAGES / "score.py", title="Score", icon=":material/rule:"),
+    st.Page(PAGES / "monitor.py", title="Monitor", icon=":material/timeline:"),
 ])
 nav.run()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -47,9 +48,13 @@ def main() -> None:
         report = Path(tmp) / "reliability.json"
         env = dict(os.environ, RCMAE_RELIABILITY_REPORT=str(report), PYTHONPATH=str(ROOT))
         cmd = [sys.executable, "-m", "pytest", "-m", "reliability", "-q", "-p", "no:cacheprovider"]
+        load_before = os.getloadavg()[0]
         start = time.perf_counter()
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - start
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = usage.ru_utime + usage.ru_stime  # pytest and every process it started (load-independent)
+        load_after = os.getloadavg()[0]
         rows = json.loads(report.read_text()) if report.is_file() else []
     if not rows:
         sys.exit(f"no reliability results (pytest exit {proc.returncode}):\n{proc.stdout[-2000:]}"
@@ -75,11 +80,14 @@ def main() -> None:
              "Survived = exact recovery (bit-identical weights via torch.equal, identical bank sha256) or one "
              "line naming the file and the fix; lost = anything else.\n\n")
     text += "\n".join(lines) + "\n\n"
-    text += (f"**{total} faults tried, {survived} survived, {total - survived} lost**; whole suite {wall:.0f} s wall "
-             f"(pytest exit {proc.returncode}).\n")
+    text += (f"**{total} faults tried, {survived} survived, {total - survived} lost**; whole suite {wall:.0f} s wall, "
+             f"{cpu:.0f} CPU-s (pytest and its subprocesses), load average {load_before:.1f} -> {load_after:.1f} "
+             f"on the shared machine (pytest exit {proc.returncode}).\n")
     if lost:
         text += "\nLost:\n" + "".join(f"- `{n}`\n" for n in lost)
     path = write_result("reliability", text)
+    if lost:
+        print(proc.stdout[-6000:])  # pytest's account of the lost faults
     print(text)
     print(f"wrote {path}")
 

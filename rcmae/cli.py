@@ -168,7 +168,9 @@ def _add_pretrain(sub) -> None:
     p = sub.add_parser("pretrain", help="self-supervised RC-MAE pretraining (MAE + InfoNCE + VCR)")
     p.add_argument("--data", required=True, help="data folder (its train clips are used)")
     p.add_argument("--out", required=True, help="run folder to create (or resume)")
-    p.add_argument("--preset", default="tiny", help="tiny | paper | a YAML file (default tiny)")
+    p.add_argument("--preset", default="tiny",
+                   help="tiny | paper | paper+ | audiomae | margin (the angular-margin classifier, one stage) | "
+                   "a YAML file (default tiny)")
     p.add_argument("--aug", default="specaugment", help="specaugment (the paper's 'without DDA' arm) or a bank folder")
     p.add_argument("--epochs", type=int, default=None, help="override the preset's pretraining epochs")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
@@ -218,7 +220,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     )
     for name, res in results.items():
         avg = res["average"]
-        line = f"{name:>8}: AUC {avg['auc']:.4f}  pAUC {avg['pauc']:.4f}"
+        line = (f"{name:>8}: AUC {avg['auc']:.4f}  pAUC {avg['pauc']:.4f}" if avg["auc"] is not None else
+                f"{name:>8}: no labelled test clips (scores and decisions written for submission)")
         official = res.get("official") or {}
         if official.get("score") is not None:  # DCASE 2021+ data (docs/metrics.md)
             line += (f"  | AUC source {official['hmean_source']:.4f}  AUC target {official['hmean_target']:.4f}  "
@@ -390,6 +393,12 @@ def _add_baseline(sub) -> None:
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     from rcmae import benchmark
 
+    if args.suite:
+        return _cmd_benchmark_suite(args)
+    if not args.out:
+        raise ValueError("--out is required: the folder for benchmark.json and table.md")
+    if not args.data:
+        raise ValueError("give --data DIR (one data set) or --suite NAME (a suite of sets; --suite list shows them)")
     out = benchmark.run_benchmark(
         data=Path(args.data),
         out=Path(args.out),
@@ -397,9 +406,37 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         preset=args.preset,
         repeat=args.repeat,
         overrides=args.set,
+        rescore=args.rescore,
         **_benchmark_aug(args),
     )
     print((Path(out) / "table.md").read_text())
+    return 0
+
+
+def _cmd_benchmark_suite(args: argparse.Namespace) -> int:
+    from rcmae import suite
+
+    if args.suite == "list":
+        print(suite.describe_suites())
+        return 0
+    if args.data:
+        raise ValueError("--data and --suite exclude each other: a suite brings its own data sets")
+    if not args.out:
+        raise ValueError("--out is required: the folder for suite.json, suite.md and sets/<set>/")
+    out = suite.run_suite(
+        args.suite,
+        out=Path(args.out),
+        systems=[s for s in args.systems.split(",") if s],
+        preset=args.preset,
+        repeat=args.repeat,
+        overrides=args.set,
+        data_root=args.suite_data,
+        real_samples=args.real_samples,
+        rescore=args.rescore,
+        report_only=args.report_only,
+        **_benchmark_aug(args),
+    )
+    print((Path(out) / "suite.md").read_text())
     return 0
 
 
@@ -430,9 +467,23 @@ def _add_benchmark_aug_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _add_benchmark(sub) -> None:
-    p = sub.add_parser("benchmark", help="run several systems on the same data; one table")
-    p.add_argument("--data", required=True, help="data folder with train clips and labelled test clips")
-    p.add_argument("--out", required=True, help="folder for benchmark.json, table.md and each system's outputs")
+    p = sub.add_parser("benchmark", help="run several systems on the same data (or a suite of sets); one table")
+    p.add_argument("--data", default=None, help="data folder with train clips and labelled test clips")
+    p.add_argument("--suite", default=None, metavar="NAME",
+                   help="run over every set of a suite (default, tiny; `--suite list` shows them) and report "
+                        "each set and the mean; see docs/benchmark.md")
+    p.add_argument("--suite-data", default=None, metavar="DIR",
+                   help="where suite sets are generated and reused (default <workspace>/data/suites)")
+    p.add_argument("--real-samples", default=None, metavar="DIR",
+                   help="DCASE 2020 sample folder for the suite's real-slider set "
+                        "(default ../shared/data/dcase2020-samples; skipped with a note when absent)")
+    p.add_argument("--rescore", action="store_true",
+                   help="score finished rcmae runs in OUT again with the current scorers (no retraining)")
+    p.add_argument("--report-only", action="store_true",
+                   help="with --suite: run nothing, report the runs already finished in OUT (and what is missing)")
+    p.add_argument("--out", default=None,
+                   help="folder for benchmark.json, table.md and each system's outputs (suite.json, suite.md, "
+                        "sets/<set>/ with --suite); required")
     p.add_argument("--systems", default="rcmae,ae,knn",
                    help="comma list of: rcmae, rcmae-nodda, rcmae-novcr, rcmae-contrastive, rcmae-mae, "
                         "rcmae-nopretrain, ae, knn (default rcmae,ae,knn)")
@@ -536,6 +587,87 @@ def _add_jobs(sub) -> None:
     p.set_defaults(func=_cmd_jobs)
 
 
+# ---------------------------------------------------------------- export / monitor / demo-app (deployment)
+def _cmd_export(args: argparse.Namespace) -> int:
+    from rcmae import export
+
+    out = export.export_run(Path(args.run), Path(args.out), format=args.format, scorer=args.scorer,
+                            examples=args.examples, overwrite=args.overwrite)
+    meta = export.Bundle(out).meta
+    print(f"bundle written to {out} ({meta['format']}, scorer {meta['scorer']}, {len(meta['units'])} machine(s)); "
+          f"load it as {out / 'README.md'} shows")
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write a self-contained detector bundle (TorchScript or ONNX) of a run")
+    p.add_argument("--run", required=True, help="a trained (and ideally evaluated) run folder")
+    p.add_argument("--out", required=True, help="the bundle folder to create")
+    p.add_argument("--format", default="torchscript", choices=["torchscript", "onnx"],
+                   help="torchscript (load with torch alone; default) or onnx (load with onnxruntime alone)")
+    p.add_argument("--scorer", default=None, help="the scorer to export (default: the run's default)")
+    p.add_argument("--examples", type=int, default=3,
+                   help="normal training clips per machine copied into the bundle for listening (default 3)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    from rcmae import monitor
+
+    out = Path(args.out) if args.out else Path(args.paths[0]).with_suffix("").parent / "monitor"
+    results, skipped = monitor.monitor(args.paths, out, bundle=args.bundle, run=args.run, scorer=args.scorer,
+                                       machine_type=args.machine_type, machine_id=args.machine_id, hop=args.hop,
+                                       min_duration=args.min_duration, threshold=args.threshold, plot=args.plot,
+                                       progress=not args.quiet)
+    for res in results:
+        print(f"{res.path}: {res.duration:.1f} s, {len(res.series)} windows, {len(res.events)} event(s) above "
+              f"{res.threshold:.4f} ({res.scorer}, {res.machine_type}/{res.machine_id})")
+        for _, ev in res.events.iterrows():
+            print(f"  event {int(ev['event'])}: {ev['start_s']:.1f}-{ev['end_s']:.1f} s, peak {ev['peak_score']:.4f} "
+                  f"at {ev['peak_s']:.1f} s")
+        print(f"  -> {', '.join(str(p) for p in res.files.values())}")
+    for path, why in skipped:
+        print(f"skipped {path}: {why}", file=sys.stderr)
+    return 1 if skipped else 0
+
+
+def _add_monitor(sub) -> None:
+    p = sub.add_parser("monitor", help="score long recordings with a sliding window: score series, events, plot")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--bundle", default=None, help="an exported bundle (rcmae export)")
+    src.add_argument("--run", default=None, help="a run folder")
+    p.add_argument("paths", nargs="+", help="recordings (.wav/.flac) or folders of them")
+    p.add_argument("--out", default=None, help="output folder (default: monitor/ beside the first recording)")
+    p.add_argument("--scorer", default=None, help="with --run: the scorer (default: the run's default)")
+    p.add_argument("--machine-type", default=None, help="machine type (default: the only one, or from the path)")
+    p.add_argument("--machine-id", default=None, help="machine ID (default: the only one, or id_XX in the name)")
+    p.add_argument("--hop", type=float, default=1.0, help="seconds between window starts (default 1.0)")
+    p.add_argument("--min-duration", type=float, default=1.0,
+                   help="shortest event in seconds; shorter threshold crossings are ignored (default 1.0)")
+    p.add_argument("--threshold", type=float, default=None, help="override the machine's fitted threshold")
+    p.add_argument("--plot", default="html", choices=["html", "png", "none"], help="plot format (default html)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_monitor)
+
+
+def _cmd_demo_app(args: argparse.Namespace) -> int:
+    from rcmae import demo_app
+
+    demo_app.launch(Path(args.bundle), host=args.host, port=args.port, share=args.share)
+    return 0
+
+
+def _add_demo_app(sub) -> None:
+    p = sub.add_parser("demo-app", help="a Gradio demo of an exported bundle: upload or record, see the verdict")
+    p.add_argument("bundle", help="an exported bundle folder (rcmae export)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--share", action="store_true",
+                   help="also open a public Gradio share link (sends traffic through Gradio's servers)")
+    p.set_defaults(func=_cmd_demo_app)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rcmae",
@@ -556,6 +688,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_figures,
         _add_reproduce,
         _add_jobs,
+        _add_export,
+        _add_monitor,
+        _add_demo_app,
     ):
         add(sub)
     return parser

@@ -31,6 +31,9 @@ ENDED_BADLY = ("failed", "cancelled", "killed")
 _PATH_FLAGS = ("--data", "--out", "--run", "--aug", "--bank", "--prompts", "--preset")
 # Subcommands whose folder (``--out`` or ``--run``) the Jobs page follows for progress.json / metrics.csv.
 _OUT_FLAGS = ("--out", "--run")
+# Long-running servers (``rcmae demo-app``): they start at once and hold no CPU slot, since they idle until used;
+# they run until cancelled.
+SERVICE_KINDS = ("demo-app",)
 # A claimed job gets its pid a moment after it is marked running; before this many seconds a missing pid is normal.
 _START_GRACE_S = 60.0
 
@@ -374,13 +377,16 @@ def plan_starts(queued: Sequence[Job], running: Sequence[Job], gpus: Sequence[st
     finished_ok = finished_ok or set()
     known = {str(g) for g in gpus}
     busy: set[str] = {g for job in running for g in job.gpu_ids}
-    cpu_busy = sum(1 for job in running if not job.gpu_ids)
+    cpu_busy = sum(1 for job in running if not job.gpu_ids and job.kind not in SERVICE_KINDS)
     start: list[Job] = []
     invalid: list[tuple[Job, str]] = []
     for job in sorted(queued, key=lambda j: j.id):
         if job.after is not None and job.after not in finished_ok:
             continue
         wanted = set(job.gpu_ids)
+        if not wanted and job.kind in SERVICE_KINDS:
+            start.append(job)
+            continue
         if not wanted:
             if cpu_busy < cpu_slots:
                 start.append(job)

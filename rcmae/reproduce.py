@@ -7,7 +7,7 @@ Steps (each resumable: a finished step is skipped, an interrupted one continues)
    its published MD5, resumed with HTTP ``Range`` after an interruption, and unpacked into
    ``<root>/{dev_data,eval_data}/<type>/train|test`` (docs/data.md, "The paper's 41 classes").
 2. **view**: what pretraining sees. The paper pretrains on "all audios" of the data set: ``--pretrain-data all``
-   (default) links every clip (development train and test, additional training) into
+   (default) links every clip (development train and test, additional training), under unlabelled names, into
    ``OUT/pretrain-data/<part>/<type>/train``; ``train`` uses the training clips only.
 3. **bank**: AudioLDM augmentation of the pretraining clips, ``--per-clip`` copies per clip (one drawn per
    clip per epoch), sharded over every local GPU (one ``rcmae augment --shard i/N --device cuda:i`` process each).
@@ -268,30 +268,42 @@ def check_layout(root: str | os.PathLike) -> dict:
 
 
 def pretrain_view(root: str | os.PathLike, out: str | os.PathLike, which: str = "all") -> Path:
-    """The folder pretraining reads: ``all`` = every clip as "train" (links), ``train`` = ``root`` itself.
+    """The folder pretraining reads: ``all`` = every clip, unlabelled (links), ``train`` = ``root`` itself.
 
-    ``all`` links ``<root>/dev_data/<type>/train``, ``<root>/dev_data/<type>/test`` and
-    ``<root>/eval_data/<type>/train`` as ``<out>/{dev_train,dev_test,add_train}/<type>/train``.
+    ``all`` links each clip of ``<root>/dev_data/<type>/train``, ``<root>/dev_data/<type>/test`` and
+    ``<root>/eval_data/<type>/train`` into ``<out>/{dev_train,dev_test,add_train}/<type>/train/`` under an
+    unlabelled DCASE name, ``id_<ID>_<c><number>.wav`` (``c``: 1 normal, 2 anomaly, 0 unlabelled, so that
+    names stay unique): pretraining is self-supervised and must not see a label, and rcmae's training
+    refuses clips whose name says "anomaly" in ``train/`` (rcmae.inputs.drop_train_anomalies).
     """
+    from rcmae.data import parse_name
+
     root, out = Path(root).resolve(), Path(out)
     if which == "train":
         return root
     if which != "all":
         raise ReproduceError(f"--pretrain-data {which!r}: use all (the paper's 'all audios') or train")
     parts = {"dev_train": ("dev_data", "train"), "dev_test": ("dev_data", "test"), "add_train": ("eval_data", "train")}
+    code = {"normal": "1", "anomaly": "2", "unknown": "0"}
     made = 0
     for part, (subset, split) in parts.items():
         base = root / subset
         if not base.is_dir():
             continue
         for type_dir in sorted(p for p in base.iterdir() if p.is_dir() and (p / split).is_dir()):
-            link = out / part / type_dir.name / "train"
-            link.parent.mkdir(parents=True, exist_ok=True)
-            if not link.exists():
-                link.symlink_to(type_dir / split, target_is_directory=True)
-            made += 1
+            folder = out / part / type_dir.name / "train"
+            folder.mkdir(parents=True, exist_ok=True)
+            for wav in sorted((type_dir / split).glob("*.wav")):
+                parsed = parse_name(wav)
+                if parsed is None or parsed["section"]:
+                    continue  # not a DCASE 2020 clip name
+                number = wav.stem.rsplit("_", 1)[-1]
+                link = folder / f"id_{parsed['machine_id']}_{code[parsed['label']]}{number}.wav"
+                if not link.exists():
+                    link.symlink_to(wav)
+                made += 1
     if not made:
-        raise ReproduceError(f"{root}: no dev_data/<type>/train|test folders; expected the DCASE 2020 layout "
+        raise ReproduceError(f"{root}: no dev_data/<type>/train|test clips; expected the DCASE 2020 layout "
                              f"(docs/data.md)")
     return out
 
@@ -523,7 +535,7 @@ def dry_run(opts: Options, step_times: str | os.PathLike | None = None, clips: i
         if opts.aug_model and "rcmae" in opts.arms:
             times["audioldm_s_per_clip"] = measure_audioldm(opts.aug_model, seconds=10.0)
             times["source"] += "; AudioLDM s/clip measured now at S = 10 and 50 on a 10 s clip"
-    log(f"step times: {times.get('source', 'none')}")
+    log(f"step times: {times.get('source', 'none (no estimate; pass --step-times FILE, or drop --no-measure)')}")
     if times.get("pretrain_step_s") is not None:
         log(f"  pretrain {times['pretrain_step_s']:.3f} s/step, finetune {times['finetune_step_s']:.3f} s/step"
             + (f", AudioLDM {times['audioldm_s_per_clip']} s/clip by S" if times.get("audioldm_s_per_clip") else

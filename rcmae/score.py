@@ -139,7 +139,12 @@ class Detector:
         self.thresholds = thresholds or {}
         self.references = references or {}
         self.device = torch.device(device)
-        self.logmel = LogMel(cfg.features).to(self.device)
+        self.family = cfg.family
+        if self.family == "margin":
+            # The margin classifier computes its own log-mel and Tgram from the waveform: its input is the clip.
+            self.logmel, self.stats = _WaveformInput().to(self.device), _IdentityStats()
+        else:
+            self.logmel = LogMel(cfg.features).to(self.device)
         self._families = self._build_scorers()
         self.refit()
         self.notes: list[str] = []
@@ -173,7 +178,10 @@ class Detector:
             raise RunFolderError(f"{run}: no checkpoints/{pre.name}; pretrain the run first")
         models = {"pretrain": _model_from_checkpoint(pre)[0]}
         fin = checkpoint_path(run, "finetune", "last")
-        if fin.is_file():
+        if cfg.family == "margin":
+            # One stage: the classifier is the "finetune" (classifier) space; idprob and knn read it there.
+            models = {"finetune": models["pretrain"]}
+        elif fin.is_file():
             models["finetune"] = _model_from_checkpoint(fin)[0]
         classes = [tuple(c) for c in info.get("classes", [])]
         thr_path = run / "thresholds.json"
@@ -192,8 +200,10 @@ class Detector:
                   bandstats)
         # Fit once when anything is missing (runs fitted before the joint-space scorers lack clipstats and
         # moments) or stale (trained again since: the stamp of the training stages changed).
-        if fit and (not thresholds or set(det._spaces_needed()) - set(references) or clipstats is None
-                    or bandstats is None or not (run / "references" / "frames.npz").is_file()
+        # The margin family reads waveforms: it has no log-mel statistics or frame references to refit.
+        log_mel_refs_missing = det.family != "margin" and (
+            clipstats is None or bandstats is None or not (run / "references" / "frames.npz").is_file())
+        if fit and (not thresholds or set(det._spaces_needed()) - set(references) or log_mel_refs_missing
                     or "moments" not in thr_json
                     or thr_json.get("fitted_on") != _training_stamp(info)):
             fit_run(run)
@@ -232,6 +242,10 @@ class Detector:
     def _why_unavailable(self, scorer: str) -> str:
         if scorer not in SCORERS:
             return f"unknown scorer; choose one of {', '.join(SCORERS)}"
+        if self.family == "margin" and scorer in ("recon", "recon_topk", "knn_joint", "maha", "stats_knn",
+                                                  "stats_maha", "frame_pca", "frame_maha"):
+            return ("the margin classifier has no decoder, log-mel statistics or frame space "
+                    "(use idprob, knn, knn_norm or ensemble)")
         return self._families[scorer].unavailable()
 
     def _scorer(self, scorer: str | None) -> str:
@@ -441,6 +455,21 @@ class Detector:
         return {**row, "note": note, "windows": len(windows)}
 
 
+class _WaveformInput(torch.nn.Module):
+    """The margin family's "features": the waveform batch itself ``[B, N]`` (the model holds its front-end)."""
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(wave, dtype=torch.float32)
+
+
+class _IdentityStats:
+    """Stands in for :class:`FeatureStats` where the model normalises its own log-mel."""
+
+    @staticmethod
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
 def _training_stamp(info: dict) -> dict[str, str | None]:
     """When each training stage of a run finished (from run.json): thresholds fitted before it are stale."""
     return {stage: s.get("finished", s.get("skipped")) for stage, s in sorted(info.get("stages", {}).items())}
@@ -492,7 +521,11 @@ def fit_run(run: str | os.PathLike, train: TrainData | None = None, progress: bo
     run = Path(run)
     det = Detector.load(run, fit=False)
     cfg = det.cfg
-    if train is None:
+    if train is None and det.family == "margin":
+        from rcmae.margin_train import load_train_waves
+
+        train = load_train_waves(read_run_json(run)["data"], cfg, progress=progress)
+    elif train is None:
         from rcmae.train import load_train_data
 
         info = read_run_json(run)
@@ -504,13 +537,16 @@ def fit_run(run: str | os.PathLike, train: TrainData | None = None, progress: bo
                          ["normal"] * len(z), keep_other=False)  # the weights changed: old test rows are stale
         det.references[space] = {"z": z, "machine_type": np.asarray(types), "machine_id": np.asarray(ids),
                                  "path": np.asarray(train.paths)}
-    for name, fn in CLIP_FEATURES.items():
-        cs = fn(train.x).float().cpu().numpy()
-        _save_embeddings(run / "references" / f"{name}.npz", cs, train.paths, types, ids, "train",
-                         ["normal"] * len(cs), keep_other=False)
-        setattr(det, name, {"z": cs, "machine_type": np.asarray(types), "machine_id": np.asarray(ids),
-                            "path": np.asarray(train.paths)})
-    det.refit(logmels=(train.x, list(map(str, types)), list(map(str, ids)), list(map(str, train.paths))))
+    if det.family != "margin":  # band statistics of log-mels (the margin family's inputs are waveforms)
+        for name, fn in CLIP_FEATURES.items():
+            cs = fn(train.x).float().cpu().numpy()
+            _save_embeddings(run / "references" / f"{name}.npz", cs, train.paths, types, ids, "train",
+                             ["normal"] * len(cs), keep_other=False)
+            setattr(det, name, {"z": cs, "machine_type": np.asarray(types), "machine_id": np.asarray(ids),
+                                "path": np.asarray(train.paths)})
+        det.refit(logmels=(train.x, list(map(str, types)), list(map(str, ids)), list(map(str, train.paths))))
+    else:
+        det.refit()
     thresholds: dict[str, dict[str, float]] = {}
     moments = det.moments  # shared with the ensemble, which z-scores its members with them
     moments.clear()
@@ -541,7 +577,7 @@ def fit_run(run: str | os.PathLike, train: TrainData | None = None, progress: bo
 
 def evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, scorer: str | None = None,
                  progress: bool = True) -> dict[str, dict]:
-    """Score every labelled test clip with every scorer (or one) and write ``eval/``.
+    """Score every labelled test clip (2021+ data: every test clip) with every scorer (or one) and write ``eval/``.
 
     Writes ``eval/results.json`` and challenge CSVs for the default scorer, ``eval/results.<scorer>.json``
     and ``eval/<scorer>/`` (results + CSVs) for each, ``eval/scores.csv`` (every clip, score, threshold,
@@ -557,7 +593,11 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, 
     if not data.is_dir():
         raise FileNotFoundError(f"{data}: data folder not found; pass --data")
     index = index_dataset(data)
-    test = index[(index["split"] == "test") & index["label"].isin(["normal", "anomaly"])].reset_index(drop=True)
+    test = index[index["split"] == "test"]
+    # DCASE 2021+ evaluation clips without ground truth (section_00_0000.wav) are scored as well, so that the
+    # challenge CSVs hold every clip a submission needs; the metrics use the labelled clips only.
+    test = test[test["label"].isin(["normal", "anomaly"])
+                | ((test["label"] == "unknown") & test["section"].astype(str).str.len().gt(0))].reset_index(drop=True)
     if test.empty:
         raise FileNotFoundError(f"{data}: no labelled test clips (<type>/test/normal_*, anomaly_*); pass --data")
     known = set(det.class_index) if det.classes else set()
@@ -568,7 +608,10 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, 
         test = test.drop(unknown.index).reset_index(drop=True)
     if test.empty:
         raise ValueError(f"{data}: none of its test clips belong to the run's machine IDs; evaluate on the right data")
-    check_labelled_test(test, data)  # before anything is scored or written: earlier results stay
+    if test["label"].isin(["normal", "anomaly"]).any():
+        # Before anything is scored or written, so that earlier results stay. A wholly unlabelled 2021+
+        # evaluation set is a submission: scored and decided, with nothing to measure.
+        check_labelled_test(test, data)
     scorers = [det._scorer(scorer)] if scorer else list(det.scorers)
     x, kept, report = compute_logmels(list(test["path"]), det.logmel, det.cfg.data.sample_rate,
                                       det.cfg.data.duration, channel=det.cfg.data.channel, progress=progress,

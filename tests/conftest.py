@@ -174,3 +174,35 @@ def pytest_sessionfinish(session, exitstatus) -> None:
     out = os.environ.get("RCMAE_RELIABILITY_REPORT")
     if out and _RELIABILITY_OUTCOMES:
         Path(out).write_text(json.dumps(list(_RELIABILITY_OUTCOMES.values()), indent=1))
+
+
+# A tiny trained run on the synthetic demo data (one machine type, 3 IDs), for export/monitor/demo-app tests.
+DEMO_RUN_OVERRIDES = [
+    "model.embed_dim=32", "model.depth=1", "model.heads=2", "model.decoder_embed_dim=32", "model.decoder_depth=1",
+    "model.decoder_heads=2", "model.proj_dim=32", "model.mlp_ratio=2.0", "pretrain.batch_size=8",
+    "finetune.batch_size=8", "score.recon_masks=3", "score.knn_k=2",
+]
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    """Demo data (fan only: 3 IDs x 6 train + 3/3 test clips) and a run on it: 1 + 1 epochs, evaluated."""
+    from rcmae import demo, train
+    from rcmae.score import evaluate_run
+
+    root = tmp_path_factory.mktemp("demo_run")
+    data = demo.make_demo_data(root / "demo", train_per_id=6, test_per_id=3, progress=False,
+                               machine_types=["fan"], workers=1)
+    run = root / "run"
+    train.pretrain(data / "dev_data", run, epochs=1, overrides=DEMO_RUN_OVERRIDES, progress=False)
+    train.finetune(run, epochs=1, progress=False)
+    evaluate_run(run, progress=False)
+    return run
+
+
+@pytest.fixture(scope="session")
+def demo_bundle(demo_run, tmp_path_factory) -> Path:
+    """The demo run's default scorer exported as a TorchScript bundle."""
+    from rcmae.export import export_run
+
+    return export_run(demo_run, tmp_path_factory.mktemp("bundle") / "bundle", format="torchscript")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +134,29 @@ def _evaluator_auc_only(folder: Path, data: Path) -> float:
         terms["t"].append(roc_auc_score(y[(dom == 1) | (y == 1)], s[(dom == 1) | (y == 1)]))
         terms["p"].append(roc_auc_score(y, s, max_fpr=0.1))
     return float(hmean(np.maximum(terms["s"] + terms["t"] + terms["p"], np.finfo(float).eps)))
+
+
+def test_unlabelled_eval_set_gets_submission_files_then_ground_truth_scores_it(run23, tiny_dcase2023, tmp_path):
+    from test_metrics import _eval_style_copy
+
+    run = tmp_path / "run"
+    shutil.copytree(run23[0], run)
+    data, gt_root = tmp_path / "eval", tmp_path / "evaluator"
+    _eval_style_copy(tiny_dcase2023, data, gt_root, seed=9)
+    # Without ground truth: bare names, nothing to measure, but every clip is scored and decided.
+    results = evaluate_run(run, data=data, scorer="maha", progress=False)
+    assert results["maha"]["average"]["auc"] is None and "official" not in results["maha"]
+    folder = run / "eval" / "maha"
+    for kind in ("anomaly_score", "decision_result"):
+        with open(folder / f"{kind}_fan_section_00_test.csv") as f:
+            names = [r[0] for r in csv.reader(f)]
+        assert names == [f"section_00_{n:04d}.wav" for n in range(12)]
+    # With the evaluator's ground-truth folders under the data folder, the same clips are measured, and the
+    # evaluator's computation on these files agrees with results.json.
+    shutil.copytree(gt_root, data / "evaluator")
+    results = evaluate_run(run, data=data, scorer="maha", progress=False)
+    ref = _evaluator_2023(folder, gt_root)
+    assert results["maha"]["official"]["score"] == pytest.approx(ref["score"], abs=1e-9)
+    for ours, theirs in zip(results["maha"]["per_section"], ref["per_section"], strict=True):
+        assert ours["auc_target"] == pytest.approx(theirs["auc_target"], abs=1e-9)
+        assert ours["f1_source"] == pytest.approx(theirs["f1_source"], abs=1e-9)

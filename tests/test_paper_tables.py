@@ -87,7 +87,7 @@ def test_each_clip_draws_its_steps_from_10_to_50_inclusive_and_its_own_seed():
     assert len({d["seed"] for d in draws}) == 400
 
 
-def test_prompts_page_adds_table_1_to_an_older_library(tmp_path):
+def test_prompts_page_adds_table_1_to_an_older_library(tmp_path, monkeypatch):
     from pathlib import Path
 
     from streamlit.testing.v1 import AppTest
@@ -98,11 +98,13 @@ def test_prompts_page_adds_table_1_to_an_older_library(tmp_path):
     ws = Workspace(tmp_path / "ws")
     ws.root.mkdir(parents=True)
     ws.prompts.write_text(yaml.safe_dump({"prompts": [{"id": "p1", "text": TABLE_1[0], "tags": []}]}))
+    monkeypatch.setenv("RCMAE_WORKSPACE", str(ws.root))  # the app keeps paths inside its start workspace
     at = AppTest.from_file(str(root / "app" / "main.py"), default_timeout=120)
     at.session_state["workspace"] = str(ws.root)
     at.run()
     at.switch_page(str(root / "pages" / "prompts.py"))
     at.run()
+    assert not at.exception, [e.value for e in at.exception]
     button = next(b for b in at.button if b.label.startswith("Add the paper's Table 1 prompts"))
     assert "(5 missing)" in button.label
     button.click()

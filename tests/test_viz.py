@@ -151,3 +151,69 @@ def test_loss_figure_reads_rcmae_metrics(tmp_path) -> None:
     np.testing.assert_array_equal(by_name["pretrain loss"].y, [2.0, 1.8])
     np.testing.assert_array_equal(by_name["finetune supcon"].y, [4.0])
     assert by_name["pretrain mae"].visible == "legendonly" and by_name["finetune loss"].visible is True
+
+
+# ---------------------------------------------------------------- DCASE 2021+ views
+def _domain_scores(seed: int = 3) -> pd.DataFrame:
+    """Two sections; target normals score higher than source normals (a shift the target AUC must show)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for mtype in ("fan", "valve"):
+        for domain in ("source", "target"):
+            for lab in ("normal", "anomaly"):
+                for n in range(8):
+                    shift = (1.5 if lab == "anomaly" else 0.0) + (0.8 if domain == "target" and lab == "normal" else 0)
+                    rows.append({"path": f"/d/{mtype}/test/section_00_{domain}_test_{lab}_{n:04d}_spd_{n % 2}.wav",
+                                 "machine_type": mtype, "machine_id": "00", "section": "00", "domain": domain,
+                                 "label": lab, "score": float(rng.normal() + shift)})
+    return pd.DataFrame(rows)
+
+
+def test_domain_roc_areas_are_the_official_aucs():
+    from rcmae.metrics import evaluate_scores
+
+    table = _domain_scores()
+    res = evaluate_scores(table, system="t", data="d")
+    for row in res["per_section"]:
+        curves = viz.domain_roc_points(table[table["machine_type"] == row["machine_type"]])
+        assert set(curves) == {"source", "target"}
+        for domain, (fpr, tpr) in curves.items():
+            assert float(np.trapezoid(tpr, fpr)) == pytest.approx(row[f"auc_{domain}"], abs=1e-12)
+    assert viz.roc_points(table, by="domain").keys() == {"source", "target"}
+    with pytest.raises(ValueError, match="no 'domain' column"):
+        viz.domain_roc_points(table.drop(columns="domain"))
+
+
+def test_section_and_official_tables_show_the_json():
+    from rcmae.metrics import evaluate_scores
+
+    table = _domain_scores().assign(decision=lambda t: (t["score"] > 1.0).astype(int))
+    res = evaluate_scores(table, system="t", data="d")
+    sec = viz.section_table(res)
+    assert sec[["machine_type", "section"]].values.tolist() == [["fan", "00"], ["fan", "mean"], ["valve", "00"],
+                                                                 ["valve", "mean"]]
+    for row in res["per_section"]:
+        got = sec[(sec.machine_type == row["machine_type"]) & (sec.section == "00")].iloc[0]
+        assert (got["AUC (source)"], got["AUC (target)"], got["pAUC"], got["F1 (target)"]) == pytest.approx(
+            (row["auc_source"], row["auc_target"], row["pauc"], row["f1_target"]))
+    official = viz.official_table(res).set_index("metric")["value"]
+    assert official.iloc[0] == pytest.approx(res["official"]["score"])
+    assert official["AUC harmonic mean, target"] == pytest.approx(res["official"]["hmean_target"])
+    assert viz.section_table(RESULTS).empty and viz.official_table(RESULTS).empty
+
+
+def test_domain_histogram_counts_and_clip_groups():
+    table = _domain_scores()
+    fig = viz.domain_histogram(table["score"].to_numpy(), table["label"].tolist(), table["domain"].tolist(),
+                               threshold=0.5)
+    edges = np.histogram_bin_edges(table["score"].to_numpy(), bins=30)
+    for trace in fig.data:
+        domain, lab = trace.name.split()
+        sel = (table["domain"] == domain) & (table["label"] == lab)
+        assert list(trace.y) == list(np.histogram(table.loc[sel, "score"], bins=edges)[0])
+    assert {t.name for t in fig.data} == {"source normal", "source anomaly", "target normal", "target anomaly"}
+    paths = ["a/section_00_target_test_normal_0001_spd_1.wav", "normal_id_00_00000000.wav", "section_00_0001.wav"]
+    assert list(viz.clip_groups(paths, "domain")) == ["target", "?", "?"]
+    assert list(viz.clip_groups(paths, "attributes")) == ["spd_1", "none", "none"]
+    with pytest.raises(ValueError, match="use 'domain' or 'attributes'"):
+        viz.clip_groups(paths, "colour")

@@ -134,8 +134,9 @@ def load_prompt_source(prompts: str | os.PathLike | None) -> tuple[list[str], li
 def _plan(data: Path, per_clip: int, limit: int | None) -> tuple[str, list[_Job]]:
     """Every (training clip, k) of the data set, in a fixed order, with its output name."""
     from rcmae.data import index_dataset, split_index
+    from rcmae.inputs import drop_train_anomalies
 
-    index = index_dataset(data, strict=False)
+    index = drop_train_anomalies(index_dataset(data, strict=False), data)  # normal clips only, said
     train = split_index(index, "train")
     if train.empty:
         raise BankError(f"{data}: no training clips found (a bank augments the train split); "

@@ -20,6 +20,7 @@ average 2-8), so wall times are upper bounds.
 """
 
 SECTIONS = [
+    ("Generalization: rcmae vs the AE and kNN baselines over a suite of unlike data sets", ["generalization.md"]),
     ("Detection accuracy on the demo data: rcmae vs the DCASE 2020 AE baseline and kNN", ["baselines.md"]),
     ("Domain shift: rcmae vs the AE baseline on the 2023-style demo set (DCASE 2021-2025 protocol)",
      ["dcase2023.md"]),

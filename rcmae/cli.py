@@ -393,6 +393,12 @@ def _add_baseline(sub) -> None:
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     from rcmae import benchmark
 
+    if args.suite:
+        return _cmd_benchmark_suite(args)
+    if not args.out:
+        raise ValueError("--out is required: the folder for benchmark.json and table.md")
+    if not args.data:
+        raise ValueError("give --data DIR (one data set) or --suite NAME (a suite of sets; --suite list shows them)")
     out = benchmark.run_benchmark(
         data=Path(args.data),
         out=Path(args.out),
@@ -400,9 +406,37 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         preset=args.preset,
         repeat=args.repeat,
         overrides=args.set,
+        rescore=args.rescore,
         **_benchmark_aug(args),
     )
     print((Path(out) / "table.md").read_text())
+    return 0
+
+
+def _cmd_benchmark_suite(args: argparse.Namespace) -> int:
+    from rcmae import suite
+
+    if args.suite == "list":
+        print(suite.describe_suites())
+        return 0
+    if args.data:
+        raise ValueError("--data and --suite exclude each other: a suite brings its own data sets")
+    if not args.out:
+        raise ValueError("--out is required: the folder for suite.json, suite.md and sets/<set>/")
+    out = suite.run_suite(
+        args.suite,
+        out=Path(args.out),
+        systems=[s for s in args.systems.split(",") if s],
+        preset=args.preset,
+        repeat=args.repeat,
+        overrides=args.set,
+        data_root=args.suite_data,
+        real_samples=args.real_samples,
+        rescore=args.rescore,
+        report_only=args.report_only,
+        **_benchmark_aug(args),
+    )
+    print((Path(out) / "suite.md").read_text())
     return 0
 
 
@@ -433,9 +467,23 @@ def _add_benchmark_aug_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _add_benchmark(sub) -> None:
-    p = sub.add_parser("benchmark", help="run several systems on the same data; one table")
-    p.add_argument("--data", required=True, help="data folder with train clips and labelled test clips")
-    p.add_argument("--out", required=True, help="folder for benchmark.json, table.md and each system's outputs")
+    p = sub.add_parser("benchmark", help="run several systems on the same data (or a suite of sets); one table")
+    p.add_argument("--data", default=None, help="data folder with train clips and labelled test clips")
+    p.add_argument("--suite", default=None, metavar="NAME",
+                   help="run over every set of a suite (default, tiny; `--suite list` shows them) and report "
+                        "each set and the mean; see docs/benchmark.md")
+    p.add_argument("--suite-data", default=None, metavar="DIR",
+                   help="where suite sets are generated and reused (default <workspace>/data/suites)")
+    p.add_argument("--real-samples", default=None, metavar="DIR",
+                   help="DCASE 2020 sample folder for the suite's real-slider set "
+                        "(default ../shared/data/dcase2020-samples; skipped with a note when absent)")
+    p.add_argument("--rescore", action="store_true",
+                   help="score finished rcmae runs in OUT again with the current scorers (no retraining)")
+    p.add_argument("--report-only", action="store_true",
+                   help="with --suite: run nothing, report the runs already finished in OUT (and what is missing)")
+    p.add_argument("--out", default=None,
+                   help="folder for benchmark.json, table.md and each system's outputs (suite.json, suite.md, "
+                        "sets/<set>/ with --suite); required")
     p.add_argument("--systems", default="rcmae,ae,knn",
                    help="comma list of: rcmae, rcmae-nodda, rcmae-novcr, rcmae-contrastive, rcmae-mae, "
                         "rcmae-nopretrain, ae, knn (default rcmae,ae,knn)")

@@ -96,7 +96,8 @@ class FinetuneConfig(StageConfig):
 class ScoreConfig:
     """Scorers and decision thresholds."""
 
-    default_scorer: Literal["idprob", "knn", "recon", "knn_joint", "maha", "recon_topk", "ensemble"] = "idprob"
+    default_scorer: Literal["idprob", "knn", "recon", "knn_joint", "maha", "recon_topk", "knn_norm", "stats_knn",
+                            "stats_maha", "frame_pca", "frame_maha", "ensemble"] = "idprob"
     knn_k: int = 1
     knn_space: Literal["finetune", "pretrain"] = "finetune"
     recon_masks: int = 8
@@ -109,6 +110,8 @@ class ScoreConfig:
     recon_topk: float = 0.1
     # ensemble: scorers combined after per-ID standardisation with their normal training scores.
     ensemble: list[str] = field(default_factory=lambda: ["knn", "maha"])
+    # frame_pca: principal components of the unit's 5-frame context vectors kept (the rest is the residual).
+    frame_components: int = 32
     # DCASE 2021+ domain shift: knn/knn_joint/maha keep separate source and target reference sets per unit and
     # take the minimum score over them (rcmae/scorers/domains.py); false pools the domains.
     domain_banks: bool = True
@@ -119,7 +122,8 @@ class ScoreConfig:
         if self.joint_weight < 0 or self.maha_weight < 0:
             raise ValueError(f"score.joint_weight={self.joint_weight}, score.maha_weight={self.maha_weight}: "
                              "must be >= 0 (0 = embedding only)")
-        base = ("idprob", "knn", "recon", "knn_joint", "maha", "recon_topk")
+        base = ("idprob", "knn", "recon", "knn_joint", "maha", "recon_topk", "knn_norm", "stats_knn", "stats_maha",
+                "frame_pca", "frame_maha")
         if not self.ensemble or any(name not in base for name in self.ensemble):
             raise ValueError(f"score.ensemble={self.ensemble}: list one or more of {', '.join(base)}")
     threshold: Literal["gamma", "percentile"] = "gamma"

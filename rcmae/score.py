@@ -46,15 +46,20 @@ from rcmae.scorers import (
     SCORERS,
     Clips,
     EnsembleScorer,
+    FrameModels,
+    FrameScorer,
     IdProbScorer,
     JointKnnScorer,
     KnnScorer,
     MahaScorer,
     NormalSet,
+    NormKnnScorer,
     ReconScorer,
     ReconTopkScorer,
     Scorer,
     ScoringError,
+    StatsMahaScorer,
+    band_stats,
     fit_gaussian,
     fit_threshold,
     fit_unit_thresholds,
@@ -76,6 +81,8 @@ from rcmae.train import (
 # The recon scorers' fixed mask stream (kept under its old name).
 _RECON_SEED = RECON_SEED
 _SPACES = ("pretrain", "finetune")
+# Per-clip statistics computed from the log-mel alone, saved as references/<name>.npz for the scorers.
+CLIP_FEATURES = {"clipstats": clip_stats, "bandstats": band_stats}
 # Names that moved to rcmae.scorers and stay importable from here.
 __all__ = ["SCORERS", "Detector", "ScoringError", "evaluate_run", "fit_gaussian", "fit_run", "fit_threshold",
            "joint_features", "knn_distances", "knn_euclidean", "mahalanobis", "topk_mean"]
@@ -114,10 +121,12 @@ class Detector:
     def __init__(self, run: Path, cfg: rconfig.RunConfig, stats: FeatureStats, classes: list[tuple[str, str]],
                  models: dict[str, RCMAE], thresholds: dict | None = None, references: dict | None = None,
                  device: str | torch.device = "cpu", clipstats: dict | None = None,
-                 moments: dict | None = None) -> None:
+                 moments: dict | None = None, bandstats: dict | None = None) -> None:
         self.run = Path(run)
         # Per-band mean/std log-mel of the normal training clips ({"z", "machine_type", "machine_id", "path"}).
         self.clipstats = clipstats
+        # Richer per-band statistics of the same clips (rcmae.scorers.frames.band_stats; stats_knn, stats_maha).
+        self.bandstats = bandstats
         # {scorer: {"type/id": [mean, std]}} of the held-out normal training scores (the ensemble's z-scores);
         # one dict shared with the ensemble, filled in place by fit_run.
         self.moments = moments or {}
@@ -180,17 +189,22 @@ class Detector:
         thresholds = thr_json.get("thresholds", {})
         moments = thr_json.get("moments", {})
         clipstats = _load_rows(run / "references" / "clipstats.npz")
+        bandstats = _load_rows(run / "references" / "bandstats.npz")
         references = {}
         for space in _SPACES:
             path = run / "embeddings" / f"{space}.npz"
             rows = _load_rows(path) if path.is_file() and space in models else None
             if rows is not None:  # a damaged file counts as missing: refitted below
                 references[space] = rows
-        det = cls(run, cfg, stats, classes, models, thresholds, references, device or "cpu", clipstats, moments)
+        det = cls(run, cfg, stats, classes, models, thresholds, references, device or "cpu", clipstats, moments,
+                  bandstats)
         # Fit once when anything is missing (runs fitted before the joint-space scorers lack clipstats and
         # moments) or stale (trained again since: the stamp of the training stages changed).
-        if fit and (not thresholds or set(det._spaces_needed()) - set(references)
-                    or (clipstats is None and det.family != "margin") or "moments" not in thr_json
+        # The margin family reads waveforms: it has no log-mel statistics or frame references to refit.
+        log_mel_refs_missing = det.family != "margin" and (
+            clipstats is None or bandstats is None or not (run / "references" / "frames.npz").is_file())
+        if fit and (not thresholds or set(det._spaces_needed()) - set(references) or log_mel_refs_missing
+                    or "moments" not in thr_json
                     or thr_json.get("fitted_on") != _training_stamp(info)):
             fit_run(run)
             return cls.load(run, device=device, fit=False)
@@ -205,6 +219,7 @@ class Detector:
     def _build_scorers(self) -> dict[str, Scorer]:
         """One scorer object per name (:data:`rcmae.scorers.SCORERS`), sharing this detector's models and memo."""
         sc, spaces, pre = self.cfg.score, list(self.models), self.models.get("pretrain")
+        frames = FrameModels(self.run / "references" / "frames.npz")  # one fit for frame_pca and frame_maha
         return {
             "idprob": IdProbScorer(sc, self.run, self.models.get("finetune"), self.classes, self._windows,
                                    self.device),
@@ -213,6 +228,11 @@ class Detector:
             "knn_joint": JointKnnScorer(sc, self.run, spaces),
             "maha": MahaScorer(sc, self.run, spaces),
             "recon_topk": ReconTopkScorer(sc, self.run, pre, self._windows, self.device),
+            "knn_norm": NormKnnScorer(sc, self.run, lambda: self._families["knn"].space, "cosine", "knn_norm"),
+            "stats_knn": NormKnnScorer(sc, self.run, lambda: "bandstats", "euclidean", "stats_knn"),
+            "stats_maha": StatsMahaScorer(sc, self.run),
+            "frame_pca": FrameScorer(sc, self.run, "pca", frames),
+            "frame_maha": FrameScorer(sc, self.run, "maha", frames),
             "ensemble": EnsembleScorer(sc, self.run, lambda: self.cfg.score.ensemble,
                                        lambda name, clips: self._scores(clips.x, clips.machine_types,
                                                                         clips.machine_ids, name, clips.paths),
@@ -222,8 +242,10 @@ class Detector:
     def _why_unavailable(self, scorer: str) -> str:
         if scorer not in SCORERS:
             return f"unknown scorer; choose one of {', '.join(SCORERS)}"
-        if self.family == "margin" and scorer in ("recon", "recon_topk", "knn_joint", "maha"):
-            return "the margin classifier has no decoder or band-statistics space (use idprob, knn or ensemble)"
+        if self.family == "margin" and scorer in ("recon", "recon_topk", "knn_joint", "maha", "stats_knn",
+                                                  "stats_maha", "frame_pca", "frame_maha"):
+            return ("the margin classifier has no decoder, log-mel statistics or frame space "
+                    "(use idprob, knn, knn_norm or ensemble)")
         return self._families[scorer].unavailable()
 
     def _scorer(self, scorer: str | None) -> str:
@@ -290,13 +312,13 @@ class Detector:
         return z
 
     def _feature(self, x: torch.Tensor, name: str) -> np.ndarray:
-        """Feature ``name`` of ``x`` for the scorers: an embedding space or ``clipstats`` (memoised per tensor)."""
-        if name == "clipstats":
-            hit = self._memo.get(("clipstats",))
+        """Feature ``name`` of ``x`` for the scorers: an embedding space, ``clipstats`` or ``bandstats`` (memoised)."""
+        if name in CLIP_FEATURES:
+            hit = self._memo.get((name,))
             if hit is not None and hit[0] is x:
                 return hit[1]
-            cs = clip_stats(x).float().cpu().numpy()
-            self._memo[("clipstats",)] = (x, cs)
+            cs = CLIP_FEATURES[name](x).float().cpu().numpy()
+            self._memo[(name,)] = (x, cs)
             return cs
         return self._embed_memo(x, name)
 
@@ -304,11 +326,14 @@ class Detector:
         tables = dict(self.references)
         if self.clipstats is not None:
             tables["clipstats"] = self.clipstats
+        if self.bandstats is not None:
+            tables["bandstats"] = self.bandstats
         return NormalSet(tables)
 
-    def refit(self) -> None:
-        """Fit every scorer on the normal training tables (``references`` and ``clipstats``)."""
+    def refit(self, logmels: tuple | None = None) -> None:
+        """Fit every scorer on the normal training tables (and their log-mels ``(x, types, ids, paths)``)."""
         normal = self._normal_set()
+        normal.logmels = logmels
         for family in self._families.values():
             family.fit(normal)
         self._memo.clear()
@@ -513,12 +538,15 @@ def fit_run(run: str | os.PathLike, train: TrainData | None = None, progress: bo
         det.references[space] = {"z": z, "machine_type": np.asarray(types), "machine_id": np.asarray(ids),
                                  "path": np.asarray(train.paths)}
     if det.family != "margin":  # band statistics of log-mels (the margin family's inputs are waveforms)
-        cs = clip_stats(train.x).float().cpu().numpy()
-        _save_embeddings(run / "references" / "clipstats.npz", cs, train.paths, types, ids, "train",
-                         ["normal"] * len(cs), keep_other=False)
-        det.clipstats = {"z": cs, "machine_type": np.asarray(types), "machine_id": np.asarray(ids),
-                         "path": np.asarray(train.paths)}
-    det.refit()
+        for name, fn in CLIP_FEATURES.items():
+            cs = fn(train.x).float().cpu().numpy()
+            _save_embeddings(run / "references" / f"{name}.npz", cs, train.paths, types, ids, "train",
+                             ["normal"] * len(cs), keep_other=False)
+            setattr(det, name, {"z": cs, "machine_type": np.asarray(types), "machine_id": np.asarray(ids),
+                                "path": np.asarray(train.paths)})
+        det.refit(logmels=(train.x, list(map(str, types)), list(map(str, ids)), list(map(str, train.paths))))
+    else:
+        det.refit()
     thresholds: dict[str, dict[str, float]] = {}
     moments = det.moments  # shared with the ensemble, which z-scores its members with them
     moments.clear()

@@ -174,7 +174,7 @@ def margin_run(tiny_dcase, tmp_path_factory):
 def test_margin_run_scores_equal_a_direct_recomputation(margin_run, tiny_dcase, capsys):
     assert not (margin_run / "checkpoints" / "finetune-last.ckpt").exists()
     det = Detector.load(margin_run)
-    assert det.scorers == ["idprob", "knn", "ensemble"] and det.default_scorer == "ensemble"
+    assert det.scorers == ["idprob", "knn", "knn_norm", "ensemble"] and det.default_scorer == "ensemble"
     # Rebuild the network by hand from the checkpoint and the run's config.
     cfg = load_config(margin_run / "config.yaml")
     state = torch.load(margin_run / "checkpoints" / "pretrain-last.ckpt", map_location="cpu", weights_only=True)

@@ -608,7 +608,10 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, 
         test = test.drop(unknown.index).reset_index(drop=True)
     if test.empty:
         raise ValueError(f"{data}: none of its test clips belong to the run's machine IDs; evaluate on the right data")
-    check_labelled_test(test, data)  # before anything is scored or written: earlier results stay
+    if test["label"].isin(["normal", "anomaly"]).any():
+        # Before anything is scored or written, so that earlier results stay. A wholly unlabelled 2021+
+        # evaluation set is a submission: scored and decided, with nothing to measure.
+        check_labelled_test(test, data)
     scorers = [det._scorer(scorer)] if scorer else list(det.scorers)
     x, kept, report = compute_logmels(list(test["path"]), det.logmel, det.cfg.data.sample_rate,
                                       det.cfg.data.duration, channel=det.cfg.data.channel, progress=progress,

@@ -174,7 +174,7 @@ def margin_run(tiny_dcase, tmp_path_factory):
 def test_margin_run_scores_equal_a_direct_recomputation(margin_run, tiny_dcase, capsys):
     assert not (margin_run / "checkpoints" / "finetune-last.ckpt").exists()
     det = Detector.load(margin_run)
-    assert det.scorers == ["idprob", "knn", "ensemble"] and det.default_scorer == "ensemble"
+    assert det.scorers == ["idprob", "knn", "knn_norm", "ensemble"] and det.default_scorer == "ensemble"
     # Rebuild the network by hand from the checkpoint and the run's config.
     cfg = load_config(margin_run / "config.yaml")
     state = torch.load(margin_run / "checkpoints" / "pretrain-last.ckpt", map_location="cpu", weights_only=True)
@@ -202,6 +202,8 @@ def test_margin_run_scores_equal_a_direct_recomputation(margin_run, tiny_dcase, 
         ref = [k for k, p in enumerate(train_dir) if p.parent.parent.name == t and f"id_{i}_" in p.name]
         d = sorted(1 - zt[k] @ z[row] / (np.linalg.norm(zt[k]) * np.linalg.norm(z[row])) for k in ref)
         assert scores["score_knn"][row] == pytest.approx(np.mean(d[:2]), rel=1e-4, abs=1e-6)
-    # The Detector's one-clip path gives the same number.
-    row = det.score(scores["path"][0], scorer="idprob")
+    # The Detector's one-clip path gives the same number for a clip of the run's length (a longer recording is
+    # scored window by window, the highest kept).
+    wave = sf.read(scores["path"][0], dtype="float32")[0][:n]
+    row = det.score(wave, scorer="idprob", machine_type=scores["machine_type"][0], machine_id=scores["machine_id"][0])
     assert row["score"] == pytest.approx(idprob[0], rel=1e-4, abs=1e-6)

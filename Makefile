@@ -5,6 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WORKSPACE ?= workspace
+# The workbench listens on this machine only. HOST=0.0.0.0 (or an interface address) serves it to the
+# network: then it asks for the password in $RCMAE_PASSWORD / $RCMAE_PASSWORD_FILE (README, Security).
+HOST ?= 127.0.0.1
+PORT ?= 8501
 
 .PHONY: app test setup browser lint bench
 
@@ -24,8 +28,8 @@ browser:
 
 app: $(STAMP)
 	$(BIN)/rcmae demo-data $(WORKSPACE)/data/demo --if-missing
-	@echo "rcmae workbench: open http://localhost:8501 (Ctrl+C stops it)"
-	RCMAE_WORKSPACE=$(WORKSPACE) $(BIN)/streamlit run app/main.py --server.headless true --browser.gatherUsageStats false
+	@echo "rcmae workbench: open http://$(HOST):$(PORT) (Ctrl+C stops it)"
+	RCMAE_WORKSPACE=$(WORKSPACE) $(BIN)/streamlit run app/main.py --server.address $(HOST) --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q

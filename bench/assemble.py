@@ -20,16 +20,22 @@ average 2-8), so wall times are upper bounds.
 """
 
 SECTIONS = [
+    ("Generalization: rcmae vs the AE and kNN baselines over a suite of unlike data sets", ["generalization.md"]),
     ("Detection accuracy on the demo data: rcmae vs the DCASE 2020 AE baseline and kNN", ["baselines.md"]),
     ("Domain shift: rcmae vs the AE baseline on the 2023-style demo set (DCASE 2021-2025 protocol)",
      ["dcase2023.md"]),
     ("RC-MAE in the small-data regime: what was tried", ["training.md"]),
     ("A real-data sanity check (DCASE 2020 slider)", ["real_slider.md"]),
+    ("The angular-margin classifier family (STgram-style, ArcFace)", ["classifier.md"]),
+    ("The paper's own score (idprob): what moves it", ["idprob.md"]),
     ("The demo data: difficulty and generation time", ["demo.md"]),
     ("Front-end speed", ["frontend-cpu.md", "frontend-cuda.md"]),
     ("Scoring and training speed", ["speed.md"]),
     ("Augmentation speed", ["augment.md", "audioldm.md"]),
     ("Workbench quick demo", ["workbench.md"]),
+    ("Monitoring long recordings", ["monitor.md"]),
+    ("Reliability under faults", ["reliability.md"]),
+    ("The paper on a GPU: throughput, AudioLDM, full-schedule hours", ["paper.md"]),
 ]
 
 

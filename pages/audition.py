@@ -7,9 +7,8 @@ from pathlib import Path
 import streamlit as st
 
 from rcmae import prompts, viz, workbench
-from rcmae.workspace import Workspace
 
-ws = Workspace.default(st.session_state.get("workspace")).ensure()
+ws = workbench.page_workspace(st.session_state.get("workspace"))
 
 st.title("Audition")
 st.write("Hear what an augmentation does before building a bank: pick a clip, one or more prompts and a backend.")
@@ -60,6 +59,9 @@ def _audioldm(model_name: str):
 if st.button("Augment", type="primary", icon=":material/graphic_eq:", disabled=not chosen):
     results = []
     try:
+        if model and (model.startswith(("/", ".", "~")) or Path(model).expanduser().exists()):
+            # A weights folder is a typed path: it must stay inside the workspace or an allowed root.
+            model = str(workbench.resolve_path(ws, model))
         augmenter = _audioldm(model) if backend == "audioldm" else None
         with st.spinner("Augmenting…"):
             for prompt in chosen:
@@ -99,7 +101,12 @@ if results:
         k1, k2, k3 = st.columns([2, 1, 1])
         bank_name = k1.text_input("Bank", "auditions", key=f"bank_{i}", help="a folder under <workspace>/banks")
         if k2.button("Keep", key=f"keep_{i}", icon=":material/bookmark_add:"):
-            path = workbench.keep_audition(res, ws.banks / bank_name)
+            try:
+                bank = workbench.resolve_path(ws, bank_name, under=ws.banks)
+            except ValueError as err:
+                st.error(str(err), icon=":material/error:")
+                st.stop()
+            path = workbench.keep_audition(res, bank)
             ids = [p["id"] for p in library.list() if p["text"] == res["prompt"]]
             if ids:
                 library.mark_used(ids, bank_name)

@@ -7,9 +7,8 @@ from pathlib import Path
 import streamlit as st
 
 from rcmae import demo, jobs, viz, workbench
-from rcmae.workspace import Workspace
 
-ws = Workspace.default(st.session_state.get("workspace")).ensure()
+ws = workbench.page_workspace(st.session_state.get("workspace"))
 store = jobs.JobStore(ws.jobs_db)
 
 st.title("Data")
@@ -48,7 +47,9 @@ if not folder:
     st.stop()
 
 try:
-    index, counts, skipped = workbench.data_overview(Path(folder).expanduser())
+    # A typed folder must stay inside the workspace or an allowed root; listed data sets are the operator's.
+    index, counts, skipped = workbench.data_overview(
+        workbench.resolve_path(ws, folder) if choice == "another folder…" else Path(folder))
 except (FileNotFoundError, ValueError) as err:
     st.error(str(err), icon=":material/error:")
     st.stop()

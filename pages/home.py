@@ -5,9 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from rcmae import jobs, workbench
-from rcmae.workspace import Workspace
 
-ws = Workspace.default(st.session_state.get("workspace")).ensure()
+ws = workbench.page_workspace(st.session_state.get("workspace"))
 store = jobs.JobStore(ws.jobs_db)
 
 st.title("rcmae workbench")

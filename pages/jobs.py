@@ -9,9 +9,8 @@ import pandas as pd
 import streamlit as st
 
 from rcmae import jobs, viz, workbench
-from rcmae.workspace import Workspace
 
-ws = Workspace.default(st.session_state.get("workspace")).ensure()
+ws = workbench.page_workspace(st.session_state.get("workspace"))
 store = jobs.JobStore(ws.jobs_db)
 
 st.title("Jobs")
@@ -32,24 +31,27 @@ with st.expander("Launch a job", expanded=not store.list()):
     kind = st.selectbox("Kind", workbench.JOB_KINDS,
                         help="pretrain: self-supervised RC-MAE; finetune: machine-ID classes; "
                              "evaluate: test AUC/pAUC; augment: build a procedural/AudioLDM bank; "
-                             "benchmark: RC-MAE vs baselines.")
+                             "benchmark: RC-MAE vs baselines; reproduce: the paper's DCASE 2020 Tables 3 and 4 "
+                             "(GPU machine).")
     c1, c2 = st.columns(2)
     data = run = out = None
-    if kind in ("pretrain", "augment", "benchmark"):
+    if kind in ("pretrain", "augment", "benchmark", "reproduce"):
         if not datasets:
             st.info("No data set yet: create the demo data on **Data** (or launch a demo-data job).",
                     icon=":material/info:")
         data = c1.selectbox("Data set", [str(p) for p in datasets]) if datasets else None
-        parent = {"pretrain": ws.runs, "augment": ws.banks, "benchmark": ws.benchmarks}[kind]
+        parent = {"pretrain": ws.runs, "augment": ws.banks, "benchmark": ws.benchmarks,
+                  "reproduce": ws.benchmarks}[kind]
         default = workbench.new_name(parent, Path(data).name if data else kind)
-        out = parent / c2.text_input("Output name", default, help=f"a folder under {parent}")
+        out = c2.text_input("Output name", default, help=f"a folder under {parent}")
+        out = (parent, out)
     elif kind in ("finetune", "evaluate"):
         if not runs:
             st.info("No run yet: launch a pretrain job first (or the quick demo run on **Start**).",
                     icon=":material/info:")
         run = c1.selectbox("Run", [str(p) for p in runs], format_func=lambda p: Path(p).name) if runs else None
     else:
-        out = ws.data / c1.text_input("Folder name", "demo")
+        out = (ws.data, c1.text_input("Folder name", "demo"))
     preset, epochs, overrides = "tiny", None, []
     options: dict = {}
     if kind == "pretrain":
@@ -65,12 +67,15 @@ with st.expander("Launch a job", expanded=not store.list()):
         options["per_clip"] = int(c2.number_input("Augmentations per clip", 1, 20, 1))
     elif kind == "benchmark":
         options["systems"] = st.text_input("Systems", "rcmae,ae,knn", help="comma list: rcmae, ae, knn, ablations")
-    if kind in ("pretrain", "finetune", "benchmark"):
+    elif kind == "reproduce":
+        st.caption("Runs `rcmae reproduce` on the chosen DCASE 2020 folder (dev_data + eval_data): AudioLDM bank, "
+                   "both Table 3 arms, report beside the paper. Plan it first with `rcmae reproduce --dry-run`.")
+    if kind in ("pretrain", "finetune", "benchmark", "reproduce"):
         c1, c2 = st.columns(2)
         if kind != "finetune":
             preset = c1.selectbox("Preset", workbench.presets(),
                                   help="tiny: CPU-sized; paper: the paper's ViT (needs a GPU)")
-        if kind != "benchmark":
+        if kind not in ("benchmark", "reproduce"):
             epochs = c2.number_input("Epochs (0 = the preset's)", 0, 10_000, 0) or None
         text = st.text_area("Overrides (key=value, one per line)",
                             placeholder="pretrain.lr=5e-4\nfinetune.batch_size=16")
@@ -78,7 +83,7 @@ with st.expander("Launch a job", expanded=not store.list()):
             overrides = workbench.parse_overrides(text)
         except ValueError as err:
             st.error(str(err), icon=":material/error:")
-    if gpus and kind in ("pretrain", "finetune", "augment", "benchmark", "evaluate"):
+    if gpus and kind in ("pretrain", "finetune", "augment", "benchmark", "evaluate", "reproduce"):
         chosen = st.multiselect("GPUs", [str(i) for i in range(len(gpus))], default=["0"],
                                 format_func=lambda i: f"{i}: {gpus[int(i)]}",
                                 help="CUDA_VISIBLE_DEVICES of the job; none = CPU. "
@@ -88,6 +93,8 @@ with st.expander("Launch a job", expanded=not store.list()):
         st.caption("No GPU detected: the job runs on the CPU (one CPU job at a time; set RCMAE_CPU_JOBS for more).")
     if st.button("Launch", type="primary", icon=":material/play_arrow:"):
         try:
+            # Typed names must stay inside the workspace (or an allowed root): no ../, absolute paths, symlinks out.
+            out = workbench.resolve_path(ws, out[1], under=out[0]) if out else None
             argv = workbench.job_argv(kind, data=data, run=run, out=out, preset=preset, overrides=overrides,
                                       epochs=epochs, **options)
             job = workbench.launch_and_start(store, argv, gpus=",".join(chosen))
@@ -104,6 +111,8 @@ def _when(t: float | None) -> str:
 
 @st.fragment(run_every=2.0)
 def _live() -> None:
+    if jobs.revive_runner(store):
+        st.toast("The queue runner had stopped (killed?): restarted it for the queued jobs.")
     jobs.start_ready(store)
     all_jobs = store.list()
     if not all_jobs:
@@ -137,26 +146,28 @@ def _live() -> None:
         try:
             st.plotly_chart(viz.loss_figure(metrics), width="stretch", key=f"loss_{job.id}")
         except (ValueError, pd.errors.ParserError) as err:
-            st.caption(f"loss curves unavailable: {err}")
+            st.caption(f"loss curves unavailable ({metrics}: {err})")
     if job.state == "queued":
         waits = f"job {job.after} to finish" if job.after else (f"GPU {job.gpus}" if job.gpus else "a free CPU slot")
         st.info(f"Queued: waiting for {waits}.", icon=":material/schedule:")
     if job.state == "failed":
         st.error(f"Job {job.id} failed (return code {job.returncode}). {job.note} End of its log below.",
                  icon=":material/error:")
+    if job.state == "killed":
+        st.warning(f"Job {job.id} was {job.note or 'killed'}.", icon=":material/warning:")
     st.text_area("Log (end)", jobs.tail_log(job, 40), height=260, key=f"log_{job.id}_{job.state}")
     c1, c2, c3 = st.columns(3)
     if job.state in ("queued", "running") and c1.button("Cancel", icon=":material/stop_circle:"):
         jobs.cancel(store, job.id)
         st.rerun()
-    if job.state in ("failed", "cancelled") and job.kind in ("pretrain", "finetune") and \
+    if job.state in jobs.ENDED_BADLY and job.kind in ("pretrain", "finetune") and \
             c2.button("Resume", icon=":material/replay:", help="continue from the last checkpoint"):
-        new = workbench.launch_and_start(store, jobs.resume_argv(job), gpus=job.gpus, name=f"{job.name} (resume)")
+        new = workbench.relaunch(store, job, resume=True)
         st.session_state["job_id"] = new.id
         st.rerun()
-    if job.state in ("done", "failed", "cancelled") and job.kind != "python" and \
+    if job.state in ("done", *jobs.ENDED_BADLY) and job.kind != "python" and \
             c3.button("Run again", icon=":material/restart_alt:"):
-        new = workbench.launch_and_start(store, list(job.argv), gpus=job.gpus, name=job.name)
+        new = workbench.relaunch(store, job)
         st.session_state["job_id"] = new.id
         st.rerun()
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import streamlit as st
 
 from rcmae import prompts, workbench
-from rcmae.workspace import Workspace
 
-ws = Workspace.default(st.session_state.get("workspace")).ensure()
+ws = workbench.page_workspace(st.session_state.get("workspace"))
 
 st.title("Prompts")
 st.write("Text prompts steer the augmentation backends (AudioLDM, or the procedural factory-noise models) "
-         "towards factory noise. The paper's six prompts ship with the library.")
+         "towards factory noise. A new library starts with the paper's Table 1 prompts, word for word "
+         "(tags `paper`, `table1`).")
 
 try:
     library = prompts.PromptLibrary(ws.prompts)
@@ -26,6 +26,12 @@ shown = [p for p in items if tag == "(all)" or tag in p["tags"]]
 st.dataframe([{"id": p["id"], "text": p["text"], "tags": ", ".join(p["tags"]), "notes": p["notes"],
                "used by": ", ".join(p["used_by"])} for p in shown], hide_index=True, width="stretch")
 st.caption(f"Library file: `{library.path}`")
+missing = len(prompts.TABLE1_PROMPTS) - len({prompts.normalize(p["text"]) for p in items}
+                                            & {prompts.normalize(t) for t in prompts.TABLE1_PROMPTS})
+if missing and st.button(f"Add the paper's Table 1 prompts ({missing} missing)", icon=":material/library_add:"):
+    added = library.add_table1()
+    st.success(f"Added {len(added)} Table 1 prompt(s).")
+    st.rerun()
 
 add_tab, edit_tab, gen_tab, hist_tab = st.tabs(["Add", "Edit or delete", "Generate", "History"])
 

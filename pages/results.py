@@ -10,9 +10,8 @@ import numpy as np
 import streamlit as st
 
 from rcmae import viz, workbench
-from rcmae.workspace import Workspace
 
-ws = Workspace.default(st.session_state.get("workspace")).ensure()
+ws = workbench.page_workspace(st.session_state.get("workspace"))
 
 st.title("Results")
 

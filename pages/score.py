@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import streamlit as st
 
 from rcmae import score, workbench
-from rcmae.workspace import Workspace
 
-ws = Workspace.default(st.session_state.get("workspace")).ensure()
+ws = workbench.page_workspace(st.session_state.get("workspace"))
 
 st.title("Score")
 
@@ -51,17 +48,26 @@ else:
     folder = st.text_input("Folder with .wav clips", placeholder="/data/dev_data/fan/test", key="score_folder")
     machine = "(from the file names)"
     if folder:
-        if Path(folder).expanduser().is_dir():
-            paths = [Path(folder).expanduser()]
+        try:
+            chosen = workbench.resolve_path(ws, folder)
+        except ValueError as err:
+            st.error(str(err), icon=":material/error:")
         else:
-            st.error(f"{folder}: folder not found; give a folder of .wav clips", icon=":material/error:")
+            if chosen.is_dir():
+                paths = [chosen]
+            else:
+                st.error(f"{folder}: folder not found; give a folder of .wav clips", icon=":material/error:")
 for name, why in problems:
     st.error(f"{name}: {why}", icon=":material/error:")
 
 if paths and st.button("Score", type="primary", icon=":material/rule:"):
     mtype, mid = (None, None) if machine.startswith("(") else machine.split("/", 1)
-    with st.spinner("Scoring…"):
-        rows = detector.score_paths(paths, scorer=scorer, machine_type=mtype, machine_id=mid)
+    try:
+        with st.spinner("Scoring…"):
+            rows = detector.score_paths(paths, scorer=scorer, machine_type=mtype, machine_id=mid)
+    except ValueError as err:  # e.g. a folder without .wav files
+        st.error(str(err), icon=":material/error:")
+        rows = []
     st.session_state["score_rows"] = rows
 
 rows = st.session_state.get("score_rows")
@@ -71,6 +77,10 @@ if rows:
     n_anom = int((table["decision"] == "anomaly").sum())
     st.write(f"{len(table) - n_bad} clip(s) scored: **{n_anom} anomalous**, {len(table) - n_bad - n_anom} normal"
              + (f"; {n_bad} skipped (see error)" if n_bad else "") + ".")
+    n_odd = int((table["note"] != "").sum())
+    if n_odd:
+        st.warning(f"{n_odd} clip(s) are not the run's clip length: see the note column for how each was scored.",
+                   icon=":material/straighten:")
     st.dataframe(table, hide_index=True, width="stretch",
                  column_config={"score": st.column_config.NumberColumn(format="%.4f"),
                                 "threshold": st.column_config.NumberColumn(format="%.4f")})

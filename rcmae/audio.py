@@ -215,7 +215,7 @@ def check_clip(path: str | os.PathLike, sample_rate: int = 16000, duration: floa
 
     Reports: unreadable / not audio, empty, non-finite, silent, clipped, a sample rate other than
     ``sample_rate`` (it will be resampled), several channels (channel 0 is used), a length other than
-    ``duration`` (it will be padded/cropped), and a file name that no supported layout parses.
+    ``duration`` (and what training and scoring do with it), and a file name that no supported layout parses.
 
     Returns:
         A list of one-line strings; empty when the clip is fine.
@@ -241,8 +241,11 @@ def check_clip(path: str | os.PathLike, sample_rate: int = 16000, duration: floa
     if info["channels"] > 1:
         problems.append(f"{info['channels']} channels (channel 0 is used by default)")
     if duration is not None and abs(info["duration"] - duration) > 1.0 / info["sample_rate"]:
-        action = "cropped" if info["duration"] > duration else "zero-padded"
-        problems.append(f"{info['duration']:.2f} s long, not {duration:g} s (it will be {action})")
+        if info["duration"] > duration:
+            action = f"training uses its first {duration:g} s; scoring covers it in overlapping windows"
+        else:
+            action = "training zero-pads it; scoring loops it to length"
+        problems.append(f"{info['duration']:.2f} s long, not {duration:g} s ({action})")
     try:
         x = sf.read(str(path), dtype="float32", always_2d=True)[0]
     except (sf.SoundFileError, RuntimeError, OSError) as err:

@@ -5,8 +5,9 @@ time and the peak resident memory (``os.wait4``'s ``ru_maxrss`` of that child an
 belong to that system alone, and a system that crashes is reported as failed while the others run.
 
 Systems (``SYSTEMS``): ``rcmae`` (pretrain + finetune + evaluate with the preset; each scorer
-``idprob`` / ``knn`` / ``recon`` becomes its own row ``rcmae:<scorer>``), its ablations, and the
-baselines ``ae`` (DCASE 2020 autoencoder) and ``knn`` (per-ID kNN on mean/std log-mel).
+``idprob`` / ``knn`` / ``recon`` becomes its own row ``rcmae:<scorer>``), its ablations, ``margin`` (the
+angular-margin classifier, always with the ``margin`` preset: rows ``margin:idprob``, ``margin:knn``,
+``margin:ensemble``), and the baselines ``ae`` (DCASE 2020 autoencoder) and ``knn`` (per-ID kNN on mean/std log-mel).
 
 Overrides: ``KEY=VALUE`` strings go to every rcmae system's config (``pretrain.lr=1e-3``); those
 prefixed ``ae.`` or ``knn.`` go to that baseline instead (``ae.epochs=10``, ``knn.k=3``).
@@ -32,8 +33,10 @@ import numpy as np
 from rcmae.files import atomic_write_text, read_json, write_json
 
 # One table of named systems: the rcmae ablations are override sets on the same pipeline.
-# aug "bank" = a procedural augmentation bank built once per benchmark (the weight-free stand-in
-# for the paper's diffusion augmentation); "specaugment" = time/frequency masking (paper's "without DDA").
+# aug "bank" = the augmentation bank built once per benchmark with the backend --aug names (procedural:
+# the weight-free stand-in, the default; audioldm: the paper's diffusion augmentation; specaugment: no
+# bank at all); "specaugment" = time/frequency masking (paper's "without DDA"). Table 3 of the paper is
+# --systems rcmae,rcmae-nodda --aug audioldm.
 SYSTEMS: dict[str, dict] = {
     "rcmae": {"kind": "rcmae", "aug": "bank", "overrides": [],
               "about": "full RC-MAE: MAE + InfoNCE + VCR pretraining on augmented pairs, then SupCon + CE"},
@@ -47,6 +50,8 @@ SYSTEMS: dict[str, dict] = {
                   "about": "masked autoencoder only"},
     "rcmae-nopretrain": {"kind": "rcmae", "aug": "specaugment", "overrides": [], "pretrain_epochs": 0,
                          "about": "no pretraining: fine-tuning from random initialisation"},
+    "margin": {"kind": "rcmae", "aug": "specaugment", "overrides": [], "preset": "margin",
+               "about": "angular-margin classifier (log-mel + Tgram, ArcFace, mixup; the margin preset): idprob, knn"},
     "ae": {"kind": "baseline", "about": "official DCASE 2020 Task 2 dense autoencoder baseline"},
     "knn": {"kind": "baseline", "about": "per-ID nearest neighbour on standardised per-clip mean/std log-mel"},
 }
@@ -112,10 +117,17 @@ def _literal(text: str) -> object:
 
 
 # ---------------------------------------------------------------- child side
+AUG_BACKENDS = ("procedural", "audioldm", "specaugment")
+
+
 def _run_bank_child(spec: dict) -> dict:
     from rcmae.augment import bank
 
-    bank.build_bank(data=Path(spec["data"]), out=Path(spec["bank"]), backend="procedural", seed=spec["seed"])
+    options = dict(spec.get("aug_options") or {})
+    if "steps" in options:
+        options["steps"] = tuple(options["steps"])
+    print(bank.build_bank(data=Path(spec["data"]), out=Path(spec["bank"]), backend=spec.get("backend", "procedural"),
+                          seed=spec["seed"], **options), flush=True)
     return {}
 
 
@@ -134,6 +146,11 @@ def _run_child(spec: dict) -> dict:
         return {spec["system"]: res}
     from rcmae import score, train
 
+    if spec["kind"] == "rescore":
+        # Only scoring: the finished run folder (the contract between training and scoring) is scored again with
+        # the scorers of the code that runs now.
+        results = score.evaluate_run(Path(spec["run"]), data=Path(spec["data"]), progress=False)
+        return {f"{spec['system']}:{name}": res for name, res in results.items()}
     run = out / "run"
     # A run left by an earlier failed attempt starts over: the benchmark resumes per system, not per epoch.
     shutil.rmtree(run, ignore_errors=True)
@@ -179,13 +196,28 @@ def _spawn(spec: dict, out: Path) -> dict:
         proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - start
     record = {"wall_s": round(wall, 2), "peak_mib": round(usage.ru_maxrss / 1024, 1), "returncode": proc.returncode,
-              "log": str(out / "log.txt")}
+              "log": str(out / "log.txt"),
+              # CPU seconds (user + system) of the child and its children: the cost on a shared, loaded machine.
+              "cpu_s": round(usage.ru_utime + usage.ru_stime, 2)}
     if proc.returncode == 0 and (out / "rows.json").is_file():
         record.update(status="ok", error=None, rows=read_json(out / "rows.json"))
     else:
         record.update(status="failed", rows={}, error=_error_line(out, proc.returncode))
     write_json(out / "record.json", record)
     return record
+
+
+def _rescore(previous: dict, system: str, data: Path, run_out: Path) -> dict:
+    """Score a finished run again with the current scorers; the updated record (training numbers kept)."""
+    spec = {"kind": "rescore", "system": system, "data": str(data), "run": str(run_out / "run"),
+            "out": str(run_out / "rescore")}
+    record = _spawn(spec, run_out / "rescore")
+    if record["status"] != "ok":
+        return {**previous, "rescore_error": record["error"]}
+    updated = {**previous, "rows": record["rows"], "rescore_wall_s": record["wall_s"],
+               "rescore_cpu_s": record.get("cpu_s"), "rescore_error": None}
+    write_json(run_out / "record.json", updated)
+    return updated
 
 
 def _error_line(out: Path, returncode: int) -> str:
@@ -195,16 +227,20 @@ def _error_line(out: Path, returncode: int) -> str:
     return lines[-1] if lines else f"child exited with status {returncode} and no output"
 
 
-def _prepare_bank(data: Path, out: Path, seed: int) -> tuple[str | None, str]:
-    """Build (or reuse) a procedural augmentation bank for the systems with aug "bank"."""
+def _prepare_bank(data: Path, out: Path, seed: int, backend: str = "procedural",
+                  aug_options: dict | None = None) -> tuple[str | None, str]:
+    """Build (or resume) the augmentation bank for the systems with aug "bank" (``out/bank`` for the
+    procedural backend, ``out/bank-<backend>`` otherwise)."""
     if importlib.util.find_spec("rcmae.augment.bank") is None:
-        return None, "specaugment (rcmae.augment.bank is not installed, so no procedural bank)"
-    bank = out / "bank"
-    spec = {"kind": "bank", "data": str(data), "bank": str(bank), "seed": seed, "out": str(out / "bank-build")}
-    record = _spawn(spec, out / "bank-build")
+        return None, f"specaugment (rcmae.augment.bank is not installed, so no {backend} bank)"
+    name = "bank" if backend == "procedural" else f"bank-{backend}"
+    bank = out / name
+    spec = {"kind": "bank", "data": str(data), "bank": str(bank), "seed": seed, "out": str(out / f"{name}-build"),
+            "backend": backend, "aug_options": dict(aug_options or {})}
+    record = _spawn(spec, out / f"{name}-build")
     if record["status"] != "ok":
-        return None, f"specaugment (building the procedural bank failed: {record['error']})"
-    return str(bank), f"procedural bank {bank} (built in {record['wall_s']:.0f} s)"
+        return None, f"specaugment (building the {backend} bank failed: {record['error']})"
+    return str(bank), f"{backend} bank {bank} (built in {record['wall_s']:.0f} s)"
 
 
 def _stat(values: list[float]) -> dict:
@@ -342,11 +378,23 @@ def run_benchmark(
     overrides: list[str] | tuple[str, ...] = (),
     progress: bool = True,
     command: str | None = None,
+    aug: str = "procedural",
+    aug_options: dict | None = None,
+    rescore: bool = False,
 ) -> Path:
     """Run ``systems`` on ``data`` (seeds ``0 .. repeat-1``); write ``out/benchmark.json`` and ``out/table.md``.
 
+    ``aug`` chooses the bank the bank-using arms (``rcmae`` and its ablations) pretrain on:
+    ``procedural`` (default), ``audioldm`` (the paper's; ``aug_options["model"]`` names the weights) or
+    ``specaugment`` (no bank: every arm pairs clips with time/frequency-masked twins). ``aug_options`` go
+    to :func:`rcmae.augment.bank.build_bank` (``model``, ``per_clip``, ``steps``, ``t0``, ``guidance``,
+    ``device``, ``allow_download``, ``prompts``, ``limit``). ``rcmae-nodda`` always uses SpecAugment.
+
     A system whose result for a seed is already in ``out/systems/<system>/seed<k>/record.json``
-    with status ok is not run again, so an interrupted benchmark resumes.
+    with status ok is not run again, so an interrupted benchmark resumes. With ``rescore``, such a finished
+    rcmae-kind run is scored again (``evaluate`` only, in a child process, no training) so that scorers added
+    since it trained get their rows; its training wall time, memory and CPU stay in the record, the scoring
+    ones go to ``rescore_wall_s`` / ``rescore_cpu_s``.
 
     Returns:
         ``out``.
@@ -365,9 +413,14 @@ def run_benchmark(
     rc_overrides, base_kw = _split_overrides(list(overrides))
     out.mkdir(parents=True, exist_ok=True)
     started = dt.datetime.now(dt.UTC)
+    if aug not in AUG_BACKENDS:
+        raise ValueError(f"--aug {aug!r}: use one of {', '.join(AUG_BACKENDS)}")
     augmentation, bank = "not used", None
     if any(SYSTEMS.get(s, {}).get("aug") == "bank" for s in systems):
-        bank, augmentation = _prepare_bank(data, out, seed=0)
+        if aug == "specaugment":
+            augmentation = "specaugment (--aug specaugment: no bank; every arm pairs clips with masked twins)"
+        else:
+            bank, augmentation = _prepare_bank(data, out, seed=0, backend=aug, aug_options=aug_options)
     records: dict[str, dict] = {}
     jobs = [(s, seed) for s in systems for seed in range(repeat)]
     for system, seed in tqdm(jobs, desc="benchmark", unit="run", disable=not progress):
@@ -381,14 +434,18 @@ def run_benchmark(
         if (run_out / "record.json").is_file():
             previous = read_json(run_out / "record.json")
             if previous.get("status") == "ok":
+                if rescore and entry["kind"] == "rcmae" and (run_out / "run").is_dir():
+                    previous = _rescore(previous, system, data, run_out)
                 rec["runs"].append({"seed": seed, **previous})
                 continue
         spec = {"kind": entry["kind"], "system": system, "data": str(data), "out": str(run_out), "seed": seed,
-                "preset": preset}
+                "preset": entry.get("preset", preset)}
         if entry["kind"] == "rcmae":
-            aug = bank if entry["aug"] == "bank" and bank else "specaugment"
-            rec["aug"] = aug
-            spec.update(aug=aug, overrides=[*entry["overrides"], *rc_overrides],
+            arm_aug = bank if entry["aug"] == "bank" and bank else "specaugment"
+            rec["aug"] = arm_aug
+            # A system with its own preset (margin) takes the same --set overrides: its config has every section
+            # (pretrain.epochs shortens both; model.* only matters to rcmae, margin.* only to margin).
+            spec.update(aug=arm_aug, overrides=[*entry["overrides"], *rc_overrides],
                         pretrain_epochs=entry.get("pretrain_epochs"))
         else:
             spec["baseline_kw"] = base_kw[system]
@@ -400,6 +457,8 @@ def run_benchmark(
         "preset": preset,
         "repeat": repeat,
         "overrides": list(overrides),
+        "aug": aug,
+        "aug_options": dict(aug_options or {}),
         "systems": records,
         "augmentation": augmentation,
         "rows": _aggregate(records),

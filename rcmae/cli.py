@@ -157,6 +157,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         num_nodes=args.num_nodes,
         precision=args.precision,
         accelerator=args.accelerator,
+        replay=args.replay,
     )
     _fit_scorers_after_training(run)
     print(f"pretrained run: {run}")
@@ -167,11 +168,15 @@ def _add_pretrain(sub) -> None:
     p = sub.add_parser("pretrain", help="self-supervised RC-MAE pretraining (MAE + InfoNCE + VCR)")
     p.add_argument("--data", required=True, help="data folder (its train clips are used)")
     p.add_argument("--out", required=True, help="run folder to create (or resume)")
-    p.add_argument("--preset", default="tiny", help="tiny | paper | a YAML file (default tiny)")
+    p.add_argument("--preset", default="tiny",
+                   help="tiny | paper | paper+ | audiomae | margin (the angular-margin classifier, one stage) | "
+                   "a YAML file (default tiny)")
     p.add_argument("--aug", default="specaugment", help="specaugment (the paper's 'without DDA' arm) or a bank folder")
     p.add_argument("--epochs", type=int, default=None, help="override the preset's pretraining epochs")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument("--replay", default=None, metavar="RUN",
+                   help="with a bank: pair clips with the copies RUN drew per epoch (its augment_draws.jsonl)")
     _add_trainer_flags(p)
     p.set_defaults(func=_cmd_pretrain)
 
@@ -245,6 +250,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
     rows = detector.score_paths(
         [Path(p) for p in args.paths], scorer=args.scorer, machine_type=args.machine_type, machine_id=args.machine_id
     )
+    for r in rows:
+        if r.get("note"):  # clips of another length than the run's: said, never silently padded or cut
+            print(f"{r['path']}: {r['note']}", file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -295,6 +303,8 @@ def _cmd_augment(args: argparse.Namespace) -> int:
 
 
 def _add_augment(sub) -> None:
+    from rcmae.augment import bank
+
     p = sub.add_parser("augment", help="write an augmentation bank (procedural or AudioLDM)")
     p.add_argument("--data", required=True, help="data folder (its train clips are augmented)")
     p.add_argument("--out", required=True, help="bank folder (created, or resumed)")
@@ -302,9 +312,12 @@ def _add_augment(sub) -> None:
     p.add_argument("--model", default=None, help="AudioLDM folder or model id (default cvssp/audioldm-s-full-v2)")
     p.add_argument("--prompts", default=None, help="prompt library YAML (default: the paper's six prompts)")
     p.add_argument("--per-clip", type=int, default=1, help="augmentations per clip (default 1)")
-    p.add_argument("--t0", type=float, default=0.5, help="AudioLDM: fraction of the S steps that are re-noised")
-    p.add_argument("--steps", type=lambda s: _pair(s, int), default=(10, 50), help="AudioLDM: S range MIN:MAX")
-    p.add_argument("--guidance", type=float, default=2.5, help="AudioLDM: classifier-free guidance (default 2.5)")
+    p.add_argument("--t0", type=float, default=bank.DEFAULT_T0,
+                   help="AudioLDM: fraction of the S steps that are re-noised (default 0.5)")
+    p.add_argument("--steps", type=lambda s: _pair(s, int), default=bank.PAPER_STEPS,
+                   help="AudioLDM: S range MIN:MAX, drawn per clip (default 10:50, the paper's Table 2)")
+    p.add_argument("--guidance", type=float, default=bank.PAPER_GUIDANCE,
+                   help="AudioLDM: classifier-free guidance (default 2.5, the paper's Table 2)")
     p.add_argument("--snr", type=_pair, default=(0.0, 10.0), help="procedural: mix SNR range in dB MIN:MAX")
     p.add_argument("--seed", type=int, default=0, help="base seed; each clip gets its own recorded seed")
     p.add_argument("--shard", type=_shard, default=(0, 1), help="do shard I of N (for several GPUs/machines)")
@@ -322,7 +335,7 @@ def _cmd_prompts(args: argparse.Namespace) -> int:
 
 
 def _add_prompts(sub) -> None:
-    p = sub.add_parser("prompts", help="the factory-noise prompt library: list, add, remove, generate")
+    p = sub.add_parser("prompts", help="the factory-noise prompt library: list, add, add-paper, remove, generate")
     p.add_argument("--library", default=None, help="prompt library YAML (default: <workspace>/prompts.yaml)")
     ps = p.add_subparsers(dest="action", required=True)
     ps.add_parser("list", help="list prompts")
@@ -330,6 +343,7 @@ def _add_prompts(sub) -> None:
     a.add_argument("text")
     a.add_argument("--tag", action="append", default=[])
     a.add_argument("--note", default="")
+    ps.add_parser("add-paper", help="add the paper's Table 1 prompts (word for word) that the library lacks")
     r = ps.add_parser("remove", help="remove a prompt by id")
     r.add_argument("id")
     g = ps.add_parser("generate", help="generate prompts with an LLM (or the built-in template generator)")
@@ -379,6 +393,12 @@ def _add_baseline(sub) -> None:
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     from rcmae import benchmark
 
+    if args.suite:
+        return _cmd_benchmark_suite(args)
+    if not args.out:
+        raise ValueError("--out is required: the folder for benchmark.json and table.md")
+    if not args.data:
+        raise ValueError("give --data DIR (one data set) or --suite NAME (a suite of sets; --suite list shows them)")
     out = benchmark.run_benchmark(
         data=Path(args.data),
         out=Path(args.out),
@@ -386,15 +406,84 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         preset=args.preset,
         repeat=args.repeat,
         overrides=args.set,
+        rescore=args.rescore,
+        **_benchmark_aug(args),
     )
     print((Path(out) / "table.md").read_text())
     return 0
 
 
+def _cmd_benchmark_suite(args: argparse.Namespace) -> int:
+    from rcmae import suite
+
+    if args.suite == "list":
+        print(suite.describe_suites())
+        return 0
+    if args.data:
+        raise ValueError("--data and --suite exclude each other: a suite brings its own data sets")
+    if not args.out:
+        raise ValueError("--out is required: the folder for suite.json, suite.md and sets/<set>/")
+    out = suite.run_suite(
+        args.suite,
+        out=Path(args.out),
+        systems=[s for s in args.systems.split(",") if s],
+        preset=args.preset,
+        repeat=args.repeat,
+        overrides=args.set,
+        data_root=args.suite_data,
+        real_samples=args.real_samples,
+        rescore=args.rescore,
+        report_only=args.report_only,
+        **_benchmark_aug(args),
+    )
+    print((Path(out) / "suite.md").read_text())
+    return 0
+
+
+def _benchmark_aug(args: argparse.Namespace) -> dict:
+    """``run_benchmark``'s ``aug`` and ``aug_options`` from the ``--aug*`` flags (only those given)."""
+    options = {"model": args.aug_model, "per_clip": args.per_clip, "steps": args.aug_steps,
+               "device": args.aug_device, "limit": args.aug_limit}
+    options = {k: v for k, v in options.items() if v is not None}
+    if args.allow_download:
+        options["allow_download"] = True
+    if options and args.aug == "specaugment":
+        raise UsageError("--aug-model/--per-clip/--aug-steps/--aug-device apply to a bank; --aug specaugment has none")
+    return {"aug": args.aug, "aug_options": options}
+
+
+def _add_benchmark_aug_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--aug", choices=["procedural", "audioldm", "specaugment"], default="procedural",
+                   help="bank for the rcmae arms: procedural (default), audioldm (the paper's; Table 3 is "
+                        "--systems rcmae,rcmae-nodda --aug audioldm) or specaugment (no bank)")
+    p.add_argument("--aug-model", default=None, help="AudioLDM folder or model id (default cvssp/audioldm-s-full-v2)")
+    p.add_argument("--per-clip", type=int, default=None,
+                   help="augmented copies per clip, one drawn per clip per epoch (default 1)")
+    p.add_argument("--aug-steps", type=lambda s: _pair(s, int), default=None,
+                   help="AudioLDM: S range MIN:MAX (default 10:50, the paper's Table 2)")
+    p.add_argument("--aug-device", default=None, help="AudioLDM device, e.g. cuda:0")
+    p.add_argument("--aug-limit", type=int, default=None, help="augment only the first N clips (quick looks)")
+    p.add_argument("--allow-download", action="store_true", help="AudioLDM: allow fetching weights from the hub")
+
+
 def _add_benchmark(sub) -> None:
-    p = sub.add_parser("benchmark", help="run several systems on the same data; one table")
-    p.add_argument("--data", required=True, help="data folder with train clips and labelled test clips")
-    p.add_argument("--out", required=True, help="folder for benchmark.json, table.md and each system's outputs")
+    p = sub.add_parser("benchmark", help="run several systems on the same data (or a suite of sets); one table")
+    p.add_argument("--data", default=None, help="data folder with train clips and labelled test clips")
+    p.add_argument("--suite", default=None, metavar="NAME",
+                   help="run over every set of a suite (default, tiny; `--suite list` shows them) and report "
+                        "each set and the mean; see docs/benchmark.md")
+    p.add_argument("--suite-data", default=None, metavar="DIR",
+                   help="where suite sets are generated and reused (default <workspace>/data/suites)")
+    p.add_argument("--real-samples", default=None, metavar="DIR",
+                   help="DCASE 2020 sample folder for the suite's real-slider set "
+                        "(default ../shared/data/dcase2020-samples; skipped with a note when absent)")
+    p.add_argument("--rescore", action="store_true",
+                   help="score finished rcmae runs in OUT again with the current scorers (no retraining)")
+    p.add_argument("--report-only", action="store_true",
+                   help="with --suite: run nothing, report the runs already finished in OUT (and what is missing)")
+    p.add_argument("--out", default=None,
+                   help="folder for benchmark.json, table.md and each system's outputs (suite.json, suite.md, "
+                        "sets/<set>/ with --suite); required")
     p.add_argument("--systems", default="rcmae,ae,knn",
                    help="comma list of: rcmae, rcmae-nodda, rcmae-novcr, rcmae-contrastive, rcmae-mae, "
                         "rcmae-nopretrain, ae, knn (default rcmae,ae,knn)")
@@ -402,7 +491,74 @@ def _add_benchmark(sub) -> None:
     p.add_argument("--repeat", type=int, default=1, help="repeat with N seeds; mean and spread per cell")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for the rcmae systems; ae.KEY=V / knn.KEY=V go to that baseline")
+    _add_benchmark_aug_flags(p)
     p.set_defaults(func=_cmd_benchmark)
+
+
+# ---------------------------------------------------------------- figures
+def _cmd_figures(args: argparse.Namespace) -> int:
+    from rcmae import figures
+
+    for path in figures.write_figures(Path(args.run), Path(args.out), scorer=args.scorer, seed=args.seed):
+        print(path)
+    return 0
+
+
+def _add_figures(sub) -> None:
+    p = sub.add_parser("figures", help="the paper's figures as PNG + SVG: t-SNE, ROC, score histograms, curves")
+    p.add_argument("--run", required=True, help="an evaluated run folder")
+    p.add_argument("--out", required=True, help="folder for the .png/.svg files (and the plotted points as CSV)")
+    p.add_argument("--scorer", default=None, help="scorer for ROC and histograms (default: the run's default)")
+    p.add_argument("--seed", type=int, default=0, help="t-SNE seed (default 0)")
+    p.set_defaults(func=_cmd_figures)
+
+
+# ---------------------------------------------------------------- reproduce
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from rcmae import reproduce
+
+    arms = tuple(a for a in args.arms.split(",") if a)
+    if not arms or any(a not in reproduce.ARMS for a in arms):
+        raise UsageError(f"--arms {args.arms!r}: a comma list of {', '.join(reproduce.ARMS)}")
+    opts = reproduce.Options(
+        out=Path(args.out), data=Path(args.data) if args.data else None, mirror=args.mirror, preset=args.preset,
+        overrides=list(args.set), pretrain_data=args.pretrain_data, arms=arms, gpus=args.gpus,
+        aug_model=args.aug_model, per_clip=args.per_clip, aug_steps=args.aug_steps, bank_shards=args.bank_shards,
+        seed=args.seed,
+    )
+    if args.dry_run:
+        reproduce.dry_run(opts, step_times=args.step_times, clips=args.clips, measure=not args.no_measure)
+        return 0
+    report = reproduce.run_all(opts)
+    print(Path(report).read_text())
+    return 0
+
+
+def _add_reproduce(sub) -> None:
+    p = sub.add_parser("reproduce", help="the paper's DCASE 2020 experiments (Tables 3 and 4) in one command")
+    p.add_argument("--out", required=True, help="folder for data (when fetched), bank, runs, logs and the report")
+    p.add_argument("--data", default=None,
+                   help="an existing DCASE 2020 Task 2 folder (dev_data/ + eval_data/); default: fetch from Zenodo")
+    p.add_argument("--mirror", default="https://zenodo.org", help="archive server (default https://zenodo.org)")
+    p.add_argument("--preset", default="paper", help="training preset (default paper)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+    p.add_argument("--pretrain-data", choices=["all", "train"], default="all",
+                   help="all: every clip, as the paper's 'all audios' (default); train: training clips only")
+    p.add_argument("--arms", default="rcmae,rcmae-nodda", help="Table 3 arms to run (default both)")
+    p.add_argument("--gpus", type=int, default=None, help="GPUs for banks and DDP training (default: all visible)")
+    p.add_argument("--aug-model", default=None, help="AudioLDM folder or model id (default cvssp/audioldm-s-full-v2)")
+    p.add_argument("--per-clip", type=int, default=4,
+                   help="AudioLDM copies per clip, one drawn per clip per epoch (default 4)")
+    p.add_argument("--aug-steps", type=lambda s: _pair(s, int), default=None,
+                   help="AudioLDM S range MIN:MAX (default 10:50, the paper's Table 2)")
+    p.add_argument("--bank-shards", type=int, default=None, help="bank processes (default: one per GPU)")
+    p.add_argument("--seed", type=int, default=0, help="bank seed (default 0)")
+    p.add_argument("--dry-run", action="store_true", help="print the steps, data volume and estimated GPU hours")
+    p.add_argument("--step-times", default=None,
+                   help="dry run: step times JSON written by bench/bench_paper.py on a GPU (default: measure now)")
+    p.add_argument("--clips", type=int, default=None, help="dry run without data: estimate for this many clips")
+    p.add_argument("--no-measure", action="store_true", help="dry run: do not measure step times")
+    p.set_defaults(func=_cmd_reproduce)
 
 
 # ---------------------------------------------------------------- jobs
@@ -431,6 +587,87 @@ def _add_jobs(sub) -> None:
     p.set_defaults(func=_cmd_jobs)
 
 
+# ---------------------------------------------------------------- export / monitor / demo-app (deployment)
+def _cmd_export(args: argparse.Namespace) -> int:
+    from rcmae import export
+
+    out = export.export_run(Path(args.run), Path(args.out), format=args.format, scorer=args.scorer,
+                            examples=args.examples, overwrite=args.overwrite)
+    meta = export.Bundle(out).meta
+    print(f"bundle written to {out} ({meta['format']}, scorer {meta['scorer']}, {len(meta['units'])} machine(s)); "
+          f"load it as {out / 'README.md'} shows")
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write a self-contained detector bundle (TorchScript or ONNX) of a run")
+    p.add_argument("--run", required=True, help="a trained (and ideally evaluated) run folder")
+    p.add_argument("--out", required=True, help="the bundle folder to create")
+    p.add_argument("--format", default="torchscript", choices=["torchscript", "onnx"],
+                   help="torchscript (load with torch alone; default) or onnx (load with onnxruntime alone)")
+    p.add_argument("--scorer", default=None, help="the scorer to export (default: the run's default)")
+    p.add_argument("--examples", type=int, default=3,
+                   help="normal training clips per machine copied into the bundle for listening (default 3)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    from rcmae import monitor
+
+    out = Path(args.out) if args.out else Path(args.paths[0]).with_suffix("").parent / "monitor"
+    results, skipped = monitor.monitor(args.paths, out, bundle=args.bundle, run=args.run, scorer=args.scorer,
+                                       machine_type=args.machine_type, machine_id=args.machine_id, hop=args.hop,
+                                       min_duration=args.min_duration, threshold=args.threshold, plot=args.plot,
+                                       progress=not args.quiet)
+    for res in results:
+        print(f"{res.path}: {res.duration:.1f} s, {len(res.series)} windows, {len(res.events)} event(s) above "
+              f"{res.threshold:.4f} ({res.scorer}, {res.machine_type}/{res.machine_id})")
+        for _, ev in res.events.iterrows():
+            print(f"  event {int(ev['event'])}: {ev['start_s']:.1f}-{ev['end_s']:.1f} s, peak {ev['peak_score']:.4f} "
+                  f"at {ev['peak_s']:.1f} s")
+        print(f"  -> {', '.join(str(p) for p in res.files.values())}")
+    for path, why in skipped:
+        print(f"skipped {path}: {why}", file=sys.stderr)
+    return 1 if skipped else 0
+
+
+def _add_monitor(sub) -> None:
+    p = sub.add_parser("monitor", help="score long recordings with a sliding window: score series, events, plot")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--bundle", default=None, help="an exported bundle (rcmae export)")
+    src.add_argument("--run", default=None, help="a run folder")
+    p.add_argument("paths", nargs="+", help="recordings (.wav/.flac) or folders of them")
+    p.add_argument("--out", default=None, help="output folder (default: monitor/ beside the first recording)")
+    p.add_argument("--scorer", default=None, help="with --run: the scorer (default: the run's default)")
+    p.add_argument("--machine-type", default=None, help="machine type (default: the only one, or from the path)")
+    p.add_argument("--machine-id", default=None, help="machine ID (default: the only one, or id_XX in the name)")
+    p.add_argument("--hop", type=float, default=1.0, help="seconds between window starts (default 1.0)")
+    p.add_argument("--min-duration", type=float, default=1.0,
+                   help="shortest event in seconds; shorter threshold crossings are ignored (default 1.0)")
+    p.add_argument("--threshold", type=float, default=None, help="override the machine's fitted threshold")
+    p.add_argument("--plot", default="html", choices=["html", "png", "none"], help="plot format (default html)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_monitor)
+
+
+def _cmd_demo_app(args: argparse.Namespace) -> int:
+    from rcmae import demo_app
+
+    demo_app.launch(Path(args.bundle), host=args.host, port=args.port, share=args.share)
+    return 0
+
+
+def _add_demo_app(sub) -> None:
+    p = sub.add_parser("demo-app", help="a Gradio demo of an exported bundle: upload or record, see the verdict")
+    p.add_argument("bundle", help="an exported bundle folder (rcmae export)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--share", action="store_true",
+                   help="also open a public Gradio share link (sends traffic through Gradio's servers)")
+    p.set_defaults(func=_cmd_demo_app)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rcmae",
@@ -448,7 +685,12 @@ def build_parser() -> argparse.ArgumentParser:
         _add_prompts,
         _add_baseline,
         _add_benchmark,
+        _add_figures,
+        _add_reproduce,
         _add_jobs,
+        _add_export,
+        _add_monitor,
+        _add_demo_app,
     ):
         add(sub)
     return parser

@@ -165,7 +165,15 @@ class FeatureStats:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: feature statistics not found; the run folder is incomplete")
-        return cls.from_dict(json.loads(path.read_text()))
+        from rcmae.files import read_json
+
+        try:
+            return cls.from_dict(read_json(path))
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            if str(err).startswith(str(path)):
+                raise
+            raise ValueError(f"{path}: not valid feature statistics ({err}); re-run pretraining into a new --out") \
+                from err
 
 
 def compute_stats(logmels: Iterable[torch.Tensor | np.ndarray]) -> FeatureStats:

@@ -23,10 +23,17 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-STATES = ("queued", "running", "done", "failed", "cancelled")
+STATES = ("queued", "running", "done", "failed", "cancelled", "killed")
 ACTIVE = ("queued", "running")
+# Ended without success: a job waiting for one of these is cancelled; pretrain/finetune ones can resume.
+ENDED_BADLY = ("failed", "cancelled", "killed")
+# Flags whose values are paths: recorded absolute (from the job's cwd), so Resume / Run again work from anywhere.
+_PATH_FLAGS = ("--data", "--out", "--run", "--aug", "--bank", "--prompts", "--preset")
 # Subcommands whose folder (``--out`` or ``--run``) the Jobs page follows for progress.json / metrics.csv.
 _OUT_FLAGS = ("--out", "--run")
+# Long-running servers (``rcmae demo-app``): they start at once and hold no CPU slot, since they idle until used;
+# they run until cancelled.
+SERVICE_KINDS = ("demo-app",)
 # A claimed job gets its pid a moment after it is marked running; before this many seconds a missing pid is normal.
 _START_GRACE_S = 60.0
 
@@ -70,7 +77,7 @@ class Job:
         kind: The rcmae subcommand (``pretrain``, ``evaluate``, ...) or ``python`` for a raw Python job.
         argv: The arguments after ``rcmae`` (or after ``python`` for raw Python jobs).
         gpus: CUDA_VISIBLE_DEVICES for the job; ``""`` is a CPU job.
-        state: One of queued, running, done, failed, cancelled.
+        state: One of queued, running, done, failed, cancelled, killed (ended by a signal, e.g. kill -9).
         pid: Process id of the job's wrapper (also its process-group id).
         pid_start: Start time of ``pid`` in clock ticks from ``/proc/<pid>/stat``, against PID reuse.
         created, started, ended: Unix times.
@@ -150,6 +157,14 @@ class JobStore:
             # WAL lets the app read while a runner writes; the mode is stored in the file, set once.
             con.execute("PRAGMA journal_mode=WAL")
             con.execute(_SCHEMA)
+            check = con.execute("PRAGMA quick_check").fetchone()
+            if check is None or check[0] != "ok":
+                raise sqlite3.DatabaseError(f"integrity check: {check[0] if check else 'no answer'}")
+        except sqlite3.DatabaseError as err:
+            raise JobError(
+                f"{self.db_path}: not a readable job database ({err}); move it aside (mv {self.db_path.name} "
+                f"{self.db_path.name}.bad) to start a new one: running jobs keep running, their history is lost"
+            ) from err
         finally:
             con.close()
 
@@ -282,6 +297,36 @@ def _out_folder(argv: Sequence[str]) -> str:
     return ""
 
 
+def _absolute_argv(argv: Sequence[str], cwd: Path) -> list[str]:
+    """``argv`` with the values of path flags made absolute from ``cwd`` (``--aug specaugment`` and preset
+    names stay as they are)."""
+    out: list[str] = []
+    expect: str | None = None
+    for arg in argv:
+        if expect is not None:
+            out.append(_absolute_value(expect, arg, cwd))
+            expect = None
+            continue
+        flag, eq, value = arg.partition("=")
+        if flag in _PATH_FLAGS and eq:
+            out.append(f"{flag}={_absolute_value(flag, value, cwd)}")
+            continue
+        if arg in _PATH_FLAGS:
+            expect = arg
+        out.append(arg)
+    if argv[:1] == ["demo-data"] and len(out) > 1 and not out[1].startswith("-"):
+        out[1] = str((cwd / out[1]).resolve())
+    return out
+
+
+def _absolute_value(flag: str, value: str, cwd: Path) -> str:
+    if flag == "--aug" and value == "specaugment":
+        return value
+    if flag == "--preset" and not value.endswith((".yaml", ".yml")):
+        return value
+    return str((cwd / Path(value).expanduser()).resolve())
+
+
 def _parse_gpus(gpus: str | Sequence[str] | None) -> str:
     if gpus is None:
         return ""
@@ -310,8 +355,11 @@ def launch(store: JobStore, argv: Sequence[str], gpus: str | Sequence[str] = "",
     if after is not None:
         store.get(after)
     kind = "python" if raw_python else argv[0]
+    workdir = Path(cwd).resolve() if cwd else Path.cwd()
+    if not raw_python:
+        argv = _absolute_argv(argv, workdir)
     return store.add(kind, argv, gpus=_parse_gpus(gpus), name=name, out=_out_folder(argv),
-                     cwd=str(Path(cwd).resolve()) if cwd else os.getcwd(), after=after)
+                     cwd=str(workdir), after=after)
 
 
 def plan_starts(queued: Sequence[Job], running: Sequence[Job], gpus: Sequence[str], cpu_slots: int = 1,
@@ -329,13 +377,16 @@ def plan_starts(queued: Sequence[Job], running: Sequence[Job], gpus: Sequence[st
     finished_ok = finished_ok or set()
     known = {str(g) for g in gpus}
     busy: set[str] = {g for job in running for g in job.gpu_ids}
-    cpu_busy = sum(1 for job in running if not job.gpu_ids)
+    cpu_busy = sum(1 for job in running if not job.gpu_ids and job.kind not in SERVICE_KINDS)
     start: list[Job] = []
     invalid: list[tuple[Job, str]] = []
     for job in sorted(queued, key=lambda j: j.id):
         if job.after is not None and job.after not in finished_ok:
             continue
         wanted = set(job.gpu_ids)
+        if not wanted and job.kind in SERVICE_KINDS:
+            start.append(job)
+            continue
         if not wanted:
             if cpu_busy < cpu_slots:
                 start.append(job)
@@ -376,8 +427,16 @@ def _spawn(job: Job) -> subprocess.Popen:
                                 cwd=job.cwd or None, env=env, start_new_session=True)
 
 
-def start_ready(store: JobStore, gpus: Sequence[str] | None = None, cpu_slots: int | None = None) -> list[Job]:
-    """Start the queued jobs that may run now (see :func:`plan_starts`); returns them as started."""
+def start_ready(store: JobStore, gpus: Sequence[str] | None = None, cpu_slots: int | None = None,
+                _hooks: dict | None = None) -> list[Job]:
+    """Start the queued jobs that may run now (see :func:`plan_starts`); returns them as started.
+
+    A job is claimed (``running``, no pid) in one write transaction, spawned, then its pid is recorded
+    only if it is still ``running``. A :func:`cancel` that lands anywhere in between wins: the claim is
+    not spawned, or the fresh process group is killed at once. ``_hooks`` (tests) are called with the
+    job id at ``"claimed"`` and ``"spawned"``.
+    """
+    hooks = _hooks or {}
     refresh(store)
     gpus = detect_gpu_ids() if gpus is None else list(gpus)
     cpu_slots = cpu_slots_default() if cpu_slots is None else cpu_slots
@@ -387,7 +446,7 @@ def start_ready(store: JobStore, gpus: Sequence[str] | None = None, cpu_slots: i
         queued = [j for j in rows if j.state == "queued"]
         running = [j for j in rows if j.state == "running"]
         ok = {j.id for j in rows if j.state == "done"}
-        dead = {j.id: j.state for j in rows if j.state in ("failed", "cancelled")}
+        dead = {j.id: j.state for j in rows if j.state in ENDED_BADLY}
         now = time.time()
         # A failed link cancels the rest of its chain (oldest first, so one pass reaches the end).
         for job in queued:
@@ -402,14 +461,26 @@ def start_ready(store: JobStore, gpus: Sequence[str] | None = None, cpu_slots: i
             con.execute("UPDATE jobs SET state='running', started=? WHERE id=?", (now, job.id))
     started = []
     for job in start:
+        if "claimed" in hooks:
+            hooks["claimed"](job.id)
+        current = store.get(job.id)
+        if current.state != "running":  # cancelled between claim and spawn: never start it
+            continue
         try:
-            proc = _spawn(store.get(job.id))
+            proc = _spawn(current)
         except OSError as err:
-            store.update(job.id, state="failed", ended=time.time(), note=f"could not start: {err}")
+            store.update(job.id, only_if_state="running", state="failed", ended=time.time(),
+                         note=f"could not start: {err}")
             continue
         _CHILDREN[proc.pid] = proc
+        if "spawned" in hooks:
+            hooks["spawned"](job.id)
         stat = proc_stat(proc.pid)
-        store.update(job.id, pid=proc.pid, pid_start=stat[1] if stat else None)
+        if not store.update(job.id, only_if_state="running", pid=proc.pid, pid_start=stat[1] if stat else None):
+            # Cancelled after the spawn, before its pid was known to anyone: this launcher kills it.
+            _kill_group(proc.pid, lambda p=proc: p.poll() is None)
+            store.update(job.id, pid=proc.pid, pid_start=stat[1] if stat else None)
+            continue
         started.append(store.get(job.id))
     return started
 
@@ -435,36 +506,83 @@ def refresh(store: JobStore) -> list[Job]:
         rc = _read_rc(job)
         if rc == 0:
             store.update(job.id, only_if_state="running", state="done", returncode=0, ended=now)
+        elif rc is None or rc < 0:
+            # No return code (the wrapper itself was killed) or a signal (rc -9): the job was killed.
+            how = "without a return code" if rc is None else f"by signal {-rc}"
+            ckpt = _mark_progress(job, "killed")
+            note = f"killed ({how})" + (f"; last checkpoint {ckpt}: Resume continues from it" if ckpt else "")
+            if store.update(job.id, only_if_state="running", state="killed", returncode=rc, ended=now, note=note):
+                _append_log(job, f"[killed {how}]" + (f" last checkpoint: {ckpt}" if ckpt else ""))
         else:
-            note = "" if rc is not None else "the process ended without a return code (killed?)"
-            store.update(job.id, only_if_state="running", state="failed", returncode=rc, ended=now, note=note)
+            store.update(job.id, only_if_state="running", state="failed", returncode=rc, ended=now)
     return store.list()
 
 
+def _append_log(job: Job, line: str) -> None:
+    with contextlib.suppress(OSError), open(job.log, "a") as log:
+        log.write(f"\n{line}\n")
+
+
+def last_checkpoint(out: str | os.PathLike) -> Path | None:
+    """The newest ``checkpoints/*-last.ckpt`` of a run folder, or None."""
+    found = sorted(Path(out).glob("checkpoints/*-last.ckpt"), key=lambda p: p.stat().st_mtime) if out else []
+    return found[-1] if found else None
+
+
+def _mark_progress(job: Job, state: str) -> Path | None:
+    """Set a still-"running" ``progress.json`` of the job's folder to ``state`` with the last checkpoint named."""
+    if not job.out:
+        return None
+    path = Path(job.out) / "progress.json"
+    ckpt = last_checkpoint(job.out)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return ckpt
+    if isinstance(record, dict) and record.get("state") == "running":
+        from rcmae.files import write_json
+
+        record.update(state=state, checkpoint=str(ckpt) if ckpt else None, updated_by=f"job {job.id}")
+        with contextlib.suppress(OSError):
+            write_json(path, record)
+    return ckpt
+
+
+def _kill_group(pgid: int, alive, timeout: float = 5.0) -> None:
+    """SIGTERM the process group, then SIGKILL it if it is still there after ``timeout`` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            alive()  # reaps our own child so the group can empty
+            if not _process_group_alive(pgid):
+                return
+            time.sleep(0.05)
+
+
 def cancel(store: JobStore, job_id: int, timeout: float = 5.0) -> Job:
-    """Cancel a job: a queued one never starts; a running one's process group gets SIGTERM, then SIGKILL."""
+    """Cancel a job: a queued one never starts; a running one's process group gets SIGTERM, then SIGKILL.
+
+    Race-free against :func:`start_ready`: the state changes first (only from queued/running), then the
+    pid is read back. A launcher that has claimed the job but not yet recorded its pid sees the
+    cancellation when it tries to record it, and kills what it spawned.
+    """
     job = store.get(job_id)
-    if job.state == "queued":
-        store.update(job.id, only_if_state="queued", state="cancelled", ended=time.time(), note="cancelled")
+    now = time.time()
+    if job.state == "queued" and store.update(job.id, only_if_state="queued", state="cancelled", ended=now,
+                                              note="cancelled"):
         return store.get(job.id)
+    job = store.get(job_id)
     if job.state != "running":
         return job
-    store.update(job.id, state="cancelled", ended=time.time(), note="cancelled")
+    if not store.update(job.id, only_if_state="running", state="cancelled", ended=now, note="cancelled"):
+        return store.get(job.id)
+    job = store.get(job.id)  # the pid as recorded now: after this, no launcher records one
     if job.pid is not None and _job_alive(job):
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(job.pid, sig)
-            deadline = time.time() + timeout
-            while time.time() < deadline:
-                _job_alive(job)  # reaps our own child so the group can empty
-                if not _process_group_alive(job.pid):
-                    break
-                time.sleep(0.05)
-            else:
-                continue
-            break
-    with open(job.log, "a") as log:
-        log.write("\n[cancelled]\n")
+        _kill_group(job.pid, lambda: _job_alive(job), timeout)
+    _mark_progress(job, "cancelled")
+    _append_log(job, "[cancelled]")
     return store.get(job.id)
 
 
@@ -511,6 +629,29 @@ def detect_gpu_ids() -> list[str]:
 # ---------------------------------------------------------------- queue runner
 def _runner_lock(store: JobStore) -> Path:
     return store.db_path.with_name(store.db_path.name + ".runner.lock")
+
+
+def runner_alive(store: JobStore) -> bool:
+    """Whether a queue runner holds this registry's runner lock."""
+    with open(_runner_lock(store), "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
+
+
+def revive_runner(store: JobStore) -> bool:
+    """Start a queue runner when jobs are queued and none runs (it died, or was killed). True if started.
+
+    The Jobs page and ``rcmae jobs`` call this on every view, so a dead runner costs a queue at most
+    until someone looks.
+    """
+    if not store.list(["queued"]) or runner_alive(store):
+        return False
+    ensure_runner(store)
+    return True
 
 
 def ensure_runner(store: JobStore) -> None:
@@ -577,6 +718,8 @@ def main(args: argparse.Namespace) -> int:
     from rcmae.workspace import Workspace
 
     store = JobStore(Workspace.default(args.workspace).jobs_db)
+    if args.action != "run-queue" and revive_runner(store):
+        print("the queue runner was not running (killed?): restarted it for the queued jobs", file=sys.stderr)
     if args.action == "list":
         jobs = refresh(store)
         if not jobs:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as nnf
 from torch import Tensor, nn
 
-from rcmae.losses import masked_mse
+from rcmae.losses import cosine_logits, masked_mse
 
 __all__ = [
     "ModelConfig",
@@ -59,6 +59,9 @@ class ModelConfig:
         stat_fusion: Concatenate per-clip band statistics (mean and std over time, ``2 * n_mels``) of the
             input to the pooled vector before the projection.
         dropout: Dropout inside the transformer blocks.
+        head: Classifier over machine IDs: ``"linear"`` (the paper) or ``"cosine"`` (``head_scale`` times the
+            cosine to each class centre; fine-tuning puts an ArcFace margin on it, ``finetune.head=arcface``).
+        head_scale: Scale of the cosine head's logits.
     """
 
     n_mels: int = 128
@@ -69,9 +72,11 @@ class ModelConfig:
     depth: int = 12
     heads: int = 6
     mlp_ratio: float = 4.0
-    decoder_embed_dim: int = 256
-    decoder_depth: int = 4
-    decoder_heads: int = 8
+    # The paper: "The encoder and decoders are based on ViT ... with a depth of 12 layers and 6 heads"
+    # (docs/model.md, decision table); `paper-light` keeps MAE's light 256 x 4 decoder.
+    decoder_embed_dim: int = 384
+    decoder_depth: int = 12
+    decoder_heads: int = 6
     proj_dim: int = 512
     n_classes: int = 0
     norm_pix_loss: bool = False
@@ -80,6 +85,8 @@ class ModelConfig:
     pool: str = "mean"
     stat_fusion: bool = False
     dropout: float = 0.0
+    head: str = "linear"
+    head_scale: float = 16.0
 
     def __post_init__(self) -> None:
         positive = ("n_mels", "n_frames", "patch_f", "patch_t", "embed_dim", "depth", "heads", "decoder_embed_dim",
@@ -117,6 +124,9 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.pool={self.pool!r}: must be 'mean' or 'cls'")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"ModelConfig.dropout={self.dropout}: must be in [0, 1)")
+        if self.head not in ("linear", "cosine") or not self.head_scale > 0:
+            raise ValueError(f"ModelConfig.head={self.head!r}, head_scale={self.head_scale}: head must be 'linear' "
+                             "or 'cosine' and head_scale > 0")
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -305,14 +315,16 @@ class RCMAE(nn.Module):
         return lo + (hi - lo) * u
 
     @staticmethod
-    def random_masking(x: Tensor, mask_ratio: float,
-                       generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def random_masking(x: Tensor, mask_ratio: float, generator: torch.Generator | None = None,
+                       noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Per-sample random masking by argsort of uniform noise (MAE).
 
         Args:
             x: Tokens ``[B, L, D]``.
             mask_ratio: Fraction removed; ``int(L * (1 - mask_ratio))`` tokens are kept.
             generator: Draws the noise; must live on ``x``'s device.
+            noise: ``[B, L]`` uniform noise to use instead of drawing it (an exported detector carries the
+                noise its fixed-seed generator would draw, so it masks the same patches).
 
         Returns:
             ``(x_kept [B, L_keep, D], mask [B, L] with 1 = removed, ids_restore [B, L])``; ``ids_restore``
@@ -322,7 +334,8 @@ class RCMAE(nn.Module):
             raise ValueError(f"random_masking: mask_ratio={mask_ratio} must be in [0, 1)")
         b, length, dim = x.shape
         len_keep = max(1, int(length * (1 - mask_ratio)))
-        noise = torch.rand(b, length, generator=generator, device=x.device)
+        if noise is None:
+            noise = torch.rand(b, length, generator=generator, device=x.device)
         ids_shuffle = torch.argsort(noise, dim=1)  # ascending: the smallest noise values are kept
         ids_restore = torch.argsort(ids_shuffle, dim=1)
         ids_keep = ids_shuffle[:, :len_keep]
@@ -348,15 +361,15 @@ class RCMAE(nn.Module):
             h = block(h)
         return self.norm(h)
 
-    def forward_encoder(self, x: Tensor, mask_ratio: float,
-                        generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """Encode the visible patches of ``x [B, F, T]``.
+    def forward_encoder(self, x: Tensor, mask_ratio: float, generator: torch.Generator | None = None,
+                        noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Encode the visible patches of ``x [B, F, T]`` (``noise``: see :meth:`random_masking`).
 
         Returns:
             ``(latent [B, 1 + L_keep, D] with the class token first, mask [B, L] 1 = removed, ids_restore [B, L])``.
         """
         tokens = self._tokens(x)
-        kept, mask, ids_restore = self.random_masking(tokens, mask_ratio, generator)
+        kept, mask, ids_restore = self.random_masking(tokens, mask_ratio, generator, noise)
         return self._encode(kept), mask, ids_restore
 
     def forward_decoder(self, latent: Tensor, ids_restore: Tensor) -> Tensor:
@@ -406,6 +419,8 @@ class RCMAE(nn.Module):
         if self.head is None:
             raise ValueError("RCMAE.classify: the model has no classifier head (n_classes=0); "
                              "call set_num_classes(n) first")
+        if self.config.head == "cosine":
+            return self.config.head_scale * cosine_logits(z, self.head.weight)
         return self.head(z)
 
     def forward_loss(self, x: Tensor, pred: Tensor, mask: Tensor) -> Tensor:
@@ -465,7 +480,7 @@ class RCMAE(nn.Module):
     def forward(self, x: Tensor) -> Output:
         """Eval pass: ``Output(embedding [B, proj_dim], logits [B, n_classes] or None)``."""
         z = self.embed(x)
-        return Output(embedding=z, logits=self.head(z) if self.head is not None else None)
+        return Output(embedding=z, logits=self.classify(z) if self.head is not None else None)
 
 
 def _init_module(m: nn.Module) -> None:
@@ -490,7 +505,8 @@ PRESETS: dict[str, Callable[[], ModelConfig]] = {
     "paper": lambda: ModelConfig(),
     # Audio-MAE geometry: 1024 frames at hop 160, 16 x 16 patches -> 8 x 64 = 512 tokens, 0.8 masking.
     "audiomae": lambda: ModelConfig(n_frames=1024, patch_f=16, patch_t=16, norm_pix_loss=True,
-                                    mask_ratio_min=0.8, mask_ratio_max=0.8),
+                                    mask_ratio_min=0.8, mask_ratio_max=0.8, decoder_embed_dim=256, decoder_depth=4,
+                                    decoder_heads=8),
 }
 
 

@@ -7,7 +7,8 @@ A library is a YAML file (default ``<workspace>/prompts.yaml``)::
     history:
       - {time: "...", event: added, id: p1, detail: ""}
 
-It is created on first use, seeded with six prompts in the style of the paper's Table 1.
+It is created on first use, seeded with the paper's Table 1 prompts word for word (tags ``paper``,
+``table1``); ``PromptLibrary.add_table1`` (``rcmae prompts add-paper``) adds them to an existing library.
 ``generate_prompts`` asks an OpenAI-compatible chat model for more (the model, base URL and key come
 from arguments, the workspace ``settings.yaml`` or ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL``), or falls
 back to a template generator driven by ``assets/prompt_vocabulary.yaml``. The API key is only ever
@@ -23,6 +24,7 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -37,16 +39,26 @@ MIN_LEN, MAX_LEN = 20, 300
 DEFAULT_MODEL = "gpt-4o-mini"
 VOCABULARY = Path(__file__).resolve().parents[1] / "assets" / "prompt_vocabulary.yaml"
 
-# Six prompts in the style of the paper's Table 1 (Zahedi et al., Algorithms 2023, 16(9), 431): one per
-# factory-noise source it names. The wording is paraphrased (the exact table text was not available to us).
-PAPER_PROMPTS: tuple[str, ...] = (
-    "Add sharp and metallic screeching sounds created by metal-cutting saws in a busy factory",
-    "Add the rhythmic buzzing of printing presses operating in a large production hall",
-    "Add the low rumbling and heavy impacts of rock crushers working in an industrial plant",
-    "Add the rhythmic clicking of injection moulding machines on a factory floor",
-    "Add the whirring and cutting bursts of woodworking machines such as lathes and planers",
-    "Add sudden bursts of hissing and hammering impacts from pneumatic tools in a workshop",
+# The paper's Table 1 ("Samples of retrieved prompts from ChatGPT", Zahedi et al., Algorithms 2023, 16(9), 431),
+# word for word. A fresh library is seeded with these six, tagged "paper" and "table1".
+TABLE1_PROMPTS: tuple[str, ...] = (
+    "add sharp and metallic screeching sound created by metal-cutting saws in a fabrication workshop as they cut "
+    "through various metal materials",
+    "add rhythmic and pulsating buzzing sound produced by printing presses in a publishing house as they rapidly "
+    "print and collate pages of books and magazines",
+    "add continuous and powerful rumbling noise accompanied by the grinding and crushing of rocks in a mining quarry "
+    "as large crushers pulverize rocks into smaller fragments",
+    "add continuous and rhythmic clicking noise produced by injection molding machines in a plastic manufacturing "
+    "facility as they shape molten plastic into various products",
+    "add rhythmic and repetitive whirring noise accompanied by the sound of cutting tools in a woodworking shop as "
+    "they shape and carve wood materials",
+    "add continuous and powerful whirring noise accompanied by the sound of pneumatic tools in an automobile "
+    "assembly line as vehicle parts are fastened",
 )
+# The default prompt set of banks and the LLM's examples: Table 1 itself.
+PAPER_PROMPTS: tuple[str, ...] = TABLE1_PROMPTS
+TABLE1_TAGS: tuple[str, ...] = ("paper", "table1")
+TABLE1_NOTE = "paper Table 1 (verbatim)"
 
 SYSTEM_MESSAGE = (
     "You write short text prompts for a text-to-audio diffusion model that adds realistic factory background "
@@ -113,7 +125,8 @@ class PromptLibrary:
     Every change re-reads the file under a lock and saves it atomically (temp file + ``os.replace``).
 
     Args:
-        path: the YAML file; created and seeded with ``PAPER_PROMPTS`` when it does not exist.
+        path: the YAML file; created and seeded with ``TABLE1_PROMPTS`` when it does not exist (an existing
+            file is never changed on opening).
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -123,11 +136,12 @@ class PromptLibrary:
                 created = _now()
                 data = {
                     "prompts": [
-                        {"id": f"p{i}", "text": text, "tags": ["paper", "table1"],
-                         "notes": "paper Table 1 style (paraphrased)", "created": created, "used_by": []}
-                        for i, text in enumerate(PAPER_PROMPTS, start=1)
+                        {"id": f"p{i}", "text": text, "tags": list(TABLE1_TAGS), "notes": TABLE1_NOTE,
+                         "created": created, "used_by": []}
+                        for i, text in enumerate(TABLE1_PROMPTS, start=1)
                     ],
-                    "history": [{"time": created, "event": "created", "id": "", "detail": "seeded with 6 prompts"}],
+                    "history": [{"time": created, "event": "created", "id": "",
+                                 "detail": "seeded with the paper's Table 1 (6 prompts)"}],
                 }
                 self._save(data)
             self._data = self._load()
@@ -252,6 +266,32 @@ class PromptLibrary:
                     item["used_by"].append(bank)
                     data["history"].append({"time": _now(), "event": "used", "id": item["id"], "detail": bank})
 
+    def add_table1(self) -> list[dict]:
+        """Add the paper's Table 1 prompts that the library lacks (compared case/space-insensitively).
+
+        A Table 1 prompt already present keeps its id and gains the ``paper``/``table1`` tags; other prompts
+        (e.g. the paraphrases older rcmae versions seeded) are left alone. Returns the prompts added.
+        """
+        added = []
+        with self._edit() as data:
+            known = {normalize(p["text"]): p for p in data["prompts"]}
+            numbers = [int(m.group(1)) for p in data["prompts"] if (m := re.fullmatch(r"p(\d+)", p["id"]))]
+            numbers += [int(m.group(1)) for e in data["history"] if (m := re.fullmatch(r"p(\d+)", str(e.get("id"))))]
+            next_id = max(numbers, default=0) + 1
+            for text in TABLE1_PROMPTS:
+                item = known.get(normalize(text))
+                if item is not None:
+                    item["tags"] = list(dict.fromkeys([*item["tags"], *TABLE1_TAGS]))
+                    continue
+                item = {"id": f"p{next_id}", "text": text, "tags": list(TABLE1_TAGS), "notes": TABLE1_NOTE,
+                        "created": _now(), "used_by": []}
+                next_id += 1
+                data["prompts"].append(item)
+                data["history"].append({"time": item["created"], "event": "added", "id": item["id"],
+                                        "detail": "paper Table 1"})
+                added.append(dict(item))
+        return added
+
 
 # ---------------------------------------------------------------- generation
 def load_vocabulary(path: str | os.PathLike | None = None) -> dict:
@@ -322,10 +362,14 @@ def _settings(path: str | os.PathLike | None) -> dict:
     return llm if isinstance(llm, dict) else {}
 
 
-def parse_llm_reply(content: str | None) -> list:
-    """Extract the JSON list from a chat reply (a bare list, a ```json fence, or ``{"prompts": [...]}``)."""
+def parse_llm_reply(content: str | None, where: str | None = None) -> list:
+    """Extract the JSON list from a chat reply (a bare list, a ```json fence, or ``{"prompts": [...]}``).
+
+    ``where`` (the server, credentials removed) is named in the error messages.
+    """
+    llm = f"the LLM at {where}" if where else "the LLM"
     if not content or not content.strip():
-        raise PromptGenerationError("the LLM answered with an empty message; try again or use --template")
+        raise PromptGenerationError(f"{llm} answered with an empty message; try again or use --template")
     text = content.strip()
     fence = re.search(r"```(?:json)?\s*(.*?)```", text, flags=re.S)
     if fence:
@@ -334,12 +378,13 @@ def parse_llm_reply(content: str | None) -> list:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         preview = re.sub(r"\s+", " ", content.strip())[:60]
-        raise PromptGenerationError(f"the LLM reply is not a JSON list of prompts (it starts {preview!r}); "
+        raise PromptGenerationError(f"{llm} replied with a message that is not a JSON list of prompts "
+                                    f"(it starts {preview!r}); "
                                     f"try again, another --model, or --template") from err
     if isinstance(data, dict) and isinstance(data.get("prompts"), list):
         data = data["prompts"]
     if not isinstance(data, list):
-        raise PromptGenerationError(f"the LLM reply is JSON but not a list (got {type(data).__name__}); "
+        raise PromptGenerationError(f"{llm} replied with JSON but not a list (got {type(data).__name__}); "
                                     f"try again, another --model, or --template")
     return data
 
@@ -364,47 +409,149 @@ def validate_prompts(items: list, existing: Iterable[str] = ()) -> tuple[list[st
     return kept, dropped
 
 
+def redact_url(url: str | None) -> str:
+    """``url`` safe to print or save: no ``user:password@`` and no query values (``?key=...`` becomes ``?key=***``)."""
+    if not url:
+        return "api.openai.com"
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = host + (f":{port}" if port else "")
+    query = urlencode([(k, "***") for k, _ in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def _reply_content(raw, where: str) -> str | None:
+    """The assistant message of a raw chat-completion HTTP reply; one clear line when the server sent
+    something else (an HTML page, invalid JSON, JSON without choices)."""
+    text = raw.text or ""
+    kind = raw.headers.get("content-type", "").split(";")[0].strip() or "no content type"
+    preview = re.sub(r"\s+", " ", text.strip())[:60]
+    if "html" in kind or text.lstrip()[:15].lower().startswith(("<!doctype html", "<html")):
+        raise PromptGenerationError(
+            f"the LLM at {where} sent an HTML page (HTTP {raw.status_code}, {kind}, starts {preview!r}), not a chat "
+            "completion; check --base-url (an OpenAI-compatible API usually ends in /v1) or use --template")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise PromptGenerationError(
+            f"the LLM at {where} sent invalid JSON (HTTP {raw.status_code}, {kind}: {err.msg} at char {err.pos}; "
+            f"starts {preview!r}); check the server or use --template") from err
+    try:
+        return data["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError) as err:
+        raise PromptGenerationError(
+            f"the LLM at {where} sent JSON that is not a chat completion (no choices[0].message; starts "
+            f"{preview!r}); check --base-url and --model, or use --template") from err
+
+
+# HTTP libraries log each request's full URL (credentials included) at INFO/DEBUG: quiet them during a call.
+_HTTP_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "openai")
+
+
+@contextlib.contextmanager
+def _quiet_http_logs() -> Iterator[None]:
+    saved = {name: logging.getLogger(name).level for name in _HTTP_LOGGERS}
+    for name in _HTTP_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _call_with_deadline(fn, deadline: float, on_timeout):
+    """Run ``fn()`` in a helper thread and wait at most until ``deadline`` (time.monotonic); then ``on_timeout()``
+    (which closes the connection, so the helper ends too) and raise ``TimeoutError``."""
+    import threading
+
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as err:  # handed to the caller's thread
+            box["error"] = err
+
+    worker = threading.Thread(target=run, daemon=True, name="rcmae-llm")
+    worker.start()
+    worker.join(max(0.0, deadline - time.monotonic()))
+    if worker.is_alive():
+        # Closing may wait for the stuck read: do it in the background, the caller returns now.
+        threading.Thread(target=on_timeout, daemon=True, name="rcmae-llm-close").start()
+        raise TimeoutError
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 def _llm_prompts(n: int, model: str, base_url: str | None, api_key: str, seed: int | None, timeout: float,
                  existing: list[str]) -> list[str]:
+    """Ask the chat model; ``timeout`` bounds the whole call (all requests), not each network read."""
+    deadline = time.monotonic() + timeout  # from the start: importing the client takes a while too
     import openai
 
-    where = base_url or "api.openai.com"
+    where = redact_url(base_url)
     client = openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0)
     examples = "\n".join(f"- {t}" for t in PAPER_PROMPTS[:3])
     kept: list[str] = []
-    for _ in range(3):  # validation may drop some items: ask again for the rest, at most three times
-        want = n - len(kept)
-        avoid = "; ".join((existing + kept)[-20:]) or "none"
-        extra = {"seed": seed} if seed is not None else {}
-        try:
-            reply = client.chat.completions.create(
-                model=model,
-                messages=[{"role": "system", "content": SYSTEM_MESSAGE},
-                          {"role": "user", "content": USER_TEMPLATE.format(n=want, examples=examples, avoid=avoid)}],
-                temperature=0.9,
-                **extra,
-            )
-        except openai.APITimeoutError as err:
-            raise PromptGenerationError(f"the LLM at {where} did not answer within {timeout:g} s; raise --timeout, "
-                                        f"check the server, or use --template") from err
-        except openai.APIConnectionError as err:
-            raise PromptGenerationError(f"could not reach the LLM at {where}; check --base-url / OPENAI_BASE_URL, "
-                                        f"or use --template") from err
-        except openai.AuthenticationError as err:
-            raise PromptGenerationError(f"the LLM at {where} rejected the API key (HTTP 401); "
-                                        f"check OPENAI_API_KEY") from err
-        except openai.APIStatusError as err:
-            raise PromptGenerationError(f"the LLM at {where} answered HTTP {err.status_code} for model {model!r}; "
-                                        f"check --model, or use --template") from err
-        choices = getattr(reply, "choices", None) or []
-        content = choices[0].message.content if choices and getattr(choices[0], "message", None) else None
-        items = parse_llm_reply(content)
-        new, dropped = validate_prompts(items, existing + kept)
-        for reason in dropped:
-            logger.info("dropped an LLM prompt: %s", reason)
-        kept += new[:want]
-        if len(kept) >= n or not new:
-            break
+    timed_out = False
+    try:
+        for _ in range(3):  # validation may drop some items: ask again for the rest, at most three times
+            want = n - len(kept)
+            avoid = "; ".join((existing + kept)[-20:]) or "none"
+            extra = {"seed": seed} if seed is not None else {}
+
+            def ask(want: int = want, avoid: str = avoid, extra: dict = extra):
+                raw = client.chat.completions.with_raw_response.create(
+                    model=model,
+                    messages=[{"role": "system", "content": SYSTEM_MESSAGE},
+                              {"role": "user", "content": USER_TEMPLATE.format(n=want, examples=examples,
+                                                                               avoid=avoid)}],
+                    temperature=0.9,
+                    **extra,
+                )
+                raw.http_response.read()  # the body too, within the deadline (a server may trickle it)
+                return raw
+
+            try:
+                with _quiet_http_logs():
+                    raw = _call_with_deadline(ask, deadline, client.close)
+            except (TimeoutError, openai.APITimeoutError) as err:
+                timed_out = True
+                raise PromptGenerationError(f"the LLM at {where} did not answer within {timeout:g} s; raise "
+                                            f"--timeout, check the server, or use --template") from err
+            except openai.APIConnectionError as err:
+                raise PromptGenerationError(f"could not reach the LLM at {where}; check --base-url / "
+                                            f"OPENAI_BASE_URL, or use --template") from err
+            except openai.AuthenticationError as err:
+                raise PromptGenerationError(f"the LLM at {where} rejected the API key (HTTP 401); "
+                                            f"check OPENAI_API_KEY") from err
+            except openai.APIStatusError as err:
+                raise PromptGenerationError(f"the LLM at {where} answered HTTP {err.status_code} for model "
+                                            f"{model!r}; check --model, or use --template") from err
+            content = _reply_content(raw.http_response, where)
+            items = parse_llm_reply(content, where=where)
+            new, dropped = validate_prompts(items, existing + kept)
+            for reason in dropped:
+                logger.info("dropped an LLM prompt: %s", reason)
+            kept += new[:want]
+            if len(kept) >= n or not new:
+                break
+    finally:
+        if not timed_out:
+            client.close()
     if not kept:
         raise PromptGenerationError(f"the LLM at {where} returned no usable prompts (all too short/long, multi-line "
                                     f"or duplicates); try again or use --template")
@@ -450,12 +597,12 @@ def generate_prompts(n: int, model: str | None = None, base_url: str | None = No
                                     "or use the template generator")
     # Local OpenAI-compatible servers usually need no key, but the client insists on a non-empty one.
     prompts = _llm_prompts(n, model, base_url, api_key or "not-needed", seed, timeout, existing)
-    return prompts, f"llm:{model}@{base_url or 'api.openai.com'}"
+    return prompts, f"llm:{model}@{redact_url(base_url)}"
 
 
 # ---------------------------------------------------------------- command line
 def main(args: argparse.Namespace) -> int:
-    """``rcmae prompts list|add|remove|generate`` (see ``rcmae.cli``)."""
+    """``rcmae prompts list|add|add-paper|remove|generate`` (see ``rcmae.cli``)."""
     from rcmae.workspace import Workspace
 
     library = PromptLibrary(Path(args.library) if args.library else Workspace.default().prompts)
@@ -468,6 +615,13 @@ def main(args: argparse.Namespace) -> int:
     if args.action == "add":
         item = library.add(args.text, tags=args.tag, notes=args.note)
         print(f"added {item['id']}: {item['text']}")
+        return 0
+    if args.action == "add-paper":
+        added = library.add_table1()
+        for item in added:
+            print(f"added {item['id']}: {item['text']}")
+        there = len(TABLE1_PROMPTS) - len(added)
+        print(f"{library.path}: {len(added)} Table 1 prompt(s) added, {there} already there")
         return 0
     if args.action == "remove":
         item = library.remove(args.id)
@@ -489,4 +643,4 @@ def main(args: argparse.Namespace) -> int:
                                    notes=f"generated by {source}")
                 print(f"added {item['id']}: {text}")
         return 0
-    raise PromptLibraryError(f"unknown prompts action {args.action!r}; use list, add, remove or generate")
+    raise PromptLibraryError(f"unknown prompts action {args.action!r}; use list, add, add-paper, remove or generate")

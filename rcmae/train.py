@@ -13,6 +13,7 @@ travel in the checkpoint, so ``resume=True`` reproduces an uninterrupted run on 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import platform
@@ -33,11 +34,13 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 import rcmae
 from rcmae import config as rconfig
+from rcmae.checkpoint import load_checkpoint
 from rcmae.config import RunConfig
 from rcmae.data import DatasetLayoutError, LoadReport, id_classes, index_dataset
 from rcmae.datasets import ClipDataset, EpochSampler, PairSource, compute_logmels, make_generator, random_crops
 from rcmae.features import FeatureStats, LogMel, compute_stats
 from rcmae.files import atomic_write_text, read_json, write_json
+from rcmae.inputs import drop_train_anomalies, report_train_lengths
 from rcmae.losses import finetune_loss, pretrain_loss
 from rcmae.model import RCMAE, ModelConfig, count_parameters
 
@@ -169,10 +172,11 @@ def load_train_data(
     data = Path(data)
     if not data.is_dir():
         raise FileNotFoundError(f"{data}: data folder not found; pass --data a DCASE-layout folder")
-    index = index_dataset(data)
+    index = drop_train_anomalies(index_dataset(data), data)
     train = index[index["split"] == "train"].reset_index(drop=True)
     if train.empty:
         raise DatasetLayoutError(f"{data}: no training clips (<type>/train/*.wav); point --data at a dev/train set")
+    report_train_lengths(list(train["path"]), cfg.data.duration)
     classes = id_classes(index)
     logmels, kept, report = compute_logmels(
         list(train["path"]), _logmel_fn(cfg), cfg.data.sample_rate, cfg.data.duration, channel=cfg.data.channel,
@@ -198,9 +202,14 @@ def load_train_data(
 
 
 def load_bank_twins(
-    bank_dir: str | os.PathLike, train: TrainData, cfg: RunConfig, stats: FeatureStats, progress: bool = True
+    bank_dir: str | os.PathLike, train: TrainData, cfg: RunConfig, stats: FeatureStats, progress: bool = True,
+    outputs: dict[int, list[str]] | None = None,
 ) -> dict[int, torch.Tensor]:
-    """Normalised log-mels of each training clip's bank augmentations: clip index -> ``[k, F, T]``."""
+    """Normalised log-mels of each training clip's bank augmentations: clip index -> ``[k, F, T]``.
+
+    Copies come in the bank's order (``__aug0``, ``__aug1``, ...); ``outputs``, when given, is filled with
+    the wav path of each loaded copy (clip index -> paths, in the same order as the tensor rows).
+    """
     from rcmae.augment.bank import BankPairs
 
     bank_dir = Path(bank_dir)
@@ -227,7 +236,33 @@ def load_bank_twins(
     twins: dict[int, list[torch.Tensor]] = {}
     for row, p in enumerate(kept):
         twins.setdefault(owner[p], []).append(x[row])
+        if outputs is not None:
+            outputs.setdefault(owner[p], []).append(p)
     return {i: torch.stack(v) for i, v in twins.items()}
+
+
+# The per-epoch copy draw of a bank run (one JSON line per epoch) and the copies it indexes.
+DRAWS_FILE = "augment_draws.jsonl"
+COPIES_FILE = "augment_copies.json"
+
+
+def read_augment_draws(run: str | os.PathLike) -> dict[int, np.ndarray]:
+    """The recorded copy draw of a run: epoch -> copy index per training clip (``-1`` = SpecAugment twin).
+
+    A line cut off by an interruption is ignored (that epoch is drawn again on resume).
+    """
+    path = Path(run) / DRAWS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no recorded augmentation draw; only runs pretrained on a bank "
+                                "(--aug BANK) record one")
+    draws: dict[int, np.ndarray] = {}
+    for line in path.read_text().splitlines():
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        draws[int(item["epoch"])] = np.asarray(item["copies"], dtype=np.int64)
+    return draws
 
 
 # ------------------------------------------------------------------------------------------ lightning modules
@@ -309,9 +344,27 @@ class PretrainModule(_StageModule):
     stage = "pretrain"
 
     def __init__(self, model: RCMAE, cfg: RunConfig, x: torch.Tensor, labels: torch.Tensor,
-                 steps_per_epoch: int, pairs: PairSource) -> None:
+                 steps_per_epoch: int, pairs: PairSource, record: Path | None = None) -> None:
         super().__init__(model, cfg, x, labels, steps_per_epoch)
         self.pairs = pairs
+        # Where rank 0 appends each epoch's copy draw (None: not recorded).
+        self.record = record
+
+    def on_train_start(self) -> None:
+        if self.record is not None and self.global_rank == 0 and self.record.is_file():
+            # Resuming: epochs from here on are drawn again, so their old lines go.
+            kept = [ln for ln in self.record.read_text().splitlines()
+                    if ln.strip().endswith("}") and json.loads(ln)["epoch"] < self.current_epoch]
+            atomic_write_text(self.record, "".join(f"{ln}\n" for ln in kept))
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        if not self.pairs.bank:
+            return
+        draw = self.pairs.set_epoch(self.current_epoch, len(self._x))
+        if self.record is not None and self.global_rank == 0:
+            with open(self.record, "a") as fh:
+                fh.write(json.dumps({"epoch": self.current_epoch, "copies": draw.tolist()}) + "\n")
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         idx, _ = batch
@@ -355,21 +408,61 @@ class FinetuneModule(_StageModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         idx, labels = batch
         gen = self._generator(batch_idx)
+        f = self.cfg.finetune
+        if f.balanced:
+            idx = balanced_indices(self._labels, len(idx), gen)
+            labels = self._labels[idx]
         x = self._x[idx.cpu()]
-        if self.cfg.finetune.augment:
+        if f.augment:
             from rcmae.augment.specaugment import spec_augment
 
             x = spec_augment(x, self.cfg.pretrain.specaugment, gen)
         (x,) = random_crops([x], self.cfg.pretrain.crop_frames, gen)
+        labels = labels.to(self.device)
+        lam, perm = 1.0, torch.arange(len(idx))
+        if f.mixup_alpha > 0:
+            import scipy.special
+
+            from rcmae.losses import mixup
+
+            u = float(torch.rand(1, generator=gen))
+            lam = float(scipy.special.betaincinv(f.mixup_alpha, f.mixup_alpha, u))
+            lam = max(lam, 1.0 - lam)  # the first label dominates (SupCon uses it)
+            perm = torch.randperm(len(idx), generator=gen)
+            x = mixup(x, lam, perm)
+        perm = perm.to(self.device)
         x = x.to(self.device)
         z = self.model.embed(x)
-        logits = self.model.classify(z)
-        f = self.cfg.finetune
-        parts = finetune_loss(z.float(), logits.float(), labels.to(self.device), w_scl=f.w_supcon, w_ce=f.w_ce,
-                              tau=f.tau)
+        if f.head == "arcface":
+            from rcmae.losses import arcface_logits, cosine_logits
+
+            cos = cosine_logits(z.float(), self.model.head.weight.float())
+            logits = arcface_logits(cos, labels, f.scale, f.margin)
+            logits_b = arcface_logits(cos, labels[perm], f.scale, f.margin) if lam < 1.0 else logits
+        else:
+            logits = logits_b = self.model.classify(z).float()
+        parts = finetune_loss(z.float(), logits, labels, w_scl=f.w_supcon, w_ce=f.w_ce, tau=f.tau,
+                              label_smoothing=f.label_smoothing)
+        if lam < 1.0:
+            from rcmae.losses import mixup_cross_entropy
+
+            ce = mixup_cross_entropy(logits, logits_b, labels, labels[perm], lam, f.label_smoothing)
+            parts = {"loss": parts["loss"] + f.w_ce * (ce - parts["ce"]), "supcon": parts["supcon"], "ce": ce}
         self._check_finite(parts)
         self._log_parts(parts, len(idx))
         return parts["loss"]
+
+
+def balanced_indices(labels: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` clip indices, class-balanced: a class uniformly, then one of its clips uniformly (with replacement)."""
+    classes = torch.unique(labels)
+    pick = classes[torch.randint(0, len(classes), (n,), generator=generator)]
+    out = torch.empty(n, dtype=torch.long)
+    for c in classes:
+        members = torch.nonzero(labels == c).flatten()
+        slots = torch.nonzero(pick == c).flatten()
+        out[slots] = members[torch.randint(0, len(members), (len(slots),), generator=generator)]
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ callbacks
@@ -505,7 +598,8 @@ def _fit(module: _StageModule, dataset: ClipDataset, run: Path, stage: str, epoc
     with warnings.catch_warnings():
         # Both stages share checkpoints/: a non-empty folder is expected, not a problem.
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-        trainer.fit(module, train_dataloaders=loader, ckpt_path=str(resume_from) if resume_from else None)
+        trainer.fit(module, train_dataloaders=loader, ckpt_path=str(resume_from) if resume_from else None,
+                    weights_only=True)
     if trainer.is_global_zero:
         write_progress(run, stage=stage, epoch=epochs, epochs=epochs, step=trainer.global_step,
                        steps=epochs * module.steps_per_epoch, loss=getattr(module, "_last_parts", {}).get("loss"),
@@ -519,9 +613,9 @@ def _steps_per_epoch(n: int, batch_size: int) -> int:
 
 
 def _check_resume_checkpoint(ckpt: Path, model_cfg: ModelConfig) -> None:
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    saved = state.get("rcmae", {}).get("model_config")
-    if saved is None:
+    state = load_checkpoint(ckpt)
+    saved = (state.get("rcmae") or {}).get("model_config")
+    if not isinstance(saved, dict):
         raise RunFolderError(f"{ckpt}: not an rcmae checkpoint; start a new run with a fresh --out")
     now = dataclasses.asdict(model_cfg)
     diff = [k for k in now if k != "n_classes" and saved.get(k) != now[k]]
@@ -534,13 +628,23 @@ def _check_resume_checkpoint(ckpt: Path, model_cfg: ModelConfig) -> None:
 
 
 def _model_from_checkpoint(ckpt: Path) -> tuple[RCMAE, dict]:
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = load_checkpoint(ckpt)
     meta = state.get("rcmae")
-    if meta is None:
-        raise RunFolderError(f"{ckpt}: not an rcmae checkpoint")
-    model = RCMAE(ModelConfig(**meta["model_config"]))
-    weights = {k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(weights)
+    if not isinstance(meta, dict) or not isinstance(meta.get("model_config"), dict) \
+            or not isinstance(state.get("state_dict"), dict):
+        raise RunFolderError(f"{ckpt}: not an rcmae checkpoint (no rcmae.model_config/state_dict); re-run the stage")
+    try:
+        if meta.get("family") == "margin":
+            from rcmae.margin_train import model_from_state
+
+            return model_from_state(meta, state["state_dict"]), meta
+        model = RCMAE(ModelConfig(**meta["model_config"]))
+        weights = {k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
+        model.load_state_dict(weights)
+    except (TypeError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RunFolderError(f"{ckpt}: weights do not fit the model in the checkpoint ({first[:160]}); "
+                             "re-run the stage") from err
     return model, meta
 
 
@@ -577,6 +681,7 @@ def pretrain(
     progress: bool = True,
     callbacks: Sequence[Callback] = (),
     fit_scores: bool = True,  # noqa: ARG001 - kept for old callers; training never scores
+    replay: str | os.PathLike | None = None,
 ) -> Path:
     """Self-supervised RC-MAE pretraining into the run folder ``out``.
 
@@ -593,6 +698,11 @@ def pretrain(
         callbacks: Extra Lightning callbacks (job control, tests).
         fit_scores: Ignored, kept for old callers: training never scores. Thresholds and train embeddings are
             fitted by ``rcmae.score.fit_run`` (``rcmae pretrain`` calls it) or on the first ``Detector.load``.
+        replay: A run folder whose recorded per-epoch copy draw (``augment_draws.jsonl``) this run uses
+            instead of drawing its own (same data and bank).
+
+    With a bank, each epoch pairs every clip with one of its copies (``rcmae.datasets.draw_copies``) and
+    records the draw in ``augment_draws.jsonl`` (what the indices point at: ``augment_copies.json``).
 
     Returns:
         The run folder.
@@ -605,19 +715,30 @@ def pretrain(
     if resume:
         if not last.is_file():
             raise RunFolderError(f"{out}: nothing to resume (no {last.name}); run without --resume to start it")
-        _check_resume_checkpoint(last, cfg.model)
+        if cfg.family == "margin":
+            from rcmae.margin_train import check_resume
+
+            check_resume(last, cfg)
+        else:
+            _check_resume_checkpoint(last, cfg.model)
     elif (out / "checkpoints").is_dir() and any((out / "checkpoints").glob("*.ckpt")):
         raise RunFolderError(f"{out}: already holds a trained run; pass --resume to continue or choose a new --out")
     trainer_kw = trainer_options(devices, num_nodes, precision, accelerator)
     out.mkdir(parents=True, exist_ok=True)
     _print_config(cfg, f"rcmae pretrain -> {out}")
+    if cfg.family == "margin":
+        # The angular-margin classifier family trains in this one stage (rcmae.margin_train).
+        from rcmae.margin_train import pretrain_margin
+
+        return pretrain_margin(data, out, cfg, preset, overrides, resume, trainer_kw, progress, callbacks, fit_scores)
     L.seed_everything(cfg.seed, verbose=False)
 
     stats = FeatureStats.load(out / "stats.json") if resume and (out / "stats.json").is_file() else None
     train, stats = load_train_data(data, cfg, stats=stats, progress=progress)
-    bank = None
+    bank, outputs = None, {}
     if aug != "specaugment":
-        bank = load_bank_twins(aug, train, cfg, stats, progress=progress)
+        bank = load_bank_twins(aug, train, cfg, stats, progress=progress, outputs=outputs)
+    draws = read_augment_draws(replay) if replay is not None else None
     model = RCMAE(cfg.model)
     n_params = count_parameters(model)
     print(f"model: {n_params:,} parameters; {len(train.paths)} training clips, {len(train.classes)} machine IDs",
@@ -646,8 +767,17 @@ def pretrain(
     repeats = cfg.pretrain.crops_per_clip if cfg.pretrain.crop_frames else 1
     dataset = ClipDataset(train.x, train.labels, repeats=repeats)
     spe = _steps_per_epoch(len(dataset), cfg.pretrain.batch_size)
+    record = None
+    if bank and _launcher_rank_zero():
+        record = out / DRAWS_FILE
+        # What the recorded copy indices point at: per training clip, its source and its copies' wavs.
+        write_json(out / COPIES_FILE, {"bank": str(Path(aug).resolve()), "seed": cfg.seed,
+                                       "replayed_from": str(Path(replay).resolve()) if replay else None,
+                                       "clips": [{"source": p, "copies": outputs.get(i, [])}
+                                                 for i, p in enumerate(train.paths)]})
     module = PretrainModule(model, cfg, train.x, train.labels, spe,
-                            PairSource(specaugment=cfg.pretrain.specaugment, bank=bank))
+                            PairSource(specaugment=cfg.pretrain.specaugment, bank=bank, seed=cfg.seed, replay=draws),
+                            record=record)
     started = time.time()
     trainer = _fit(module, dataset, out, "pretrain", cfg.pretrain.epochs, cfg.pretrain.batch_size,
                    last if resume else None, trainer_kw, progress, callbacks, cfg.pretrain.grad_clip,
@@ -715,7 +845,18 @@ def finetune(
     if not resume and last.is_file():
         raise RunFolderError(f"{run}: already fine-tuned; pass --resume to continue, or pretrain a new run")
     data = Path(data) if data is not None else Path(info["data"])
+    if cfg.family == "margin":
+        print(f"finetune: {run} is a margin-classifier run, trained in one stage by `rcmae pretrain`; "
+              "nothing to fine-tune", flush=True)
+        return run
     trainer_kw = trainer_options(devices, num_nodes, precision, accelerator)
+    # Damaged or hostile checkpoints fail here, in one line, before any data is read.
+    model, _ = _model_from_checkpoint(pre)
+    if cfg.finetune.head == "arcface":
+        # A cosine classifier: the margin acts in training, scoring uses scale * cosine.
+        model.config = dataclasses.replace(model.config, head="cosine", head_scale=cfg.finetune.scale)
+    if resume:
+        _check_resume_checkpoint(last, model.config)
     _print_config(cfg, f"rcmae finetune -> {run}")
     L.seed_everything(cfg.seed, verbose=False)
     stats = FeatureStats.load(run / "stats.json")
@@ -729,14 +870,11 @@ def finetune(
         stages["finetune"] = {"skipped": message}
         update_run_json(run, stages=stages, data=str(data.resolve()))
         return run
-    model, _ = _model_from_checkpoint(pre)
     model.set_num_classes(len(train.classes))
     # Fine-tuning never runs the decoder: freeze it, so that DDP does not wait for gradients that never come.
     for name, param in model.named_parameters():
         if name.startswith(("decoder_", "mask_token")):
             param.requires_grad_(False)
-    if resume:
-        _check_resume_checkpoint(last, model.config)
     if _launcher_rank_zero():
         rconfig.save_config(cfg, run / "config.yaml")
     dataset = ClipDataset(train.x, train.labels)

@@ -418,3 +418,19 @@ def spectrogram_figure(logmel: np.ndarray, sample_rate: int = 16000, hop_length:
     fig.update_layout(title=title, xaxis_title="time (s)", yaxis_title="mel bin", height=300,
                       margin={"l": 40, "r": 10, "t": 40, "b": 40})
     return fig
+
+
+def monitor_figure(series: pd.DataFrame, events: pd.DataFrame | None = None, threshold: float | None = None,
+                   title: str = "Anomaly score over time") -> go.Figure:
+    """Score time series of ``rcmae monitor`` (``center_s``, ``score``) with the threshold and shaded events."""
+    fig = go.Figure(go.Scatter(x=series["center_s"], y=series["score"], mode="lines+markers", name="score",
+                               marker={"size": 5}, customdata=series[["start_s", "end_s"]].to_numpy(),
+                               hovertemplate="t=%{x:.1f} s<br>score=%{y:.4f}<extra></extra>"))
+    if threshold is not None:
+        fig.add_hline(y=threshold, line_dash="dash", line_color="firebrick",
+                      annotation_text=f"threshold {threshold:.4g}", annotation_position="top left")
+    for _, ev in (events if events is not None else pd.DataFrame()).iterrows():
+        fig.add_vrect(x0=ev["start_s"], x1=ev["end_s"], fillcolor="firebrick", opacity=0.15, line_width=0)
+    fig.update_layout(title=title, xaxis_title="time (s, window centre)", yaxis_title="anomaly score", height=380,
+                      margin={"l": 40, "r": 10, "t": 50, "b": 40}, clickmode="event+select")
+    return fig

@@ -7,11 +7,13 @@ draw) and everything they show can be tested without a browser.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import re
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,7 +27,7 @@ from rcmae.workspace import Workspace
 if TYPE_CHECKING:  # diffusers is heavy: imported only when AudioLDM is actually used
     from rcmae.augment.audioldm import AudioLDMAugmenter
 
-JOB_KINDS = ("pretrain", "finetune", "evaluate", "augment", "benchmark", "demo-data")
+JOB_KINDS = ("pretrain", "finetune", "evaluate", "augment", "benchmark", "reproduce", "demo-data")
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"
 UPLOAD_LIMIT_MB = 20.0
 DEFAULT_AUDIOLDM = "cvssp/audioldm-s-full-v2"
@@ -78,6 +80,122 @@ def parse_overrides(text: str) -> list[str]:
         if "=" not in item or item.startswith("="):
             raise ValueError(f"overrides: {item!r} is not key=value; write e.g. pretrain.lr=1e-3")
     return items
+
+
+# ---------------------------------------------------------------- access: login and allowed folders
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+# The longest file name most file systems take is 255 bytes; keep room for a "-<n>" suffix and a temp prefix.
+MAX_NAME_BYTES = 200
+
+
+class PathNotAllowed(ValueError):
+    """A typed path that leaves the workspace (``../``, an absolute path, a symlink) and no allowed root holds it."""
+
+
+def login_required(address: str | None) -> bool:
+    """Whether the workbench must ask for a login: it listens beyond loopback, or ``$RCMAE_REQUIRE_LOGIN`` is set.
+
+    Args:
+        address: Streamlit's ``server.address``; empty means every interface.
+    """
+    if os.environ.get("RCMAE_REQUIRE_LOGIN", "").strip() not in ("", "0"):
+        return True
+    addr = (address or "").strip().strip("[]")
+    return not (addr in LOOPBACK_HOSTS or addr.startswith("127."))
+
+
+def login_secret(secrets: Mapping[str, object] | None = None) -> str | None:
+    """The workbench password: ``$RCMAE_PASSWORD``, else the file ``$RCMAE_PASSWORD_FILE``, else ``rcmae_password``
+    in Streamlit's secrets (``.streamlit/secrets.toml``, never committed). None when none is set."""
+    value = os.environ.get("RCMAE_PASSWORD", "")
+    if not value and os.environ.get("RCMAE_PASSWORD_FILE"):
+        path = Path(os.environ["RCMAE_PASSWORD_FILE"]).expanduser()
+        try:
+            value = path.read_text(encoding="utf-8").strip()
+        except OSError as err:
+            raise ValueError(f"$RCMAE_PASSWORD_FILE={path}: cannot read it ({err.strerror}); fix the path") from err
+    if not value and secrets is not None:
+        value = str(secrets.get("rcmae_password", "") or "")
+    return value or None
+
+
+def check_login(given: str, secret: str) -> bool:
+    """Constant-time comparison of a typed password with the secret."""
+    return hmac.compare_digest(given.encode("utf-8"), secret.encode("utf-8"))
+
+
+def allowed_roots(ws: Workspace | None = None) -> list[Path]:
+    """Folders typed paths may point into: the workspace the app was started with (and ``ws``), plus the
+    operator's ``allowed_roots`` list in that workspace's ``settings.yaml``."""
+    import yaml
+
+    home = Workspace.default()
+    roots = [home.root]
+    if ws is not None and ws.root != home.root:
+        roots.append(ws.root)
+    if home.settings.is_file():
+        try:
+            extra = (yaml.safe_load(home.settings.read_text()) or {}).get("allowed_roots") or []
+        except (yaml.YAMLError, AttributeError) as err:
+            raise ValueError(f"{home.settings}: not valid YAML ({err}); fix allowed_roots") from err
+        if isinstance(extra, str) or not isinstance(extra, list):
+            raise ValueError(f"{home.settings}: allowed_roots must be a list of folders")
+        roots += [Path(str(r)).expanduser().resolve() for r in extra]
+    return [r.resolve() for r in roots]
+
+
+def resolve_path(ws: Workspace, text: str | os.PathLike, under: str | os.PathLike | None = None) -> Path:
+    """Resolve a path typed into a page; it must stay inside the workspace or an allowed root.
+
+    Relative paths are taken from ``under`` (default: the workspace). Symlinks and ``..`` are resolved
+    before the check, so neither can lead outside.
+
+    Raises:
+        PathNotAllowed: one line naming the path, where it leads, and how to allow it.
+    """
+    raw = str(text).strip()
+    if not raw:
+        raise PathNotAllowed("path: empty; type a name or a folder inside the workspace")
+    base = Path(under) if under is not None else ws.root
+    path = (base / Path(raw).expanduser()).resolve()
+    roots = allowed_roots(ws)
+    if not any(path == r or path.is_relative_to(r) for r in roots):
+        home = Workspace.default()
+        raise PathNotAllowed(
+            f"{raw}: leads to {path}, outside the workspace {ws.root}; use a name inside it, or let the operator "
+            f"add the folder to allowed_roots in {home.settings}"
+        )
+    return path
+
+
+def guard_workspace(text: str | os.PathLike) -> Workspace:
+    """The workspace named in the sidebar box: the start workspace, a folder inside it, or an allowed root."""
+    home = Workspace.default()
+    return Workspace(resolve_path(home, text, under=home.root.parent))
+
+
+def page_workspace(text: str | os.PathLike | None) -> Workspace:
+    """The workspace a page works in: the sidebar's choice when :func:`guard_workspace` allows it, else the
+    start workspace (the sidebar shows why). Created when missing."""
+    if not text:
+        return Workspace.default().ensure()
+    try:
+        return guard_workspace(text).ensure()
+    except PathNotAllowed:
+        return Workspace.default().ensure()
+
+
+def _short_name(name: str, limit: int = MAX_NAME_BYTES) -> str:
+    """``name`` cut to ``limit`` UTF-8 bytes, keeping its extension and a hash of the full name (unique)."""
+    if len(name.encode("utf-8")) <= limit:
+        return name
+    stem, dot, ext = name.rpartition(".")
+    if not dot or len(ext) > 10:
+        stem, ext = name, ""
+    tag = hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]
+    keep = limit - len(ext.encode()) - len(tag) - 2
+    cut = stem.encode("utf-8")[:keep].decode("utf-8", errors="ignore")
+    return f"{cut}-{tag}" + (f".{ext}" if ext else "")
 
 
 # ---------------------------------------------------------------- workspace listings
@@ -336,6 +454,10 @@ def job_argv(kind: str, *, data: str | os.PathLike | None = None, run: str | os.
         need(data, "data folder")
         need(out, "benchmark folder")
         argv = ["benchmark", "--data", a(data), "--out", a(out), "--systems", systems, "--preset", preset, *sets]
+    elif kind == "reproduce":
+        # The paper's DCASE 2020 experiments; without a data folder the job fetches the data (needs internet).
+        need(out, "reproduction folder")
+        argv = ["reproduce", "--out", a(out), *(["--data", a(data)] if data else []), "--preset", preset, *sets]
     elif kind == "demo-data":
         need(out, "output folder")
         train, test = demo_counts()
@@ -346,12 +468,20 @@ def job_argv(kind: str, *, data: str | os.PathLike | None = None, run: str | os.
 
 
 def launch_and_start(store: jobs.JobStore, argv: Sequence[str], gpus: str = "", name: str | None = None,
-                     after: int | None = None) -> jobs.Job:
+                     after: int | None = None, cwd: str | os.PathLike | None = None) -> jobs.Job:
     """Queue a job, start what may start now, and make sure a detached queue runner drains the rest."""
-    job = jobs.launch(store, argv, gpus=gpus, name=name, after=after)
+    job = jobs.launch(store, argv, gpus=gpus, name=name, after=after, cwd=cwd or None)
     jobs.start_ready(store)
     jobs.ensure_runner(store)
     return store.get(job.id)
+
+
+def relaunch(store: jobs.JobStore, job: jobs.Job, resume: bool = False) -> jobs.Job:
+    """"Resume" (pretrain/finetune, from the last checkpoint) or "Run again": the same command, GPUs and
+    working directory as the original job."""
+    argv = jobs.resume_argv(job) if resume else list(job.argv)
+    name = f"{job.name} (resume)" if resume else job.name
+    return launch_and_start(store, argv, gpus=job.gpus, name=name, cwd=job.cwd or None)
 
 
 def launch_demo_data(ws: Workspace, store: jobs.JobStore) -> jobs.Job:
@@ -419,7 +549,11 @@ def score_table(run: str | os.PathLike, scorer: str) -> pd.DataFrame:
     eval_dir = Path(run) / "eval"
     csv = eval_dir / "scores.csv"
     if csv.is_file():
-        frame = pd.read_csv(csv, dtype={"machine_id": str, "machine_type": str, "path": str, "label": str})
+        try:
+            frame = pd.read_csv(csv, dtype={"machine_id": str, "machine_type": str, "path": str, "label": str})
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+            raise ValueError(f"{csv}: empty or torn ({str(err).splitlines()[0]}); re-run evaluate on this run") \
+                from err
         if f"score_{scorer}" in frame.columns:
             table = pd.DataFrame({
                 "path": frame["path"], "machine_type": frame["machine_type"], "machine_id": frame["machine_id"],
@@ -463,6 +597,10 @@ def save_uploads(files: Sequence[tuple[str, bytes]], dest: str | os.PathLike,
                  max_mb: float = UPLOAD_LIMIT_MB) -> tuple[list[Path], list[tuple[str, str]]]:
     """Write uploaded ``(name, bytes)`` files into ``dest``; too big or non-wav files are reported, not saved.
 
+    Every upload gets its own file: a name already taken (an earlier upload, or twice in this batch)
+    gets ``-2``, ``-3``... before its extension, and names too long for the file system are shortened
+    (kept unique by a hash of the full name).
+
     Returns:
         ``(saved paths, [(name, problem)])``.
     """
@@ -470,7 +608,7 @@ def save_uploads(files: Sequence[tuple[str, bytes]], dest: str | os.PathLike,
     dest.mkdir(parents=True, exist_ok=True)
     saved, problems = [], []
     for name, data in files:
-        safe = Path(name).name
+        safe = _short_name(Path(name.replace("\\", "/")).name.lstrip(".") or "upload.wav")
         if not safe.lower().endswith(".wav"):
             problems.append((name, "not a .wav file; upload 16 kHz WAV clips"))
             continue
@@ -478,12 +616,34 @@ def save_uploads(files: Sequence[tuple[str, bytes]], dest: str | os.PathLike,
             problems.append((name, f"{len(data) / 2**20:.1f} MB is over the {max_mb:g} MB limit; "
                                    "score big folders with the folder option or `rcmae score`"))
             continue
-        path = dest / safe
-        tmp = path.with_name(f".{safe}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-        saved.append(path)
+        stem, ext = safe[:-4], safe[-4:]
+        path = _claim_upload(dest, stem, ext, data)
+        if isinstance(path, str):
+            problems.append((name, path))
+        else:
+            saved.append(path)
     return saved, problems
+
+
+def _claim_upload(dest: Path, stem: str, ext: str, data: bytes) -> Path | str:
+    """The file an upload goes to (written), or a problem. The same bytes under the same name (a page
+    rerun) reuse their file; other bytes under a taken name get ``-2``, ``-3``..."""
+    n = 1
+    while True:
+        candidate = dest / (f"{stem}{ext}" if n == 1 else f"{stem}-{n}{ext}")
+        try:
+            # O_EXCL claims the name: two uploads (or two sessions) never share a file.
+            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            if candidate.is_file() and candidate.stat().st_size == len(data) and candidate.read_bytes() == data:
+                return candidate
+            n += 1
+            continue
+        except OSError as err:
+            return f"cannot be saved ({err.strerror}); rename the file and upload it again"
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return candidate
 
 
 def score_rows_table(rows: Sequence[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -491,7 +651,8 @@ def score_rows_table(rows: Sequence[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     per-ID probabilities, one column per class)."""
     table = pd.DataFrame([{"file": Path(r["path"]).name, "machine_type": r["machine_type"],
                            "machine_id": r["machine_id"], "scorer": r["scorer"], "score": r["score"],
-                           "threshold": r["threshold"], "decision": r["decision"] or "", "error": r["error"] or ""}
+                           "threshold": r["threshold"], "decision": r["decision"] or "", "error": r["error"] or "",
+                           "note": r.get("note") or ""}
                           for r in rows])
     probs = pd.DataFrame([{"file": Path(r["path"]).name, **(r.get("probs") or {})} for r in rows if r.get("probs")])
     return table, probs

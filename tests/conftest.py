@@ -131,3 +131,78 @@ def write_tiny_dcase2023(root: Path, seconds: float = 1.0, seed: int = 0) -> Pat
 def tiny_dcase2023(tmp_path_factory) -> Path:
     """A DCASE 2023-style dev set: 2 types x section 00, 10 source + 2 target train, 3/3 test per domain, 1 s."""
     return write_tiny_dcase2023(tmp_path_factory.mktemp("tiny_dcase2023"))
+
+
+# A 1-block, 32-wide model on 1-second clips: a pretrain + finetune in seconds on one CPU thread.
+SHORT_OVERRIDES = [
+    "model.embed_dim=32", "model.depth=1", "model.heads=2", "model.decoder_embed_dim=32", "model.decoder_depth=1",
+    "model.decoder_heads=2", "model.proj_dim=32", "model.mlp_ratio=2.0", "pretrain.batch_size=8",
+    "finetune.batch_size=8", "score.recon_masks=2", "pretrain.crop_frames=null", "pretrain.crops_per_clip=1",
+    "data.duration=1.0", "model.n_frames=32", "pretrain.specaugment.time_width=8",
+]
+
+
+@pytest.fixture(scope="session")
+def short_run(tmp_path_factory) -> tuple[Path, Path]:
+    """``(data, run)``: 1-second tiny data and a run pretrained and fine-tuned 1 epoch each (copy before changing)."""
+    from rcmae import train
+
+    data = write_tiny_dcase(tmp_path_factory.mktemp("short_run_data"), seconds=1.0, seed=5)
+    run = tmp_path_factory.mktemp("short_run") / "run"
+    train.pretrain(data, run, epochs=1, overrides=SHORT_OVERRIDES, progress=False)
+    train.finetune(run, epochs=1, progress=False)
+    return data, run
+
+
+# ---------------------------------------------------------------- reliability figures
+# `bench/bench_reliability.py` sets $RCMAE_RELIABILITY_REPORT: every test marked `reliability` is one fault
+# tried; its outcome (passed = survived) is written there as JSON for bench/results/reliability.md.
+_RELIABILITY_OUTCOMES: dict[str, dict] = {}
+
+
+def pytest_runtest_logreport(report) -> None:
+    if "reliability" not in report.keywords or not os.environ.get("RCMAE_RELIABILITY_REPORT"):
+        return
+    entry = _RELIABILITY_OUTCOMES.setdefault(report.nodeid, {"nodeid": report.nodeid, "outcome": "passed",
+                                                             "duration": 0.0})
+    entry["duration"] += report.duration
+    if report.outcome != "passed" and entry["outcome"] == "passed":
+        entry["outcome"] = report.outcome if report.when == "call" else f"{report.outcome} in {report.when}"
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    out = os.environ.get("RCMAE_RELIABILITY_REPORT")
+    if out and _RELIABILITY_OUTCOMES:
+        Path(out).write_text(json.dumps(list(_RELIABILITY_OUTCOMES.values()), indent=1))
+
+
+# A tiny trained run on the synthetic demo data (one machine type, 3 IDs), for export/monitor/demo-app tests.
+DEMO_RUN_OVERRIDES = [
+    "model.embed_dim=32", "model.depth=1", "model.heads=2", "model.decoder_embed_dim=32", "model.decoder_depth=1",
+    "model.decoder_heads=2", "model.proj_dim=32", "model.mlp_ratio=2.0", "pretrain.batch_size=8",
+    "finetune.batch_size=8", "score.recon_masks=3", "score.knn_k=2",
+]
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    """Demo data (fan only: 3 IDs x 6 train + 3/3 test clips) and a run on it: 1 + 1 epochs, evaluated."""
+    from rcmae import demo, train
+    from rcmae.score import evaluate_run
+
+    root = tmp_path_factory.mktemp("demo_run")
+    data = demo.make_demo_data(root / "demo", train_per_id=6, test_per_id=3, progress=False,
+                               machine_types=["fan"], workers=1)
+    run = root / "run"
+    train.pretrain(data / "dev_data", run, epochs=1, overrides=DEMO_RUN_OVERRIDES, progress=False)
+    train.finetune(run, epochs=1, progress=False)
+    evaluate_run(run, progress=False)
+    return run
+
+
+@pytest.fixture(scope="session")
+def demo_bundle(demo_run, tmp_path_factory) -> Path:
+    """The demo run's default scorer exported as a TorchScript bundle."""
+    from rcmae.export import export_run
+
+    return export_run(demo_run, tmp_path_factory.mktemp("bundle") / "bundle", format="torchscript")

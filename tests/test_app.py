@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import time
@@ -20,7 +21,7 @@ from rcmae.metrics import load_results
 from rcmae.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ["home", "data", "prompts", "audition", "jobs", "results", "score"]
+PAGES = ["home", "data", "prompts", "audition", "jobs", "results", "score", "monitor"]
 # A 1-block model: the whole pretrain + finetune + evaluate takes seconds on one CPU thread.
 TINY = ["model.embed_dim=32", "model.depth=1", "model.heads=2", "model.decoder_embed_dim=32", "model.decoder_depth=1",
         "model.decoder_heads=2", "model.proj_dim=32", "pretrain.batch_size=8", "finetune.batch_size=8",
@@ -32,6 +33,8 @@ def full_ws(tiny_dcase: Path, tmp_path_factory) -> Workspace:
     """A workspace holding the tiny data set and one pretrained, fine-tuned and evaluated run."""
     ws = Workspace(tmp_path_factory.mktemp("ws_full")).ensure()
     (ws.data / "tiny").symlink_to(tiny_dcase, target_is_directory=True)
+    # The operator lets typed paths reach the linked data set (docs/workbench.md, allowed folders).
+    ws.settings.write_text(f"allowed_roots:\n  - {tiny_dcase}\n")
     run = ws.runs / "tiny-run"
     train.pretrain(tiny_dcase, run, epochs=1, overrides=TINY, progress=False)
     train.finetune(run, epochs=1, progress=False)
@@ -40,6 +43,8 @@ def full_ws(tiny_dcase: Path, tmp_path_factory) -> Workspace:
 
 
 def _app(ws: Workspace, page: str) -> AppTest:
+    # The app's start workspace: typed workspaces and paths must stay inside it (rcmae.workbench.resolve_path).
+    os.environ["RCMAE_WORKSPACE"] = str(ws.root)
     at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=120)
     at.session_state["workspace"] = str(ws.root)
     at.run()
@@ -77,6 +82,7 @@ EMPTY_HINTS = {
     "jobs": "No jobs yet",
     "results": "No evaluated run yet",
     "score": "No trained run yet",
+    "monitor": "No trained run or exported bundle yet",
 }
 
 
@@ -106,6 +112,8 @@ def test_page_renders_with_finished_run(page: str, full_ws: Workspace) -> None:
         assert len(at.get("plotly_chart")) >= 4  # ROC, histogram and the two embedding maps
     elif page == "score":
         assert at.selectbox[0].value.name == "tiny-run" and at.selectbox[1].value in ("idprob", "knn", "recon", "maha")
+    elif page == "monitor":
+        assert at.selectbox[0].value.name == "tiny-run" and any(b.label == "Export" for b in at.button)
 
 
 def test_data_page_counts(full_ws: Workspace, tiny_dcase: Path) -> None:
@@ -386,6 +394,8 @@ def test_audition_audioldm_with_local_weights(full_ws: Workspace, tmp_path: Path
     from rcmae.augment.audioldm_testing import build_tiny_pipeline
 
     weights = build_tiny_pipeline(tmp_path / "tiny-audioldm")  # random 1-layer parts: fast, not a real model
+    settings = full_ws.settings.read_text()
+    full_ws.settings.write_text(settings + f"  - {tmp_path}\n")  # the weights folder is an allowed root
     at = _app(full_ws, "audition")
     at.radio[0].set_value("audioldm")
     at.run()
@@ -458,3 +468,49 @@ def test_results_page_shows_the_dcase2023_protocol(ws2023: Workspace) -> None:
     groups = {t.get("legendgroup") for c in at.get("plotly_chart") for t in json.loads(c.proto.spec).get("data", [])
               if "legendgroup" in t}
     assert {"source", "target"} <= groups
+
+
+def test_monitor_page_scores_a_recording_and_exports_and_demos(full_ws: Workspace, tiny_dcase: Path) -> None:
+    import soundfile as sf
+
+    from rcmae import monitor
+
+    test = tiny_dcase / "dev_data" / "fan" / "test"
+    parts = [sf.read(test / f"{k}_id_00_0000000{n}.wav", dtype="float32")[0]
+             for k, n in (("normal", 0), ("anomaly", 1), ("normal", 2))]
+    rec = full_ws.data / "line.wav"
+    sf.write(rec, np.concatenate(parts), 16000, subtype="PCM_16")
+    at = _app(full_ws, "monitor")
+    at.text_input(key="monitor_path").set_value("data/line.wav")
+    at.run()
+    next(s for s in at.selectbox if s.label == "Machine").set_value("fan/00")
+    next(n for n in at.number_input if n.label == "Hop (s)").set_value(2.0)
+    at.run()
+    next(b for b in at.button if b.label == "Monitor").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    ref = monitor.monitor_recording(monitor.open_scorer(run=full_ws.runs / "tiny-run"), rec, "fan", "00", hop=2.0,
+                                    progress=False)
+    assert f"{len(ref.series)} windows" in _texts(at)
+    y = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]["y"]
+    if isinstance(y, dict):  # plotly's typed-array encoding
+        y = np.frombuffer(base64.b64decode(y["bdata"]), dtype=y["dtype"])
+    np.testing.assert_allclose(y, ref.series["score"], rtol=1e-6)
+    assert (full_ws.root / "monitor" / "line" / "line.scores.csv").is_file()
+    # The segment player starts at the highest score: one window around it.
+    listen = next(n for n in at.number_input if n.label.startswith("Listen around"))
+    assert listen.value == pytest.approx(ref.series.loc[ref.series["score"].idxmax(), "center_s"])
+    assert len(at.get("audio")) == 1
+    # Export (a background job), then the Demo button starts the bundle's Gradio app as a job with its link.
+    next(b for b in at.button if b.label == "Export").click()
+    at.run()
+    store = jobs.JobStore(full_ws.jobs_db)
+    job = next(j for j in store.list() if j.kind == "export")
+    assert _wait_job(store, job.id).state == "done", jobs.tail_log(store.get(job.id))
+    at = _app(full_ws, "monitor")
+    next(b for b in at.button if b.label == "Demo").click()
+    at.run()
+    demo = next(j for j in store.list() if j.kind == "demo-app")
+    assert f"http://127.0.0.1:{demo.argv[-1]}/" in _texts(at)
+    assert demo.state in ("running", "queued")
+    jobs.cancel(store, demo.id)

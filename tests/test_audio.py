@@ -200,7 +200,7 @@ def test_check_clip_lists_problems_without_raising(tmp_path):
     assert check_clip(odd) == [
         "sample rate 44100 Hz, not 16000 Hz (it will be resampled)",
         "2 channels (channel 0 is used by default)",
-        "11.00 s long, not 10 s (it will be cropped)",
+        "11.00 s long, not 10 s (training uses its first 10 s; scoring covers it in overlapping windows)",
     ]
 
     silent = tmp_path / "recording.wav"

@@ -120,7 +120,7 @@ def test_ae_end_to_end_writes_results_models_and_resumes(tiny_dcase, tmp_path):
     check_results(out, tiny_dcase)
     assert res["system"] == "ae"
     for mtype in ("fan", "valve"):
-        saved = torch.load(out / "models" / f"model_{mtype}.pt", weights_only=False)
+        saved = torch.load(out / "models" / f"model_{mtype}.pt", weights_only=True)
         assert saved["state_dict"]["layers.0.weight"].shape == (128, 640)
         assert len(saved["history"]["loss"]) == 2 and len(saved["history"]["val_loss"]) == 2
     stamp = (out / "models" / "model_fan.pt").stat().st_mtime_ns

@@ -175,3 +175,17 @@ def test_nopretrain_checkpoint_is_read_back_by_the_trainer(tiny_dcase, tmp_path)
     train.finetune(tmp_path / "a", epochs=1, progress=False, fit_scores=False)
     assert checkpoint_path(tmp_path / "a", "finetune", "last").is_file()
 
+
+
+def test_rescore_scores_the_finished_run_again_without_training(bench, tiny_dcase):
+    before = json.loads((bench / "systems/rcmae/seed0/record.json").read_text())
+    ckpts = {p: p.stat().st_mtime_ns for p in (bench / "systems/rcmae/seed0/run").rglob("*.ckpt")}
+    run_benchmark(tiny_dcase, bench, ["rcmae"], preset="tiny", overrides=TINY, progress=False, rescore=True)
+    after = json.loads((bench / "systems/rcmae/seed0/record.json").read_text())
+    # Same run, same scorers: the same numbers; the training record is kept, the scoring is timed on its own.
+    assert set(after["rows"]) == set(before["rows"])
+    for name, res in before["rows"].items():
+        assert after["rows"][name]["average"]["auc"] == pytest.approx(res["average"]["auc"], abs=1e-9)
+    assert after["wall_s"] == before["wall_s"] and after["rescore_wall_s"] > 0 and after["rescore_error"] is None
+    assert {p: p.stat().st_mtime_ns for p in ckpts} == ckpts  # nothing retrained
+    check_results_dir(bench / "systems/rcmae/seed0/run/eval/knn", tiny_dcase)

@@ -20,7 +20,7 @@ from rcmae.config import (
 from rcmae.model import RCMAE, count_parameters
 
 
-@pytest.mark.parametrize("preset", ["tiny", "paper", "audiomae"])
+@pytest.mark.parametrize("preset", ["tiny", "paper", "paper-light", "audiomae"])
 def test_presets_load_and_build(preset):
     cfg = load_config(preset)
     assert isinstance(cfg, RunConfig)
@@ -31,7 +31,7 @@ def test_presets_load_and_build(preset):
     else:
         assert cfg.model.n_frames == cfg.pretrain.crop_frames
     assert cfg.model.n_mels == cfg.features.n_mels
-    if preset in ("paper", "audiomae"):
+    if preset in ("paper", "paper-light", "audiomae"):
         assert grid_f * grid_t == 512  # the paper's 512 tokens
         assert (cfg.model.embed_dim, cfg.model.depth, cfg.model.heads) == (384, 12, 6)
         assert (cfg.pretrain.batch_size, cfg.pretrain.lr, cfg.pretrain.epochs) == (128, 1e-4, 400)
@@ -105,7 +105,8 @@ def test_override_errors_are_one_line(override, needle):
 
 
 def test_preset_errors(tmp_path):
-    with pytest.raises(ConfigError, match="unknown preset 'tinny'; valid presets: audiomae, paper, tiny"):
+    with pytest.raises(ConfigError, match="unknown preset 'tinny'; valid presets: audiomae, margin, paper, "
+                       "paper\\+, paper-light, tiny"):
         load_config("tinny")
     with pytest.raises(FileNotFoundError, match="preset file not found"):
         load_config(tmp_path / "missing.yaml")

@@ -172,3 +172,14 @@ def test_cli_jobs_list_launch_log(tmp_path: Path, capsys) -> None:
     assert "rcmae index: error:" in capsys.readouterr().out
     assert cli.main(["jobs", "--workspace", str(ws), "list"]) == 0
     assert f"{job.id}  failed" in capsys.readouterr().out
+
+
+def test_demo_app_jobs_hold_no_cpu_slot() -> None:
+    import dataclasses
+
+    demo = dataclasses.replace(_fake(20), kind="demo-app")
+    # A running demo app does not block the one CPU slot; a queued one starts even when the slot is taken.
+    start, _ = jobs.plan_starts([_fake(21)], [dataclasses.replace(demo, state="running")], gpus=[], cpu_slots=1)
+    assert [j.id for j in start] == [21]
+    start, _ = jobs.plan_starts([_fake(22), dataclasses.replace(demo, id=23)], [_fake(1)], gpus=[], cpu_slots=1)
+    assert [j.id for j in start] == [23]

@@ -191,10 +191,17 @@ def test_paper_preset_parameter_count():
     proj = 2 * d + (d * 512 + 512)
     assert count_parameters(m) == encoder + decoder + proj
     assert 21_000_000 <= encoder <= 24_000_000
-    assert count_parameters(m) == 24_802_640
+    assert count_parameters(m) == 42_997_072
     m.set_num_classes(41)
-    assert count_parameters(m) == 24_802_640 + 512 * 41 + 41
+    assert count_parameters(m) == 42_997_072 + 512 * 41 + 41
     assert m.config.n_classes == 41
+    # paper-light: the same with MAE's light decoder (width 256, depth 4, 8 heads).
+    from rcmae.config import load_config
+
+    assert load_config("paper").model == c
+    light = load_config("paper-light").model
+    assert (light.decoder_embed_dim, light.decoder_depth, light.decoder_heads) == (256, 4, 8)
+    assert count_parameters(RCMAE(light)) == 24_802_640
 
 
 # ------------------------------------------------------------------------------------------ consistency

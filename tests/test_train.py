@@ -31,7 +31,7 @@ SHORT = TINY + ["data.duration=1.0", "model.n_frames=32", "pretrain.specaugment.
 
 
 def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
-    return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +165,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(short_data, tmp_pa
     assert "non-finite loss at epoch 2" in message and "pretrain.lr" in message and "\n" not in message
     state = _weights(train.checkpoint_path(run, "pretrain"))
     assert all(torch.isfinite(v).all() for v in state.values())
-    ckpt = torch.load(train.checkpoint_path(run, "pretrain"), map_location="cpu", weights_only=False)
+    ckpt = torch.load(train.checkpoint_path(run, "pretrain"), map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 0 and ckpt["global_step"] == 3
     assert json.loads((run / "progress.json").read_text())["state"] == "failed"
     calls["n"] = 0
@@ -222,13 +222,15 @@ def test_single_machine_id_falls_back_to_knn(tmp_path, capsys):
     assert "single machine ID (fan id 00)" in out and "falls back to knn" in out
     assert not train.checkpoint_path(run, "finetune").exists()
     det = Detector.load(run)
-    assert det.scorers == ["knn", "recon", "knn_joint", "maha", "recon_topk", "ensemble"]
+    assert det.scorers == ["knn", "recon", "knn_joint", "maha", "recon_topk", "knn_norm", "stats_knn", "stats_maha",
+                           "frame_pca", "frame_maha", "ensemble"]
     assert det.default_scorer == "knn"
     info = json.loads((run / "run.json").read_text())
     assert info["default_scorer"] == "knn" and "skipped" in info["stages"]["finetune"]
     assert any("using knn" in n for n in info["notes"])
     results = evaluate_run(run, progress=False)
-    assert set(results) == {"knn", "recon", "knn_joint", "maha", "recon_topk", "ensemble"}
+    assert set(results) == {"knn", "recon", "knn_joint", "maha", "recon_topk", "knn_norm", "stats_knn", "stats_maha",
+                            "frame_pca", "frame_maha", "ensemble"}
     assert json.loads((run / "eval" / "results.json").read_text())["system"] == "rcmae-knn"
 
 

@@ -43,6 +43,16 @@ DEFAULT_AUDIOLDM_MODEL = "cvssp/audioldm-s-full-v2"
 SAMPLE_RATE = 16000
 PEAK = 0.999  # mixtures louder than this are scaled down as a whole (SNR unchanged) instead of clipped
 
+# The AudioLDM defaults are the paper's Table 2 ("AudioLDM hyperparameters"): DDIM steps "Random (10, 50)"
+# (drawn per clip, both ends included), duration "10 s" (the DCASE clips' own length: each clip is augmented
+# whole), seed "Random for each sample" (a recorded per-clip seed), text "add (noises) exist in (factory)"
+# (the Table 1 prompts), guidance scale 2.5. The paper gives no value for t0 (Eq. 1's start fraction):
+# 0.5 is rcmae's choice (docs/model.md, decision table).
+PAPER_STEPS: tuple[int, int] = (10, 50)
+PAPER_GUIDANCE = 2.5
+PAPER_DURATION_S = 10.0
+DEFAULT_T0 = 0.5
+
 
 class BankError(ValueError):
     """A bank that cannot be built or read as asked; the message names the field or file and the fix."""
@@ -60,6 +70,13 @@ def clip_seed(seed: int, rel: str, k: int) -> int:
     """The per-clip seed: a 63-bit hash of (base seed, relative source path, augmentation index)."""
     digest = hashlib.sha256(f"{int(seed)}|{rel}|{int(k)}".encode()).digest()
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+def copy_index(path: str | os.PathLike) -> int:
+    """The augmentation index k of a bank wav (``<stem>__aug<k>.wav``); -1 for another name."""
+    stem = Path(path).stem
+    head, sep, k = stem.rpartition("__aug")
+    return int(k) if sep and k.isdigit() else -1
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -80,7 +97,7 @@ def manifest_name(shard: tuple[int, int]) -> str:
 def load_prompt_source(prompts: str | os.PathLike | None) -> tuple[list[str], list[str] | None, object | None]:
     """The prompts a bank draws from: ``(texts, library ids or None, PromptLibrary or None)``.
 
-    ``None`` gives the paper's six Table 1-style prompts. A YAML prompt library (``prompts: [...]``),
+    ``None`` gives the paper's six Table 1 prompts (word for word). A YAML prompt library (``prompts: [...]``),
     a YAML list of strings, or a text file with one prompt per line (``#`` comments) are accepted.
     """
     from rcmae.prompts import PAPER_PROMPTS, PromptLibrary
@@ -117,8 +134,9 @@ def load_prompt_source(prompts: str | os.PathLike | None) -> tuple[list[str], li
 def _plan(data: Path, per_clip: int, limit: int | None) -> tuple[str, list[_Job]]:
     """Every (training clip, k) of the data set, in a fixed order, with its output name."""
     from rcmae.data import index_dataset, split_index
+    from rcmae.inputs import drop_train_anomalies
 
-    index = index_dataset(data, strict=False)
+    index = drop_train_anomalies(index_dataset(data, strict=False), data)  # normal clips only, said
     train = split_index(index, "train")
     if train.empty:
         raise BankError(f"{data}: no training clips found (a bank augments the train split); "
@@ -135,9 +153,11 @@ def _plan(data: Path, per_clip: int, limit: int | None) -> tuple[str, list[_Job]
         # dev_data folder, and on any machine the data is copied to.
         key = "/".join(Path(path).parts[-3:])
         if counts[name] > 1:
-            # Same stem in two folders of one machine type: keep the names apart with a path hash.
+            # Same stem in two folders of one machine type (e.g. `rcmae reproduce`'s view of every clip, where
+            # dev train and dev test both hold normal_id_00_00000000.wav): keep names and seeds apart.
             full = Path(path).relative_to(root).as_posix()
             name = f"{name}-{hashlib.sha256(full.encode()).hexdigest()[:8]}"
+            key = full
         for k in range(per_clip):
             jobs.append(_Job(source=str(path), rel=key, k=k, output=f"audio/{name}__aug{k}.wav"))
     return str(root), jobs
@@ -287,9 +307,9 @@ def build_bank(
     model: str | None = None,
     prompts: str | os.PathLike | None = None,
     per_clip: int = 1,
-    t0: float = 0.5,
-    steps: tuple[int, int] = (10, 50),
-    guidance: float = 2.5,
+    t0: float = DEFAULT_T0,
+    steps: tuple[int, int] = PAPER_STEPS,
+    guidance: float = PAPER_GUIDANCE,
     snr: tuple[float, float] = (0.0, 10.0),
     seed: int = 0,
     shard: tuple[int, int] = (0, 1),
@@ -390,8 +410,12 @@ def build_bank(
         used_prompts.add(draw["prompt_index"])
         row_exists = job.output in done_rows
         if row_exists and target.is_file():
-            already += 1
-            continue
+            if sha256_file(target) == done_rows[job.output]["sha256"]:
+                already += 1
+                continue
+            # Torn or changed since it was written: make it again (the draw is seeded, so it comes out the same).
+            logger.warning("%s: does not match its manifest sha256; writing it again", target)
+            target.unlink()
         row = {
             "source": job.source, "output": job.output, "prompt": prompt, "backend": backend,
             "model_id": model_id, "revision": revision, "seed": draw["seed"],
@@ -456,7 +480,8 @@ class BankPairs:
             path = self.bank / output
             if path.is_file():
                 pairs.setdefault(os.path.abspath(source), []).append(path)
-        self._pairs = pairs
+        # Copies in k order (__aug2 before __aug10), so copy indices recorded by a run mean the same files.
+        self._pairs = {src: sorted(paths, key=copy_index) for src, paths in pairs.items()}
 
     @property
     def sources(self) -> list[str]:

@@ -53,6 +53,10 @@ def run_baseline(
     out.mkdir(parents=True, exist_ok=True)
     # A stray file that fits no layout is skipped and reported, as a bad clip is.
     index = rdata.index_dataset(data, strict=False)
+    from rcmae.inputs import check_labelled_test, drop_train_anomalies
+
+    check_labelled_test(index, data)  # before any training or writing
+    index = drop_train_anomalies(index, data)
     start = time.perf_counter()
     if name == "ae":
         from rcmae.baselines.ae import AEConfig, run_ae

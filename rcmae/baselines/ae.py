@@ -44,6 +44,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from rcmae.checkpoint import CheckpointError, load_checkpoint
 from rcmae.features import LogMel, LogMelConfig
 from rcmae.files import atomic_write_bytes, write_json
 
@@ -285,7 +286,13 @@ def run_ae(
         duration = clip_seconds(train["path"].iloc[0])
         model_path = models_dir / f"model_{machine_type}.pt"
         settings = {"config": asdict(config), "seed": seed, "n_train": len(train)}
-        saved = torch.load(model_path, map_location="cpu", weights_only=False) if model_path.is_file() else None
+        saved = None
+        if model_path.is_file():
+            try:
+                saved = load_checkpoint(model_path, fix="it is a cache: the model is retrained")
+            except CheckpointError as err:
+                # A cache, not a result: a damaged or hostile file is reported and replaced, never run.
+                print(f"ae: {err}", file=sys.stderr)
         if saved is not None and saved.get("settings") == settings:
             model = DenseAE(config.input_dim, config.hidden, config.bottleneck).to(device)
             model.load_state_dict(saved["state_dict"])

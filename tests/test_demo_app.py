@@ -1,0 +1,77 @@
+"""The Gradio demo app, driven through gradio_client against the running ``rcmae demo-app`` process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from rcmae.audio import load_audio
+from rcmae.export import Bundle
+
+ROOT = Path(__file__).resolve().parents[1]
+gradio_client = pytest.importorskip("gradio_client", reason="gradio_client is in requirements.txt")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(demo_bundle):
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.Popen([sys.executable, "-m", "rcmae.cli", "demo-app", str(demo_bundle), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 120
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    proc.kill()
+                    pytest.fail(f"demo-app did not start: {proc.stdout.read()[-2000:]}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_demo_app_answers_with_the_bundles_score(app_url, demo_bundle, demo_run):
+    bundle = Bundle(demo_bundle)
+    data = Path(bundle.meta["run"]["data"])
+    client = gradio_client.Client(app_url, verbose=False)
+    for clip, machine in ((data / "fan" / "test" / "anomaly_id_02_00000000.wav", "fan/02"),
+                          (data / "fan" / "test" / "normal_id_04_00000001.wav", "fan/04")):
+        out = client.predict(gradio_client.handle_file(str(clip)), machine, api_name="/score")
+        result, verdict = out[0], out[1]
+        ref = bundle.score(load_audio(clip), *machine.split("/"))
+        assert result["score"] == pytest.approx(ref["score"], rel=1e-6)
+        assert result["threshold"] == ref["threshold"] and result["decision"] == ref["decision"]
+        assert ("ANOMALOUS" in verdict) == (ref["decision"] == "anomaly")
+        # Three nearest normal examples of the same machine come back as playable files.
+        examples = [o for o in out[3:6] if o]
+        assert len(examples) == 3 and all(Path(p).suffix == ".wav" for p in examples)
+        assert f"id_{machine[-2:]}" in out[6]
+
+
+def test_demo_app_binds_to_loopback_by_default():
+    from rcmae.cli import build_parser
+
+    args = build_parser().parse_args(["demo-app", "B"])
+    assert args.host == "127.0.0.1" and args.share is False

@@ -1,0 +1,151 @@
+"""Exported bundles score like the run (every exportable scorer), carry what they claim, and load without rcmae."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rcmae import cli
+from rcmae.audio import load_audio
+from rcmae.export import Bundle, ExportError, export_run
+from rcmae.metrics import load_results
+from rcmae.score import Detector
+from rcmae.scorers import Scorer, ScoringError
+from rcmae.scorers.graph import ExportContext, build_graph
+
+
+@pytest.fixture(scope="module")
+def det(demo_run):
+    return Detector.load(demo_run)
+
+
+def _clips(demo_run: Path) -> list[Path]:
+    test = Path(json.loads((demo_run / "run.json").read_text())["data"]) / "fan" / "test"
+    # Both labels and every unit: normal and anomalous clips of IDs 00, 02, 04.
+    return sorted(test.glob("normal_id_*_00000000.wav")) + sorted(test.glob("anomaly_id_*_00000001.wav"))
+
+
+@pytest.mark.parametrize("scorer", ["idprob", "knn", "recon", "knn_joint", "maha", "recon_topk", "ensemble"])
+def test_exported_scores_equal_detector_score(demo_run, det, tmp_path, scorer):
+    assert scorer in det.scorers
+    bundle = Bundle(export_run(demo_run, tmp_path / scorer, scorer=scorer, examples=0))
+    for clip in _clips(demo_run):
+        ref = det.score(clip, scorer=scorer)
+        got = bundle.score(load_audio(clip), ref["machine_type"], ref["machine_id"])
+        assert got["score"] == pytest.approx(ref["score"], rel=1e-5), clip.name
+        assert got["threshold"] == ref["threshold"] and got["decision"] == ref["decision"]
+
+
+def test_bundle_contents(demo_run, det, demo_bundle):
+    meta = json.loads((demo_bundle / "detector.json").read_text())
+    scorer = det.default_scorer
+    assert meta["version"] == 1 and meta["scorer"] == scorer and meta["format"] == "torchscript"
+    assert meta["sample_rate"] == 16000 and meta["clip_seconds"] == 10.0 and meta["clip_samples"] == 160000
+    assert meta["machine_types"] == ["fan"] and meta["machine_ids"] == {"fan": ["00", "02", "04"]}
+    assert [(u["machine_type"], u["machine_id"]) for u in meta["units"]] == det.classes
+    for u in meta["units"]:
+        assert u["threshold"] == det.threshold(scorer, u["machine_type"], u["machine_id"])
+    results = load_results(demo_run / "eval" / f"results.{scorer}.json")
+    assert meta["metrics"]["average"] == results["average"]
+    thr = json.loads((demo_bundle / "thresholds.json").read_text())["thresholds"]
+    assert thr == {f"{u['machine_type']}/{u['machine_id']}": u["threshold"] for u in meta["units"]}
+    with np.load(demo_bundle / "references.npz", allow_pickle=False) as refs:
+        assert {k: list(v.shape) for k, v in refs.items()} == meta["references"]
+        if scorer == "maha":
+            # The Gaussian means are the means of the unit's training clips in the joint space.
+            assert refs["maha_means"].shape[0] == 3
+    card = (demo_bundle / "MODEL_CARD.md").read_text()
+    assert f"AUC {results['average']['auc']:.3f}" in card and "## Limits" in card
+    # Examples: 3 per unit, nearest to the unit's centre; their stored embeddings are the bundle's own.
+    bundle = Bundle(demo_bundle)
+    assert len(bundle.examples) == 9
+    ex = bundle.examples[0]
+    out = bundle.score(load_audio(demo_bundle / ex["file"]), ex["machine_type"], ex["machine_id"])
+    np.testing.assert_allclose(out["embedding"], ex["embedding"], rtol=1e-5, atol=1e-6)
+    near = bundle.nearest_examples(out["embedding"], ex["machine_type"], ex["machine_id"], k=2)
+    assert near[0]["file"] == ex["file"] and near[0]["distance"] == pytest.approx(0.0, abs=1e-6)
+
+
+def _loader(bundle: Path) -> str:
+    text = (bundle / "README.md").read_text()
+    return re.search(r"```python\n(.*?)```", text, re.S).group(1)
+
+
+def _run_isolated(tmp_path: Path, code: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    script = tmp_path / "use_bundle.py"
+    script.write_text(code)
+    proc = subprocess.run([sys.executable, "-I", str(script)], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_readme_loader_runs_with_torch_alone(demo_run, det, demo_bundle, tmp_path):
+    clip = _clips(demo_run)[-1]
+    wave = load_audio(clip)
+    (tmp_path / "clip.f32").write_bytes(wave.astype("<f4").tobytes())
+    code = _loader(demo_bundle) + f"""
+import sys
+meta, score = load_detector({str(demo_bundle)!r})
+wave = torch.frombuffer(bytearray(pathlib.Path("clip.f32").read_bytes()), dtype=torch.float32)
+s, thr, anomalous = score(wave, "fan", {_parse_id(clip)!r})
+heavy = sorted(m for m in ("rcmae", "lightning", "pytorch_lightning", "numpy_not_needed") if m in sys.modules)
+print(json.dumps({{"score": s, "threshold": thr, "anomalous": anomalous, "heavy": heavy}}))
+"""
+    out = _run_isolated(tmp_path, code)
+    ref = det.score(clip)
+    assert out["heavy"] == []
+    assert out["score"] == pytest.approx(ref["score"], rel=1e-5)
+    assert out["threshold"] == ref["threshold"] and out["anomalous"] == (ref["decision"] == "anomaly")
+
+
+def _parse_id(clip: Path) -> str:
+    return re.search(r"id_(\d\d)", clip.name).group(1)
+
+
+def test_onnx_bundle_scores_like_the_run_with_onnxruntime_alone(demo_run, det, tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime is in requirements.txt; install it for ONNX export")
+    out = tmp_path / "onnx"
+    assert cli.main(["export", "--run", str(demo_run), "--out", str(out), "--format", "onnx", "--scorer", "knn",
+                     "--examples", "0"]) == 0
+    assert (out / "detector.onnx").is_file() and not (out / "detector.pt").exists()
+    clip = _clips(demo_run)[0]
+    wave = load_audio(clip)
+    (tmp_path / "clip.f32").write_bytes(wave.astype("<f4").tobytes())
+    code = _loader(out) + f"""
+import sys
+meta, score = load_detector({str(out)!r})
+wave = np.frombuffer(pathlib.Path("clip.f32").read_bytes(), dtype="<f4")
+s, thr, anomalous = score(wave, "fan", {_parse_id(clip)!r})
+print(json.dumps({{"score": s, "torch": "torch" in sys.modules, "rcmae": "rcmae" in sys.modules}}))
+"""
+    got = _run_isolated(tmp_path, code)
+    assert got["torch"] is False and got["rcmae"] is False
+    assert got["score"] == pytest.approx(det.score(clip, scorer="knn")["score"], rel=1e-5)
+
+
+class _Frames(Scorer):
+    name = "frames"
+
+    def score(self, clips):
+        return np.zeros(len(clips))
+
+
+def test_a_scorer_without_a_graph_is_refused(det, demo_run, tmp_path):
+    ctx = ExportContext(det.classes, det.models, 313, None, lambda n: None)
+    with pytest.raises(ScoringError, match=r"scorer frames cannot be exported: it has no torch graph"):
+        build_graph(_Frames(det.cfg.score, demo_run), ctx)
+    # An unknown or unavailable scorer name on the command line: one line, exit 2, no bundle left behind.
+    assert cli.main(["export", "--run", str(demo_run), "--out", str(tmp_path / "b"), "--scorer", "nope"]) == 2
+    assert not (tmp_path / "b").exists()
+    export_run(demo_run, tmp_path / "c", scorer="knn", examples=0)
+    with pytest.raises(ExportError, match="exists and is not empty; pass a new folder or --overwrite"):
+        export_run(demo_run, tmp_path / "c", scorer="knn")

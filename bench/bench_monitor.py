@@ -11,6 +11,7 @@ reported). Writes bench/results/monitor.md.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
 import tempfile
@@ -36,6 +37,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="bench_monitor_"))
     data = demo.make_demo_data(tmp / "demo", train_per_id=4, test_per_id=1, progress=False, machine_types=["fan"])
     run = tmp / "run"
@@ -58,13 +60,16 @@ def main() -> None:
         wall = time.perf_counter() - t0
         rows.append(f"| {label} | {scorer.name} | {seconds / 60:.1f} | {len(res.series)} | {wall:.1f} | "
                     f"{seconds / wall:.0f} |")
+    load_after = os.getloadavg()[0]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     text = ("# Monitoring long recordings\n\n" + header("rcmae monitor speed (cpu)") +
             "| detector | scorer | recording (min) | windows | wall (s) | x real time |\n"
             "|---|---|---:|---:|---:|---:|\n" + "\n".join(rows) + "\n\n"
             f"`tiny` preset (0.18 M parameters), 10 s windows every {args.hop:g} s, batches of 16 windows, "
             f"{args.threads} torch threads; the recording is streamed from disk in 10 s blocks (peak resident "
-            f"memory of the whole benchmark process, training included: {peak:.0f} MiB). A hop of h seconds "
+            f"memory of the whole benchmark process, training included: {peak:.0f} MiB). The machine was shared: "
+            f"1-minute load average {load_before:.1f} before and {load_after:.1f} after on its 2 cores, so these "
+            "are lower bounds of the speed on an idle machine. A hop of h seconds "
             "scores 1/h windows per second of audio, so the speed scales with the hop.\n")
     print(text)
     print(write_result("monitor", text))

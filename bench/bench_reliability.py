@@ -86,6 +86,8 @@ def main() -> None:
     if lost:
         text += "\nLost:\n" + "".join(f"- `{n}`\n" for n in lost)
     path = write_result("reliability", text)
+    if lost:
+        print(proc.stdout[-6000:])  # pytest's account of the lost faults
     print(text)
     print(f"wrote {path}")
 

@@ -19,8 +19,8 @@ if not runs and not bundles:
 
 
 @st.cache_resource(show_spinner="Loading the detector…", max_entries=4)
-def _scorer(kind: str, path: str, mtime: float) -> monitor.WindowScorer:
-    return monitor.open_scorer(**{kind: path})
+def _scorer(kind: str, path: str, mtime: float, name: str | None = None) -> monitor.WindowScorer:
+    return monitor.open_scorer(**{kind: path}, scorer=name)
 
 
 tab_monitor, tab_deploy = st.tabs(["Monitor a recording", "Export and demo"])
@@ -35,6 +35,10 @@ with tab_monitor:
     try:
         mtime = max((p.stat().st_mtime for p in source.rglob("*") if p.is_file()), default=0.0)
         scorer = _scorer(kind, str(source), mtime)
+        if kind == "run":
+            det = scorer.extra["detector"]
+            name = st.selectbox("Scorer", det.scorers, index=det.scorers.index(det.default_scorer))
+            scorer = _scorer(kind, str(source), mtime, name)
     except (ValueError, FileNotFoundError) as err:
         st.error(str(err), icon=":material/error:")
         st.stop()
@@ -42,11 +46,14 @@ with tab_monitor:
                               placeholder="data/line3/recording.wav", key="monitor_path",
                               help="A path inside the workspace (or an allowed folder).")
     upload = st.file_uploader(f"... or upload one (up to {workbench.UPLOAD_LIMIT_MB:g} MB)", type=["wav"])
-    c1, c2, c3 = st.columns(3)
+    c1, c2, c3, c4 = st.columns(4)
     machines = [f"{t}/{i}" for t, i in scorer.units]
     machine = c1.selectbox("Machine", machines)
     hop = c2.number_input("Hop (s)", min_value=0.1, max_value=60.0, value=1.0, step=0.5)
     min_duration = c3.number_input("Shortest event (s)", min_value=0.0, max_value=600.0, value=1.0, step=0.5)
+    threshold = c4.number_input("Threshold (empty: the machine's fitted one)", value=None, format="%.4f",
+                                help="Events are stretches above it. Runs trained on very few clips may have no "
+                                     "fitted threshold for some scorers: give one here.")
 
     path = None
     if upload is not None:
@@ -64,7 +71,7 @@ with tab_monitor:
         try:
             with st.spinner(f"Scoring {path.name} window by window…"):
                 res = monitor.monitor_recording(scorer, path, mtype, mid, hop=hop, min_duration=min_duration,
-                                                progress=False)
+                                                threshold=threshold, progress=False)
                 monitor.write_outputs(res, ws.root / "monitor" / path.stem)
             st.session_state["monitor_result"] = res
         except monitor.MonitorError as err:
@@ -100,9 +107,15 @@ with tab_deploy:
                        help="TorchScript loads with torch alone; ONNX with onnxruntime alone.")
         name = c3.text_input("Bundle name", value=workbench.new_name(BUNDLES, f"{run.name}-{fmt}"))
         if st.button("Export", icon=":material/inventory_2:"):
-            argv = ["export", "--run", str(run), "--out", str(BUNDLES / name), "--format", fmt]
-            job = workbench.launch_and_start(store, argv, name=f"export {name}")
-            st.success(f"Export job #{job.id} started; the bundle appears below when it is done (see **Jobs**).")
+            try:
+                out = workbench.resolve_path(ws, name, under=BUNDLES)  # stays in the workspace (or allowed roots)
+            except workbench.PathNotAllowed as err:
+                st.error(str(err), icon=":material/error:")
+            else:
+                argv = ["export", "--run", str(run), "--out", str(out), "--format", fmt]
+                job = workbench.launch_and_start(store, argv, name=f"export {name}")
+                st.success(f"Export job #{job.id} started; the bundle appears below when it is done "
+                           "(see **Jobs**).")
     st.subheader("Bundles")
     if not bundles:
         st.caption(f"None yet in `{BUNDLES}`.")

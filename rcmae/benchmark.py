@@ -5,8 +5,9 @@ time and the peak resident memory (``os.wait4``'s ``ru_maxrss`` of that child an
 belong to that system alone, and a system that crashes is reported as failed while the others run.
 
 Systems (``SYSTEMS``): ``rcmae`` (pretrain + finetune + evaluate with the preset; each scorer
-``idprob`` / ``knn`` / ``recon`` becomes its own row ``rcmae:<scorer>``), its ablations, and the
-baselines ``ae`` (DCASE 2020 autoencoder) and ``knn`` (per-ID kNN on mean/std log-mel).
+``idprob`` / ``knn`` / ``recon`` becomes its own row ``rcmae:<scorer>``), its ablations, ``margin`` (the
+angular-margin classifier, always with the ``margin`` preset: rows ``margin:idprob``, ``margin:knn``,
+``margin:ensemble``), and the baselines ``ae`` (DCASE 2020 autoencoder) and ``knn`` (per-ID kNN on mean/std log-mel).
 
 Overrides: ``KEY=VALUE`` strings go to every rcmae system's config (``pretrain.lr=1e-3``); those
 prefixed ``ae.`` or ``knn.`` go to that baseline instead (``ae.epochs=10``, ``knn.k=3``).
@@ -49,6 +50,8 @@ SYSTEMS: dict[str, dict] = {
                   "about": "masked autoencoder only"},
     "rcmae-nopretrain": {"kind": "rcmae", "aug": "specaugment", "overrides": [], "pretrain_epochs": 0,
                          "about": "no pretraining: fine-tuning from random initialisation"},
+    "margin": {"kind": "rcmae", "aug": "specaugment", "overrides": [], "preset": "margin",
+               "about": "angular-margin classifier (log-mel + Tgram, ArcFace, mixup; the margin preset): idprob, knn"},
     "ae": {"kind": "baseline", "about": "official DCASE 2020 Task 2 dense autoencoder baseline"},
     "knn": {"kind": "baseline", "about": "per-ID nearest neighbour on standardised per-clip mean/std log-mel"},
 }
@@ -436,10 +439,12 @@ def run_benchmark(
                 rec["runs"].append({"seed": seed, **previous})
                 continue
         spec = {"kind": entry["kind"], "system": system, "data": str(data), "out": str(run_out), "seed": seed,
-                "preset": preset}
+                "preset": entry.get("preset", preset)}
         if entry["kind"] == "rcmae":
             arm_aug = bank if entry["aug"] == "bank" and bank else "specaugment"
             rec["aug"] = arm_aug
+            # A system with its own preset (margin) takes the same --set overrides: its config has every section
+            # (pretrain.epochs shortens both; model.* only matters to rcmae, margin.* only to margin).
             spec.update(aug=arm_aug, overrides=[*entry["overrides"], *rc_overrides],
                         pretrain_epochs=entry.get("pretrain_epochs"))
         else:

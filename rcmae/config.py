@@ -20,6 +20,7 @@ import yaml
 
 from rcmae.augment.specaugment import SpecAugmentConfig
 from rcmae.features import LogMelConfig
+from rcmae.margin import MarginConfig
 from rcmae.model import ModelConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -71,13 +72,32 @@ class FinetuneConfig(StageConfig):
     # SpecAugment on the fine-tuning inputs (same settings as pretraining) regularises a small data set.
     augment: bool = True
     grad_clip: float | None = None
+    # Choices the paper leaves open (the idprob study, bench/results/idprob.md); the defaults are the paper's.
+    label_smoothing: float = 0.0
+    # Mixup of the fine-tuning log-mels (Beta(alpha, alpha) weight, folded to >= 0.5; 0 = off): the CE mixes both
+    # labels, SupCon takes the dominant one.
+    mixup_alpha: float = 0.0
+    # Class-balanced batches: every batch draws the machine IDs equally often (with replacement).
+    balanced: bool = False
+    # "linear" (the paper) or "arcface": a cosine classifier with an additive angular margin in training.
+    head: Literal["linear", "arcface"] = "linear"
+    margin: float = 0.2
+    scale: float = 16.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"finetune.label_smoothing={self.label_smoothing}: must be in [0, 1)")
+        if self.mixup_alpha < 0 or self.margin < 0 or self.scale <= 0:
+            raise ValueError(f"finetune.mixup_alpha={self.mixup_alpha}, finetune.margin={self.margin}, "
+                             f"finetune.scale={self.scale}: need alpha >= 0, margin >= 0, scale > 0")
 
 
 @dataclass
 class ScoreConfig:
     """Scorers and decision thresholds."""
 
-    default_scorer: Literal["idprob", "knn", "recon", "knn_joint", "maha", "recon_topk", "ensemble"] = "idprob"
+    default_scorer: Literal["idprob", "knn", "recon", "knn_joint", "maha", "recon_topk", "knn_norm", "stats_knn",
+                            "stats_maha", "frame_pca", "frame_maha", "ensemble"] = "idprob"
     knn_k: int = 1
     knn_space: Literal["finetune", "pretrain"] = "finetune"
     recon_masks: int = 8
@@ -88,8 +108,12 @@ class ScoreConfig:
     maha_weight: float = 4.0
     # recon_topk: fraction of the highest-error masked patches averaged (1.0 = every masked patch = recon).
     recon_topk: float = 0.1
-    # ensemble: scorers combined after per-ID standardisation with their normal training scores.
+    # ensemble: scorers combined after per-ID standardisation with their held-out normal training scores.
+    # [maha, stats_maha, frame_pca] beat [knn, maha] on each of three unlike sets (bench/results/scorers.md), but
+    # stats_maha and frame_pca have no export graph yet (rcmae/scorers/graph.py): the default stays exportable.
     ensemble: list[str] = field(default_factory=lambda: ["knn", "maha"])
+    # frame_pca: principal components of the unit's 5-frame context vectors kept (the rest is the residual).
+    frame_components: int = 32
     # DCASE 2021+ domain shift: knn/knn_joint/maha keep separate source and target reference sets per unit and
     # take the minimum score over them (rcmae/scorers/domains.py); false pools the domains.
     domain_banks: bool = True
@@ -100,7 +124,8 @@ class ScoreConfig:
         if self.joint_weight < 0 or self.maha_weight < 0:
             raise ValueError(f"score.joint_weight={self.joint_weight}, score.maha_weight={self.maha_weight}: "
                              "must be >= 0 (0 = embedding only)")
-        base = ("idprob", "knn", "recon", "knn_joint", "maha", "recon_topk")
+        base = ("idprob", "knn", "recon", "knn_joint", "maha", "recon_topk", "knn_norm", "stats_knn", "stats_maha",
+                "frame_pca", "frame_maha")
         if not self.ensemble or any(name not in base for name in self.ensemble):
             raise ValueError(f"score.ensemble={self.ensemble}: list one or more of {', '.join(base)}")
     threshold: Literal["gamma", "percentile"] = "gamma"
@@ -128,6 +153,10 @@ class RunConfig:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     data: DataConfig = field(default_factory=DataConfig)
     seed: int = 0
+    # "rcmae" (the paper's two stages) or "margin" (the angular-margin classifier, rcmae.margin; one stage
+    # started by `rcmae pretrain`, which reads the `pretrain` section for its optimiser and the `margin` section).
+    family: Literal["rcmae", "margin"] = "rcmae"
+    margin: MarginConfig = field(default_factory=MarginConfig)
 
 
 def _hints(cls: type) -> dict[str, Any]:

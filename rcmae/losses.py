@@ -6,11 +6,16 @@ Batch sizes are always taken from the tensors. Shapes: ``N`` samples, ``D`` embe
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as nnf
 from torch import Tensor
 
-__all__ = ["masked_mse", "info_nce", "variance_covariance", "pretrain_loss", "supcon", "finetune_loss"]
+__all__ = [
+    "masked_mse", "info_nce", "variance_covariance", "pretrain_loss", "supcon", "finetune_loss", "cosine_logits",
+    "arcface_logits", "adacos_scale", "mixup", "mixup_cross_entropy",
+]
 
 
 def _check_2d(name: str, z: Tensor) -> None:
@@ -183,20 +188,102 @@ def supcon(z: Tensor, labels: Tensor, tau: float = 0.1) -> Tensor:
 
 
 def finetune_loss(z: Tensor, logits: Tensor, labels: Tensor, *, w_scl: float = 1.0, w_ce: float = 1.0,
-                  tau: float = 0.1) -> dict[str, Tensor]:
+                  tau: float = 0.1, label_smoothing: float = 0.0) -> dict[str, Tensor]:
     """The fine-tuning objective: ``w_scl * SupCon(z) + w_ce * cross-entropy(logits)`` (defaults 1 and 1).
 
     Args:
         z: Embeddings ``[N, D]``.
         logits: Machine-ID logits ``[N, C]``.
         labels: Class indices ``[N]``.
-        w_scl: Weight of SupCon.
+        w_scl: Weight of SupCon (0 skips it).
         w_ce: Weight of the cross-entropy.
         tau: SupCon temperature.
+        label_smoothing: Cross-entropy label smoothing (0 = the paper's plain CE).
 
     Returns:
         ``{"loss", "supcon", "ce"}``, all scalars.
     """
-    scl = supcon(z, labels, tau=tau)
-    ce = nnf.cross_entropy(logits, labels)
+    scl = supcon(z, labels, tau=tau) if w_scl else z.sum() * 0.0
+    ce = nnf.cross_entropy(logits, labels, label_smoothing=label_smoothing)
     return {"loss": w_scl * scl + w_ce * ce, "supcon": scl, "ce": ce}
+
+
+# ------------------------------------------------------------------------------- angular-margin classification
+def cosine_logits(z: Tensor, weight: Tensor) -> Tensor:
+    """Cosine of the angle between each embedding and each class centre: ``[N, D] x [C, D] -> [N, C]``."""
+    _check_2d("cosine_logits", z)
+    _check_2d("cosine_logits weight", weight)
+    return nnf.normalize(z, dim=1) @ nnf.normalize(weight, dim=1).T
+
+
+def arcface_logits(cosine: Tensor, labels: Tensor, scale: float | Tensor = 30.0, margin: float = 0.5) -> Tensor:
+    """ArcFace logits (Deng et al. 2019): ``s * cos(theta_y + m)`` for the true class, ``s * cos(theta_j)`` else.
+
+    Where ``theta_y + m`` would pass pi (the cosine would turn back up), the true-class cosine gets the
+    linear fallback ``cos(theta_y) - m * sin(m)`` instead, so the logit stays monotonic in the angle
+    (the ``th``/``mm`` rule of the reference implementations).
+
+    Args:
+        cosine: ``[N, C]`` cosines (:func:`cosine_logits`).
+        labels: Class indices ``[N]``.
+        scale: ``s`` (a float, or a 0-d tensor such as AdaCos's adaptive scale).
+        margin: Additive angular margin ``m`` in radians (0 = a normalised softmax).
+
+    Returns:
+        Logits ``[N, C]`` for a cross-entropy.
+    """
+    _check_2d("arcface_logits", cosine)
+    if labels.shape != cosine.shape[:1]:
+        raise ValueError(f"arcface_logits: labels {tuple(labels.shape)} must be [N] = ({cosine.shape[0]},)")
+    if margin < 0:
+        raise ValueError(f"arcface_logits: margin={margin} must be >= 0")
+    cos_y = cosine.gather(1, labels[:, None]).clamp(-1.0 + 1e-7, 1.0 - 1e-7)
+    theta = torch.acos(cos_y)
+    shifted = torch.where(theta + margin < math.pi, torch.cos(theta + margin), cos_y - margin * math.sin(margin))
+    onehot = nnf.one_hot(labels, cosine.shape[1]).to(torch.bool)
+    return scale * torch.where(onehot, shifted.to(cosine.dtype).expand_as(cosine), cosine)
+
+
+def adacos_scale(cosine: Tensor, labels: Tensor, scale: float | Tensor) -> Tensor:
+    """AdaCos's dynamic scale (Zhang et al. 2019, equation 15), from one batch; no gradient flows through it.
+
+    ``s = log(B_avg) / cos(min(pi/4, theta_med))`` with ``B_avg`` the batch mean of
+    ``sum_{j != y_i} exp(s_old * cos theta_ij)`` and ``theta_med`` the median true-class angle.
+
+    Args:
+        cosine: ``[N, C]`` cosines.
+        labels: Class indices ``[N]``.
+        scale: The current scale ``s_old``.
+
+    Returns:
+        The new scale, a 0-d tensor.
+    """
+    with torch.no_grad():
+        cosine = cosine.detach().double().clamp(-1.0 + 1e-7, 1.0 - 1e-7)
+        onehot = nnf.one_hot(labels, cosine.shape[1]).to(torch.bool)
+        s_old = torch.as_tensor(scale, dtype=torch.float64, device=cosine.device)
+        b_avg = torch.where(onehot, torch.zeros_like(cosine), torch.exp(s_old * cosine)).sum(dim=1).mean()
+        theta_med = torch.median(torch.acos(cosine.gather(1, labels[:, None])))
+        theta_med = torch.clamp(theta_med, max=math.pi / 4)
+        return (torch.log(b_avg) / torch.cos(theta_med)).float()
+
+
+def mixup(x: Tensor, lam: float, perm: Tensor) -> Tensor:
+    """Mixup of a batch with a permutation of itself: ``lam * x + (1 - lam) * x[perm]`` (any trailing shape)."""
+    if perm.shape != x.shape[:1]:
+        raise ValueError(f"mixup: perm {tuple(perm.shape)} must be [N] = ({x.shape[0]},)")
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"mixup: lam={lam} must be in [0, 1]")
+    return lam * x + (1.0 - lam) * x[perm]
+
+
+def mixup_cross_entropy(logits_a: Tensor, logits_b: Tensor, labels_a: Tensor, labels_b: Tensor, lam: float,
+                        label_smoothing: float = 0.0) -> Tensor:
+    """``lam * CE(logits_a, y_a) + (1 - lam) * CE(logits_b, y_b)``.
+
+    Two logit sets because a margin head puts its margin on a different class for each label set; for a
+    plain linear head pass the same logits twice.
+    """
+    ce_a = nnf.cross_entropy(logits_a, labels_a, label_smoothing=label_smoothing)
+    ce_b = nnf.cross_entropy(logits_b, labels_b, label_smoothing=label_smoothing)
+    return lam * ce_a + (1.0 - lam) * ce_b

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as nnf
 from torch import Tensor, nn
 
-from rcmae.losses import masked_mse
+from rcmae.losses import cosine_logits, masked_mse
 
 __all__ = [
     "ModelConfig",
@@ -59,6 +59,9 @@ class ModelConfig:
         stat_fusion: Concatenate per-clip band statistics (mean and std over time, ``2 * n_mels``) of the
             input to the pooled vector before the projection.
         dropout: Dropout inside the transformer blocks.
+        head: Classifier over machine IDs: ``"linear"`` (the paper) or ``"cosine"`` (``head_scale`` times the
+            cosine to each class centre; fine-tuning puts an ArcFace margin on it, ``finetune.head=arcface``).
+        head_scale: Scale of the cosine head's logits.
     """
 
     n_mels: int = 128
@@ -82,6 +85,8 @@ class ModelConfig:
     pool: str = "mean"
     stat_fusion: bool = False
     dropout: float = 0.0
+    head: str = "linear"
+    head_scale: float = 16.0
 
     def __post_init__(self) -> None:
         positive = ("n_mels", "n_frames", "patch_f", "patch_t", "embed_dim", "depth", "heads", "decoder_embed_dim",
@@ -119,6 +124,9 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.pool={self.pool!r}: must be 'mean' or 'cls'")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"ModelConfig.dropout={self.dropout}: must be in [0, 1)")
+        if self.head not in ("linear", "cosine") or not self.head_scale > 0:
+            raise ValueError(f"ModelConfig.head={self.head!r}, head_scale={self.head_scale}: head must be 'linear' "
+                             "or 'cosine' and head_scale > 0")
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -411,6 +419,8 @@ class RCMAE(nn.Module):
         if self.head is None:
             raise ValueError("RCMAE.classify: the model has no classifier head (n_classes=0); "
                              "call set_num_classes(n) first")
+        if self.config.head == "cosine":
+            return self.config.head_scale * cosine_logits(z, self.head.weight)
         return self.head(z)
 
     def forward_loss(self, x: Tensor, pred: Tensor, mask: Tensor) -> Tensor:
@@ -470,7 +480,7 @@ class RCMAE(nn.Module):
     def forward(self, x: Tensor) -> Output:
         """Eval pass: ``Output(embedding [B, proj_dim], logits [B, n_classes] or None)``."""
         z = self.embed(x)
-        return Output(embedding=z, logits=self.head(z) if self.head is not None else None)
+        return Output(embedding=z, logits=self.classify(z) if self.head is not None else None)
 
 
 def _init_module(m: nn.Module) -> None:

@@ -239,7 +239,8 @@ def monitor_recording(scorer: WindowScorer, path: str | os.PathLike, machine_typ
     mtype, mid = resolve_unit(scorer, path, machine_type, machine_id)
     thr = scorer.threshold(mtype, mid) if threshold is None else float(threshold)
     if thr is None:
-        raise MonitorError(f"{scorer.source}: no threshold fitted for {mtype}/{mid}; pass --threshold")
+        raise MonitorError(f"{scorer.source}: no {scorer.name} threshold fitted for {mtype}/{mid}; give a threshold "
+                           "(--threshold) or pick another scorer")
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, OSError) as err:

@@ -46,15 +46,20 @@ from rcmae.scorers import (
     SCORERS,
     Clips,
     EnsembleScorer,
+    FrameModels,
+    FrameScorer,
     IdProbScorer,
     JointKnnScorer,
     KnnScorer,
     MahaScorer,
     NormalSet,
+    NormKnnScorer,
     ReconScorer,
     ReconTopkScorer,
     Scorer,
     ScoringError,
+    StatsMahaScorer,
+    band_stats,
     fit_gaussian,
     fit_threshold,
     fit_unit_thresholds,
@@ -76,6 +81,8 @@ from rcmae.train import (
 # The recon scorers' fixed mask stream (kept under its old name).
 _RECON_SEED = RECON_SEED
 _SPACES = ("pretrain", "finetune")
+# Per-clip statistics computed from the log-mel alone, saved as references/<name>.npz for the scorers.
+CLIP_FEATURES = {"clipstats": clip_stats, "bandstats": band_stats}
 # Names that moved to rcmae.scorers and stay importable from here.
 __all__ = ["SCORERS", "Detector", "ScoringError", "evaluate_run", "fit_gaussian", "fit_run", "fit_threshold",
            "joint_features", "knn_distances", "knn_euclidean", "mahalanobis", "topk_mean"]
@@ -114,10 +121,12 @@ class Detector:
     def __init__(self, run: Path, cfg: rconfig.RunConfig, stats: FeatureStats, classes: list[tuple[str, str]],
                  models: dict[str, RCMAE], thresholds: dict | None = None, references: dict | None = None,
                  device: str | torch.device = "cpu", clipstats: dict | None = None,
-                 moments: dict | None = None) -> None:
+                 moments: dict | None = None, bandstats: dict | None = None) -> None:
         self.run = Path(run)
         # Per-band mean/std log-mel of the normal training clips ({"z", "machine_type", "machine_id", "path"}).
         self.clipstats = clipstats
+        # Richer per-band statistics of the same clips (rcmae.scorers.frames.band_stats; stats_knn, stats_maha).
+        self.bandstats = bandstats
         # {scorer: {"type/id": [mean, std]}} of the held-out normal training scores (the ensemble's z-scores);
         # one dict shared with the ensemble, filled in place by fit_run.
         self.moments = moments or {}
@@ -130,7 +139,12 @@ class Detector:
         self.thresholds = thresholds or {}
         self.references = references or {}
         self.device = torch.device(device)
-        self.logmel = LogMel(cfg.features).to(self.device)
+        self.family = cfg.family
+        if self.family == "margin":
+            # The margin classifier computes its own log-mel and Tgram from the waveform: its input is the clip.
+            self.logmel, self.stats = _WaveformInput().to(self.device), _IdentityStats()
+        else:
+            self.logmel = LogMel(cfg.features).to(self.device)
         self._families = self._build_scorers()
         self.refit()
         self.notes: list[str] = []
@@ -164,7 +178,10 @@ class Detector:
             raise RunFolderError(f"{run}: no checkpoints/{pre.name}; pretrain the run first")
         models = {"pretrain": _model_from_checkpoint(pre)[0]}
         fin = checkpoint_path(run, "finetune", "last")
-        if fin.is_file():
+        if cfg.family == "margin":
+            # One stage: the classifier is the "finetune" (classifier) space; idprob and knn read it there.
+            models = {"finetune": models["pretrain"]}
+        elif fin.is_file():
             models["finetune"] = _model_from_checkpoint(fin)[0]
         classes = [tuple(c) for c in info.get("classes", [])]
         thr_path = run / "thresholds.json"
@@ -172,17 +189,23 @@ class Detector:
         thresholds = thr_json.get("thresholds", {})
         moments = thr_json.get("moments", {})
         clipstats = _load_rows(run / "references" / "clipstats.npz")
+        bandstats = _load_rows(run / "references" / "bandstats.npz")
         references = {}
         for space in _SPACES:
             path = run / "embeddings" / f"{space}.npz"
             rows = _load_rows(path) if path.is_file() and space in models else None
             if rows is not None:  # a damaged file counts as missing: refitted below
                 references[space] = rows
-        det = cls(run, cfg, stats, classes, models, thresholds, references, device or "cpu", clipstats, moments)
+        det = cls(run, cfg, stats, classes, models, thresholds, references, device or "cpu", clipstats, moments,
+                  bandstats)
         # Fit once when anything is missing (runs fitted before the joint-space scorers lack clipstats and
         # moments) or stale (trained again since: the stamp of the training stages changed).
-        if fit and (not thresholds or set(det._spaces_needed()) - set(references) or clipstats is None
-                    or "moments" not in thr_json or thr_json.get("fitted_on") != _training_stamp(info)):
+        # The margin family reads waveforms: it has no log-mel statistics or frame references to refit.
+        log_mel_refs_missing = det.family != "margin" and (
+            clipstats is None or bandstats is None or not (run / "references" / "frames.npz").is_file())
+        if fit and (not thresholds or set(det._spaces_needed()) - set(references) or log_mel_refs_missing
+                    or "moments" not in thr_json
+                    or thr_json.get("fitted_on") != _training_stamp(info)):
             fit_run(run)
             return cls.load(run, device=device, fit=False)
         return det
@@ -196,6 +219,7 @@ class Detector:
     def _build_scorers(self) -> dict[str, Scorer]:
         """One scorer object per name (:data:`rcmae.scorers.SCORERS`), sharing this detector's models and memo."""
         sc, spaces, pre = self.cfg.score, list(self.models), self.models.get("pretrain")
+        frames = FrameModels(self.run / "references" / "frames.npz")  # one fit for frame_pca and frame_maha
         return {
             "idprob": IdProbScorer(sc, self.run, self.models.get("finetune"), self.classes, self._windows,
                                    self.device),
@@ -204,6 +228,11 @@ class Detector:
             "knn_joint": JointKnnScorer(sc, self.run, spaces),
             "maha": MahaScorer(sc, self.run, spaces),
             "recon_topk": ReconTopkScorer(sc, self.run, pre, self._windows, self.device),
+            "knn_norm": NormKnnScorer(sc, self.run, lambda: self._families["knn"].space, "cosine", "knn_norm"),
+            "stats_knn": NormKnnScorer(sc, self.run, lambda: "bandstats", "euclidean", "stats_knn"),
+            "stats_maha": StatsMahaScorer(sc, self.run),
+            "frame_pca": FrameScorer(sc, self.run, "pca", frames),
+            "frame_maha": FrameScorer(sc, self.run, "maha", frames),
             "ensemble": EnsembleScorer(sc, self.run, lambda: self.cfg.score.ensemble,
                                        lambda name, clips: self._scores(clips.x, clips.machine_types,
                                                                         clips.machine_ids, name, clips.paths),
@@ -213,6 +242,10 @@ class Detector:
     def _why_unavailable(self, scorer: str) -> str:
         if scorer not in SCORERS:
             return f"unknown scorer; choose one of {', '.join(SCORERS)}"
+        if self.family == "margin" and scorer in ("recon", "recon_topk", "knn_joint", "maha", "stats_knn",
+                                                  "stats_maha", "frame_pca", "frame_maha"):
+            return ("the margin classifier has no decoder, log-mel statistics or frame space "
+                    "(use idprob, knn, knn_norm or ensemble)")
         return self._families[scorer].unavailable()
 
     def _scorer(self, scorer: str | None) -> str:
@@ -279,13 +312,13 @@ class Detector:
         return z
 
     def _feature(self, x: torch.Tensor, name: str) -> np.ndarray:
-        """Feature ``name`` of ``x`` for the scorers: an embedding space or ``clipstats`` (memoised per tensor)."""
-        if name == "clipstats":
-            hit = self._memo.get(("clipstats",))
+        """Feature ``name`` of ``x`` for the scorers: an embedding space, ``clipstats`` or ``bandstats`` (memoised)."""
+        if name in CLIP_FEATURES:
+            hit = self._memo.get((name,))
             if hit is not None and hit[0] is x:
                 return hit[1]
-            cs = clip_stats(x).float().cpu().numpy()
-            self._memo[("clipstats",)] = (x, cs)
+            cs = CLIP_FEATURES[name](x).float().cpu().numpy()
+            self._memo[(name,)] = (x, cs)
             return cs
         return self._embed_memo(x, name)
 
@@ -293,11 +326,14 @@ class Detector:
         tables = dict(self.references)
         if self.clipstats is not None:
             tables["clipstats"] = self.clipstats
+        if self.bandstats is not None:
+            tables["bandstats"] = self.bandstats
         return NormalSet(tables)
 
-    def refit(self) -> None:
-        """Fit every scorer on the normal training tables (``references`` and ``clipstats``)."""
+    def refit(self, logmels: tuple | None = None) -> None:
+        """Fit every scorer on the normal training tables (and their log-mels ``(x, types, ids, paths)``)."""
         normal = self._normal_set()
+        normal.logmels = logmels
         for family in self._families.values():
             family.fit(normal)
         self._memo.clear()
@@ -419,6 +455,21 @@ class Detector:
         return {**row, "note": note, "windows": len(windows)}
 
 
+class _WaveformInput(torch.nn.Module):
+    """The margin family's "features": the waveform batch itself ``[B, N]`` (the model holds its front-end)."""
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(wave, dtype=torch.float32)
+
+
+class _IdentityStats:
+    """Stands in for :class:`FeatureStats` where the model normalises its own log-mel."""
+
+    @staticmethod
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
 def _training_stamp(info: dict) -> dict[str, str | None]:
     """When each training stage of a run finished (from run.json): thresholds fitted before it are stale."""
     return {stage: s.get("finished", s.get("skipped")) for stage, s in sorted(info.get("stages", {}).items())}
@@ -470,7 +521,11 @@ def fit_run(run: str | os.PathLike, train: TrainData | None = None, progress: bo
     run = Path(run)
     det = Detector.load(run, fit=False)
     cfg = det.cfg
-    if train is None:
+    if train is None and det.family == "margin":
+        from rcmae.margin_train import load_train_waves
+
+        train = load_train_waves(read_run_json(run)["data"], cfg, progress=progress)
+    elif train is None:
         from rcmae.train import load_train_data
 
         info = read_run_json(run)
@@ -482,12 +537,16 @@ def fit_run(run: str | os.PathLike, train: TrainData | None = None, progress: bo
                          ["normal"] * len(z), keep_other=False)  # the weights changed: old test rows are stale
         det.references[space] = {"z": z, "machine_type": np.asarray(types), "machine_id": np.asarray(ids),
                                  "path": np.asarray(train.paths)}
-    cs = clip_stats(train.x).float().cpu().numpy()
-    _save_embeddings(run / "references" / "clipstats.npz", cs, train.paths, types, ids, "train",
-                     ["normal"] * len(cs), keep_other=False)
-    det.clipstats = {"z": cs, "machine_type": np.asarray(types), "machine_id": np.asarray(ids),
-                     "path": np.asarray(train.paths)}
-    det.refit()
+    if det.family != "margin":  # band statistics of log-mels (the margin family's inputs are waveforms)
+        for name, fn in CLIP_FEATURES.items():
+            cs = fn(train.x).float().cpu().numpy()
+            _save_embeddings(run / "references" / f"{name}.npz", cs, train.paths, types, ids, "train",
+                             ["normal"] * len(cs), keep_other=False)
+            setattr(det, name, {"z": cs, "machine_type": np.asarray(types), "machine_id": np.asarray(ids),
+                                "path": np.asarray(train.paths)})
+        det.refit(logmels=(train.x, list(map(str, types)), list(map(str, ids)), list(map(str, train.paths))))
+    else:
+        det.refit()
     thresholds: dict[str, dict[str, float]] = {}
     moments = det.moments  # shared with the ensemble, which z-scores its members with them
     moments.clear()
@@ -549,7 +608,10 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, 
         test = test.drop(unknown.index).reset_index(drop=True)
     if test.empty:
         raise ValueError(f"{data}: none of its test clips belong to the run's machine IDs; evaluate on the right data")
-    check_labelled_test(test, data)  # before anything is scored or written: earlier results stay
+    if test["label"].isin(["normal", "anomaly"]).any():
+        # Before anything is scored or written, so that earlier results stay. A wholly unlabelled 2021+
+        # evaluation set is a submission: scored and decided, with nothing to measure.
+        check_labelled_test(test, data)
     scorers = [det._scorer(scorer)] if scorer else list(det.scorers)
     x, kept, report = compute_logmels(list(test["path"]), det.logmel, det.cfg.data.sample_rate,
                                       det.cfg.data.duration, channel=det.cfg.data.channel, progress=progress,

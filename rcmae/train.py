@@ -408,21 +408,61 @@ class FinetuneModule(_StageModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         idx, labels = batch
         gen = self._generator(batch_idx)
+        f = self.cfg.finetune
+        if f.balanced:
+            idx = balanced_indices(self._labels, len(idx), gen)
+            labels = self._labels[idx]
         x = self._x[idx.cpu()]
-        if self.cfg.finetune.augment:
+        if f.augment:
             from rcmae.augment.specaugment import spec_augment
 
             x = spec_augment(x, self.cfg.pretrain.specaugment, gen)
         (x,) = random_crops([x], self.cfg.pretrain.crop_frames, gen)
+        labels = labels.to(self.device)
+        lam, perm = 1.0, torch.arange(len(idx))
+        if f.mixup_alpha > 0:
+            import scipy.special
+
+            from rcmae.losses import mixup
+
+            u = float(torch.rand(1, generator=gen))
+            lam = float(scipy.special.betaincinv(f.mixup_alpha, f.mixup_alpha, u))
+            lam = max(lam, 1.0 - lam)  # the first label dominates (SupCon uses it)
+            perm = torch.randperm(len(idx), generator=gen)
+            x = mixup(x, lam, perm)
+        perm = perm.to(self.device)
         x = x.to(self.device)
         z = self.model.embed(x)
-        logits = self.model.classify(z)
-        f = self.cfg.finetune
-        parts = finetune_loss(z.float(), logits.float(), labels.to(self.device), w_scl=f.w_supcon, w_ce=f.w_ce,
-                              tau=f.tau)
+        if f.head == "arcface":
+            from rcmae.losses import arcface_logits, cosine_logits
+
+            cos = cosine_logits(z.float(), self.model.head.weight.float())
+            logits = arcface_logits(cos, labels, f.scale, f.margin)
+            logits_b = arcface_logits(cos, labels[perm], f.scale, f.margin) if lam < 1.0 else logits
+        else:
+            logits = logits_b = self.model.classify(z).float()
+        parts = finetune_loss(z.float(), logits, labels, w_scl=f.w_supcon, w_ce=f.w_ce, tau=f.tau,
+                              label_smoothing=f.label_smoothing)
+        if lam < 1.0:
+            from rcmae.losses import mixup_cross_entropy
+
+            ce = mixup_cross_entropy(logits, logits_b, labels, labels[perm], lam, f.label_smoothing)
+            parts = {"loss": parts["loss"] + f.w_ce * (ce - parts["ce"]), "supcon": parts["supcon"], "ce": ce}
         self._check_finite(parts)
         self._log_parts(parts, len(idx))
         return parts["loss"]
+
+
+def balanced_indices(labels: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` clip indices, class-balanced: a class uniformly, then one of its clips uniformly (with replacement)."""
+    classes = torch.unique(labels)
+    pick = classes[torch.randint(0, len(classes), (n,), generator=generator)]
+    out = torch.empty(n, dtype=torch.long)
+    for c in classes:
+        members = torch.nonzero(labels == c).flatten()
+        slots = torch.nonzero(pick == c).flatten()
+        out[slots] = members[torch.randint(0, len(members), (len(slots),), generator=generator)]
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ callbacks
@@ -594,6 +634,10 @@ def _model_from_checkpoint(ckpt: Path) -> tuple[RCMAE, dict]:
             or not isinstance(state.get("state_dict"), dict):
         raise RunFolderError(f"{ckpt}: not an rcmae checkpoint (no rcmae.model_config/state_dict); re-run the stage")
     try:
+        if meta.get("family") == "margin":
+            from rcmae.margin_train import model_from_state
+
+            return model_from_state(meta, state["state_dict"]), meta
         model = RCMAE(ModelConfig(**meta["model_config"]))
         weights = {k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
         model.load_state_dict(weights)
@@ -671,12 +715,22 @@ def pretrain(
     if resume:
         if not last.is_file():
             raise RunFolderError(f"{out}: nothing to resume (no {last.name}); run without --resume to start it")
-        _check_resume_checkpoint(last, cfg.model)
+        if cfg.family == "margin":
+            from rcmae.margin_train import check_resume
+
+            check_resume(last, cfg)
+        else:
+            _check_resume_checkpoint(last, cfg.model)
     elif (out / "checkpoints").is_dir() and any((out / "checkpoints").glob("*.ckpt")):
         raise RunFolderError(f"{out}: already holds a trained run; pass --resume to continue or choose a new --out")
     trainer_kw = trainer_options(devices, num_nodes, precision, accelerator)
     out.mkdir(parents=True, exist_ok=True)
     _print_config(cfg, f"rcmae pretrain -> {out}")
+    if cfg.family == "margin":
+        # The angular-margin classifier family trains in this one stage (rcmae.margin_train).
+        from rcmae.margin_train import pretrain_margin
+
+        return pretrain_margin(data, out, cfg, preset, overrides, resume, trainer_kw, progress, callbacks, fit_scores)
     L.seed_everything(cfg.seed, verbose=False)
 
     stats = FeatureStats.load(out / "stats.json") if resume and (out / "stats.json").is_file() else None
@@ -791,9 +845,16 @@ def finetune(
     if not resume and last.is_file():
         raise RunFolderError(f"{run}: already fine-tuned; pass --resume to continue, or pretrain a new run")
     data = Path(data) if data is not None else Path(info["data"])
+    if cfg.family == "margin":
+        print(f"finetune: {run} is a margin-classifier run, trained in one stage by `rcmae pretrain`; "
+              "nothing to fine-tune", flush=True)
+        return run
     trainer_kw = trainer_options(devices, num_nodes, precision, accelerator)
     # Damaged or hostile checkpoints fail here, in one line, before any data is read.
     model, _ = _model_from_checkpoint(pre)
+    if cfg.finetune.head == "arcface":
+        # A cosine classifier: the margin acts in training, scoring uses scale * cosine.
+        model.config = dataclasses.replace(model.config, head="cosine", head_scale=cfg.finetune.scale)
     if resume:
         _check_resume_checkpoint(last, model.config)
     _print_config(cfg, f"rcmae finetune -> {run}")

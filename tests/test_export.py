@@ -143,6 +143,11 @@ def test_a_scorer_without_a_graph_is_refused(det, demo_run, tmp_path):
     ctx = ExportContext(det.classes, det.models, 313, None, lambda n: None)
     with pytest.raises(ScoringError, match=r"scorer frames cannot be exported: it has no torch graph"):
         build_graph(_Frames(det.cfg.score, demo_run), ctx)
+    # Real families without a graph (the frame and band-statistics scorers) are refused the same way.
+    for name in {"knn_norm", "stats_knn", "stats_maha", "frame_pca", "frame_maha"} & set(det.scorers):
+        with pytest.raises(ScoringError, match=f"scorer {name} cannot be exported: it has no torch graph"):
+            export_run(demo_run, tmp_path / name, scorer=name)
+        assert not (tmp_path / name).exists()
     # An unknown or unavailable scorer name on the command line: one line, exit 2, no bundle left behind.
     assert cli.main(["export", "--run", str(demo_run), "--out", str(tmp_path / "b"), "--scorer", "nope"]) == 2
     assert not (tmp_path / "b").exists()

@@ -155,7 +155,8 @@ import json, pathlib, sys, time
 out = pathlib.Path(sys.argv[sys.argv.index('--out') + 1])
 (out / 'checkpoints').mkdir(parents=True, exist_ok=True)
 (out / 'checkpoints' / 'pretrain-last.ckpt').write_bytes(b'x')
-(out / 'progress.json').write_text(json.dumps({'stage': 'pretrain', 'state': 'running', 'epoch': 1}))
+(out / 'tmp.json').write_text(json.dumps({'stage': 'pretrain', 'state': 'running', 'epoch': 1}))
+(out / 'tmp.json').replace(out / 'progress.json')  # atomic, as rcmae writes it
 time.sleep(60)
 """
 

@@ -7,6 +7,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import openai  # noqa: F401  (imported up front: the deadline test times the network, not a cold import)
 import pytest
 
 from rcmae import cli
@@ -86,7 +87,8 @@ def test_timeout_bounds_the_whole_call(raw_server, tmp_path):
     with pytest.raises(PromptGenerationError, match=r"did not answer within 2 s") as err:
         generate_prompts(2, base_url=raw_server.base_url, api_key="k", timeout=2, settings=tmp_path / "none.yaml")
     elapsed = time.perf_counter() - start
-    assert 1.9 < elapsed < 3.5, elapsed
+    # The reply would take minutes at 1 byte/s; a per-read timeout never fires. Slack for a loaded CI machine.
+    assert 1.9 < elapsed < 4.5, elapsed
     assert f"127.0.0.1:{raw_server.port}" in str(err.value)
 
 

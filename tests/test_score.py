@@ -140,7 +140,8 @@ def test_recon_is_deterministic_and_batch_independent(det, tiny_dcase):
 def test_cli_api_and_evaluate_give_the_same_number(det, run, tiny_dcase, capsys):
     path = _clip(tiny_dcase, "anomaly", "valve", "02", 1)
     scores = pd.read_csv(run / "eval" / "scores.csv").set_index("path")
-    for scorer in ("idprob", "knn", "recon", "knn_joint", "maha", "recon_topk", "ensemble"):
+    for scorer in ("idprob", "knn", "recon", "knn_joint", "maha", "recon_topk", "knn_norm", "stats_knn", "stats_maha",
+                   "frame_pca", "frame_maha", "ensemble"):
         api = Detector.load(run).score(path, scorer=scorer)
         assert cli.main(["score", "--run", str(run), str(path), "--scorer", scorer, "--json"]) == 0
         cli_row = json.loads(capsys.readouterr().out)[0]

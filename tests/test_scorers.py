@@ -16,9 +16,15 @@ from rcmae.config import ScoreConfig
 from rcmae.scorers import (
     Clips,
     EnsembleScorer,
+    FrameGaussian,
+    FrameScorer,
     KnnScorer,
     NormalSet,
+    NormKnnScorer,
     ScoringError,
+    StatsMahaScorer,
+    band_stats,
+    context_frames,
     fit_threshold,
     fit_unit_thresholds,
     zscore,
@@ -125,3 +131,118 @@ def test_ensemble_is_the_mean_of_per_unit_zscores(tmp_path):
     assert ens.score(clips) == pytest.approx([1.0, 6.0, 0.0])
     with pytest.raises(ScoringError, match="no training-score moments of m1"):
         zscore(np.zeros(1), ["t"], ["9"], moments["m1"], "m1")
+
+
+def test_band_stats_and_context_frames_match_numpy_loops():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2, 4, 9)).astype(np.float32)
+    got = band_stats(torch.from_numpy(x)).numpy()
+    for b in range(2):
+        want = []
+        for stat in (np.mean, np.std, lambda v: np.quantile(v, 0.1), np.median, lambda v: np.quantile(v, 0.9),
+                     lambda v: np.mean(np.abs(np.diff(v)))):
+            want += [stat(x[b, f].astype(np.float64)) for f in range(4)]
+        assert np.allclose(got[b], want, atol=1e-5)
+    frames = context_frames(x[0], n=3)
+    assert frames.shape == (7, 12)
+    for t in range(7):
+        assert np.array_equal(frames[t], np.concatenate([x[0][:, t + j] for j in range(3)]))
+
+
+def test_frame_gaussian_matches_a_direct_covariance_and_sklearn_pca():
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(3)
+    frames = rng.normal(size=(400, 6)) @ rng.normal(size=(6, 6))
+    query = rng.normal(size=(5, 6)) * 2
+    g = FrameGaussian(ridge=0.0).fit(frames)
+    cov = np.cov(frames.T, bias=True)
+    d = query - frames.mean(0)
+    assert g.maha(query) == pytest.approx(np.mean([v @ np.linalg.solve(cov, v) for v in d]), rel=1e-8)
+    pca = PCA(n_components=2).fit(frames)
+    rec = pca.inverse_transform(pca.transform(query))
+    assert g.pca_residual(query, 2) == pytest.approx(np.mean(((query - rec) ** 2).sum(1)), rel=1e-8)
+    # Summed per-part sufficient statistics give the same model as the frames at once.
+    parts = [FrameGaussian.sufficient(frames[:150]), FrameGaussian.sufficient(frames[150:])]
+    h = FrameGaussian(ridge=0.0).fit_sufficient(*(sum(p[k] for p in parts) for k in range(3)))
+    assert h.maha(query) == pytest.approx(g.maha(query), rel=1e-8)
+
+
+def _stat_table(rng, units, n, d):
+    table = _unit_tables(rng, units, n, d)
+    table["z"] = table["z"] * rng.uniform(0.5, 5.0, size=d).astype(np.float32) + 3.0  # unequal scales
+    return table
+
+
+def test_normalised_knn_is_zscored_by_held_out_normal_scores(tmp_path):
+    rng = np.random.default_rng(4)
+    units = [("fan", "00"), ("pump", "02")]
+    table = _stat_table(rng, units, 8, 6)
+    cfg = ScoreConfig(knn_k=2)
+    sc = NormKnnScorer(cfg, tmp_path, lambda: "bandstats", "euclidean", "stats_knn")
+    sc.fit(NormalSet({"bandstats": table}))
+    z = table["z"].astype(np.float64)
+    zs = (z - z.mean(0)) / z.std(0)  # standardised with every unit's normal clips
+    q = rng.normal(size=(3, 6)) * 3 + 3
+    qt, qi = ["fan", "pump", "fan"], ["00", "02", "00"]
+    got = sc.score(Clips(torch.zeros(3, 1, 1), qt, qi, None, lambda name: q))
+    for n, (t, i) in enumerate(zip(qt, qi, strict=True)):
+        rows = np.flatnonzero((table["machine_type"] == t) & (table["machine_id"] == i))
+        held = []
+        for r in rows:  # leave-one-out held-out scores of the unit, by sklearn
+            others = [o for o in rows if o != r]
+            nn = NearestNeighbors(n_neighbors=2).fit(zs[others])
+            held.append(nn.kneighbors(zs[r : r + 1])[0].mean())
+        raw = NearestNeighbors(n_neighbors=2).fit(zs[rows]).kneighbors(((q[n] - z.mean(0)) / z.std(0))[None])[0].mean()
+        assert got[n] == pytest.approx((raw - np.mean(held)) / np.std(held), rel=1e-6)
+    # The training clips' own (held-out) scores are then exactly z-scores: mean 0, std 1 per unit.
+    train = sc.score(Clips(torch.zeros(16, 1, 1), table["machine_type"], table["machine_id"], table["path"],
+                           lambda name: table["z"]))
+    for u in range(2):
+        assert train[u * 8 : (u + 1) * 8].mean() == pytest.approx(0.0, abs=1e-9)
+        assert train[u * 8 : (u + 1) * 8].std() == pytest.approx(1.0, rel=1e-9)
+
+
+def test_stats_maha_is_a_ledoit_wolf_mahalanobis_on_standardised_statistics(tmp_path):
+    from sklearn.covariance import LedoitWolf
+
+    rng = np.random.default_rng(5)
+    table = _stat_table(rng, [("valve", "00"), ("valve", "02")], 10, 5)
+    sc = StatsMahaScorer(ScoreConfig(), tmp_path)
+    sc.fit(NormalSet({"bandstats": table}))
+    z = table["z"].astype(np.float64)
+    mean, std = z.mean(0), z.std(0)
+    q = rng.normal(size=(1, 5)) * 4 + 3
+    ref = (z[10:] - mean) / std
+    lw = LedoitWolf().fit(ref)
+    want = np.sqrt(lw.mahalanobis((q - mean) / std))[0]
+    got = sc.score(Clips(torch.zeros(1, 1, 1), ["valve"], ["02"], None, lambda name: q))[0]
+    assert got == pytest.approx(want, rel=1e-6)
+
+
+def test_frame_scorer_held_out_folds_and_saved_models(tmp_path):
+    from rcmae.scorers.frames import fold_of, load_frame_models
+
+    rng = np.random.default_rng(6)
+    x = torch.from_numpy(rng.normal(size=(12, 3, 10)).astype(np.float32))
+    types, ids = ["fan"] * 12, ["00"] * 6 + ["02"] * 6
+    paths = [f"c{i}.wav" for i in range(12)]
+    cfg = ScoreConfig(frame_components=2)
+    sc = FrameScorer(cfg, tmp_path, "pca")
+    sc.fit(NormalSet(logmels=(x, types, ids, paths)))
+    # A training clip is scored by the Gaussian of the other folds of its unit, fitted here from raw frames.
+    fold = fold_of(6)
+    held = sc.score(Clips(x, types, ids, paths, lambda name: None))
+    for i in range(6):
+        others = [j for j in range(6) if fold[j] != fold[i]]
+        g = FrameGaussian().fit(np.concatenate([context_frames(x[j].numpy()) for j in others]))
+        assert held[i] == pytest.approx(g.pca_residual(context_frames(x[i].numpy()), 2), rel=1e-6)
+    # Test clips use the whole unit's model, which is saved and read back (float32) for later detectors.
+    full = sc.score(Clips(x[:2], ["fan", "fan"], ["02", "02"], None, lambda name: None))
+    g = FrameGaussian().fit(np.concatenate([context_frames(x[j].numpy()) for j in range(6, 12)]))
+    assert full[1] == pytest.approx(g.pca_residual(context_frames(x[1].numpy()), 2), rel=1e-6)
+    assert set(load_frame_models(tmp_path / "references" / "frames.npz")) == {"fan/00", "fan/02"}
+    again = FrameScorer(cfg, tmp_path, "pca")
+    again.fit(NormalSet())
+    assert np.allclose(again.score(Clips(x[:2], ["fan", "fan"], ["02", "02"], None, lambda name: None)), full,
+                       rtol=1e-4)

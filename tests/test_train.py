@@ -222,13 +222,15 @@ def test_single_machine_id_falls_back_to_knn(tmp_path, capsys):
     assert "single machine ID (fan id 00)" in out and "falls back to knn" in out
     assert not train.checkpoint_path(run, "finetune").exists()
     det = Detector.load(run)
-    assert det.scorers == ["knn", "recon", "knn_joint", "maha", "recon_topk", "ensemble"]
+    assert det.scorers == ["knn", "recon", "knn_joint", "maha", "recon_topk", "knn_norm", "stats_knn", "stats_maha",
+                           "frame_pca", "frame_maha", "ensemble"]
     assert det.default_scorer == "knn"
     info = json.loads((run / "run.json").read_text())
     assert info["default_scorer"] == "knn" and "skipped" in info["stages"]["finetune"]
     assert any("using knn" in n for n in info["notes"])
     results = evaluate_run(run, progress=False)
-    assert set(results) == {"knn", "recon", "knn_joint", "maha", "recon_topk", "ensemble"}
+    assert set(results) == {"knn", "recon", "knn_joint", "maha", "recon_topk", "knn_norm", "stats_knn", "stats_maha",
+                            "frame_pca", "frame_maha", "ensemble"}
     assert json.loads((run / "eval" / "results.json").read_text())["system"] == "rcmae-knn"
 
 

@@ -78,11 +78,15 @@ class NormalSet:
 
     Args:
         tables: ``{feature: {"z": [n, D], "machine_type": [n], "machine_id": [n], "path": [n]}}``; features are
-            embedding spaces (``pretrain``, ``finetune``) and ``clipstats`` (per-band mean/std log-mel).
+            embedding spaces (``pretrain``, ``finetune``), ``clipstats`` and ``bandstats`` (per-band statistics).
+        logmels: ``(x, machine_types, machine_ids, paths)`` of the normal training clips, or ``None``.
     """
 
-    def __init__(self, tables: dict[str, dict] | None = None) -> None:
+    def __init__(self, tables: dict[str, dict] | None = None, logmels: tuple | None = None) -> None:
         self.tables = dict(tables or {})
+        # (x [n, F, T], machine_types, machine_ids, paths) of the normal training clips, when in memory (fit_run):
+        # scorers that model frames fit on them; otherwise they read what they saved in the run folder.
+        self.logmels = logmels
 
     def get(self, feature: str) -> dict | None:
         """The table of ``feature``, or ``None``."""

@@ -61,7 +61,9 @@ class IdProbScorer(Scorer):
         for b in range(0, len(x), bs):
             xb = x[b : b + bs].to(self.device)
             ib = idx[b : b + bs]
-            per_window = [-torch.log_softmax(self.model.classify(self.model.embed(w)).float(), -1)
+            # float64: a confident classifier's float32 -log p is exactly 0 (p rounds to 1) for most clips, and
+            # those ties flatten the ranking (bench/results/idprob.md).
+            per_window = [-torch.log_softmax(self.model.classify(self.model.embed(w)).double(), -1)
                           .gather(1, ib[:, None])[:, 0] for w in self.windows(xb)]
             out.append(torch.stack(per_window).mean(0))
         return torch.cat(out).cpu().numpy().astype(np.float64)

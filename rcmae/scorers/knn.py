@@ -162,3 +162,78 @@ class JointKnnScorer(EmbeddingScorer):
             return min_over_domains(lambda v, refs: knn_euclidean(v, refs, k), q, self.normal.get(self.space),
                                     ref_joint, rows, excl)
         return knn_euclidean(q, [ref_joint[r] for r in rows], self.cfg.knn_k, exclude=excl)
+
+
+def standardise(table: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and std (floored at 1e-6) of ``table`` (all units' normal clips, or ``rows`` of it)."""
+    t = np.asarray(table, dtype=np.float64) if rows is None else np.asarray(table, dtype=np.float64)[rows]
+    return t.mean(0), np.maximum(t.std(0), 1e-6)
+
+
+class NormKnnScorer(Scorer):
+    """kNN distance z-scored per unit with the mean/std of the unit's held-out normal scores.
+
+    The normalisers come from leave-one-out scores of the unit's normal training clips (each clip against
+    the others, i.e. ``n``-fold held-out); under a per-unit AUC this is rank-identical to the raw distance,
+    but it puts every unit (and every member of an ensemble) on one scale: thresholds and pooled metrics
+    (DCASE 2021+ sections pooled over domains) need that.
+
+    Args:
+        cfg, run: As :class:`Scorer`.
+        feature: ``() -> feature name`` (an embedding space or ``bandstats``), read at fit/score time.
+        metric: ``cosine`` (embeddings) or ``euclidean`` (standardised statistics).
+        name: The scorer's name.
+    """
+
+    def __init__(self, cfg, run, feature, metric: str, name: str) -> None:
+        super().__init__(cfg, run)
+        self.feature, self.metric, self.name = feature, metric, name
+        self.moments: dict[str, tuple[float, float]] = {}
+        self._scale: tuple[np.ndarray, np.ndarray] | None = None
+
+    def _table(self) -> dict:
+        table = self.normal.get(self.feature())
+        if table is None:
+            raise ScoringError(f"{self.run}: no training {self.feature()} for {self.name}; "
+                               f"run `rcmae evaluate --run {self.run}`")
+        return table
+
+    def _prepare(self, v: np.ndarray) -> np.ndarray:
+        if self.metric == "cosine":
+            return v
+        mean, std = self._scale
+        return (np.asarray(v, dtype=np.float64) - mean) / std
+
+    def _raw(self, q: np.ndarray, refs: list[np.ndarray], excl) -> np.ndarray:
+        dist = knn_distances if self.metric == "cosine" else knn_euclidean
+        return dist(self._prepare(q), [self._prepare(r) for r in refs], self.cfg.knn_k, exclude=excl)
+
+    def fit(self, normal) -> None:
+        super().fit(normal)
+        self.moments = {}
+        table = normal.get(self.feature())
+        if table is None:
+            return
+        self._scale = standardise(table["z"])
+        units = sorted(set(zip(table["machine_type"], table["machine_id"], strict=True)))
+        for t, i in units:
+            rows = np.flatnonzero((table["machine_type"] == t) & (table["machine_id"] == i))
+            if len(rows) < 2:
+                continue  # no held-out score: this unit cannot be normalised (score() says so)
+            z = table["z"][rows]
+            held = self._raw(z, [z] * len(rows), list(range(len(rows))))
+            self.moments[f"{t}/{i}"] = (float(held.mean()), float(held.std()))
+
+    def score(self, clips: Clips) -> np.ndarray:
+        table = self._table()
+        rows, excl = self.normal.rows_and_exclusions(self.feature(), clips, self.name)
+        raw = self._raw(clips.feature(self.feature()), [table["z"][r] for r in rows],
+                        excl if clips.paths is not None else None)
+        out = np.empty(len(raw))
+        for n, (t, i) in enumerate(zip(clips.machine_types, clips.machine_ids, strict=True)):
+            mom = self.moments.get(f"{t}/{i}")
+            if mom is None:
+                raise ScoringError(f"{self.name}: machine {t} id {i} has fewer than 2 normal training clips; "
+                                   "its scores cannot be normalised (add clips or use knn)")
+            out[n] = (raw[n] - mom[0]) / max(mom[1], 1e-12)
+        return out

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rcmae.scorers.base import Clips, NormalSet, ScoringError
+from rcmae.scorers.base import Clips, NormalSet, Scorer, ScoringError
 from rcmae.scorers.domains import domain_banks
 from rcmae.scorers.knn import EmbeddingScorer, joint_space
 
@@ -74,4 +74,48 @@ class MahaScorer(EmbeddingScorer):
                     models = [(m, precision) for m in means]
                 self._cache[key] = models
             out[n] = min(mahalanobis(q[n : n + 1], *m)[0] for m in models)
+        return out
+
+
+class StatsMahaScorer(Scorer):
+    """``stats_maha``: Mahalanobis distance to a Ledoit-Wolf Gaussian of the unit's band statistics, no network.
+
+    The features are :func:`rcmae.scorers.frames.band_stats` (per-band mean, std, percentiles, temporal change),
+    standardised per dimension with all normal training clips, so that the shrinkage target (a scaled identity)
+    treats them alike. Held-out training scores leave each clip out of its own Gaussian, as ``maha``.
+    """
+
+    name = "stats_maha"
+    feature = "bandstats"
+
+    def __init__(self, cfg, run) -> None:
+        super().__init__(cfg, run)
+        self._cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self._scale: tuple[np.ndarray, np.ndarray] | None = None
+
+    def fit(self, normal: NormalSet) -> None:
+        super().fit(normal)
+        self._cache.clear()
+        table = normal.get(self.feature)
+        if table is not None:
+            z = np.asarray(table["z"], dtype=np.float64)
+            self._scale = (z.mean(0), np.maximum(z.std(0), 1e-6))
+
+    def score(self, clips: Clips) -> np.ndarray:
+        table = self.normal.get(self.feature)
+        if table is None:
+            raise ScoringError(f"{self.run}: no training band statistics for stats_maha; "
+                               f"run `rcmae evaluate --run {self.run}`")
+        mean, std = self._scale
+        ref = (np.asarray(table["z"], dtype=np.float64) - mean) / std
+        q = (clips.feature(self.feature).astype(np.float64) - mean) / std
+        rows, excl = self.normal.rows_and_exclusions(self.feature, clips, self.name)
+        out = np.empty(len(q))
+        for n, (r, e) in enumerate(zip(rows, excl, strict=True)):
+            key = (int(r[0]), len(r), e)
+            model = self._cache.get(key)
+            if model is None:
+                model = fit_gaussian(np.delete(ref[r], e, axis=0) if e is not None else ref[r])
+                self._cache[key] = model
+            out[n] = mahalanobis(q[n : n + 1], *model)[0]
         return out

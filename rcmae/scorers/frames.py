@@ -1,0 +1,216 @@
+"""Training-free features of a log-mel and a per-unit Gaussian over them (no network involved).
+
+- :func:`band_stats`: a clip's per-band level statistics over time, richer than ``rcmae.model.clip_stats``:
+  mean, std, 10th/50th/90th percentiles and the mean absolute frame-to-frame change (temporal modulation).
+- :func:`context_frames`: the DCASE 2020 AE baseline's input vectors, ``n`` consecutive frames concatenated.
+- :class:`FrameGaussian`: mean and covariance of a unit's normal context frames. It scores a clip by the mean
+  over its frames of the squared Mahalanobis distance (``frame_maha``) or of the residual outside the top
+  principal components (``frame_pca``: a linear autoencoder, the AE baseline without training).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rcmae.scorers.base import Clips, NormalSet, Scorer, ScoringError
+
+BAND_QUANTILES = (0.1, 0.5, 0.9)
+
+
+def band_stats(x: torch.Tensor) -> torch.Tensor:
+    """Per-band statistics over time: ``x [B, F, T]`` -> ``[B, 6F]``.
+
+    Blocks of ``F``: mean, population std, 10th, 50th and 90th percentile (linear interpolation, as
+    ``numpy.quantile``), and the mean absolute difference of consecutive frames (0 for a one-frame clip).
+    """
+    x = x.float()
+    q = torch.quantile(x, torch.tensor(BAND_QUANTILES, dtype=x.dtype, device=x.device), dim=-1)  # [3, B, F]
+    delta = (x[..., 1:] - x[..., :-1]).abs().mean(-1) if x.shape[-1] > 1 else torch.zeros_like(x[..., 0])
+    return torch.cat([x.mean(-1), x.std(-1, unbiased=False), q[0], q[1], q[2], delta], dim=-1)
+
+
+def context_frames(x: np.ndarray | torch.Tensor, n: int = 5) -> np.ndarray:
+    """Context vectors of one log-mel ``x [F, T]``: row ``t`` is frames ``t .. t+n-1`` concatenated, ``[T-n+1, nF]``.
+
+    The layout is frame-major (frame ``t``'s ``F`` bins, then frame ``t+1``'s ...), as the AE baseline's.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    f, t = x.shape
+    if t < n:
+        raise ValueError(f"context_frames: a clip of {t} frames is shorter than the context of {n} frames")
+    windows = np.lib.stride_tricks.sliding_window_view(x, n, axis=1)  # [F, T-n+1, n]
+    return windows.transpose(1, 2, 0).reshape(t - n + 1, n * f)
+
+
+class FrameGaussian:
+    """Mean and covariance of a unit's normal context frames, from per-clip sufficient statistics.
+
+    Per-clip sums (count, sum, sum of outer products) are kept so that a model without some clips (the
+    held-out folds) is exact and costs one eigendecomposition.
+
+    Args:
+        ridge: Added to the covariance's eigenvalues, relative to their mean (keeps it invertible).
+    """
+
+    def __init__(self, ridge: float = 1e-3) -> None:
+        self.ridge = ridge
+        self.mean = np.empty(0)
+        self.eigval = np.empty(0)
+        self.eigvec = np.empty((0, 0))
+
+    @staticmethod
+    def sufficient(frames: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+        """``(n, sum [D], sum of outer products [D, D])`` of ``frames [n, D]``."""
+        frames = np.asarray(frames, dtype=np.float64)
+        return len(frames), frames.sum(0), frames.T @ frames
+
+    def fit_sufficient(self, n: int, total: np.ndarray, outer: np.ndarray) -> FrameGaussian:
+        """Fit from summed sufficient statistics (population covariance + ridge)."""
+        if n < 2:
+            raise ValueError("FrameGaussian: needs at least 2 frames")
+        self.mean = total / n
+        cov = outer / n - np.outer(self.mean, self.mean)
+        val, vec = np.linalg.eigh((cov + cov.T) / 2)
+        val = np.maximum(val, 0.0)
+        order = np.argsort(val)[::-1]
+        self.eigval = val[order] + self.ridge * max(float(val.mean()), 1e-12)
+        self.eigvec = vec[:, order]
+        return self
+
+    def fit(self, frames: np.ndarray) -> FrameGaussian:
+        """Fit on context frames ``[n, D]``."""
+        return self.fit_sufficient(*self.sufficient(frames))
+
+    def maha(self, frames: np.ndarray) -> float:
+        """Mean over ``frames [n, D]`` of the squared Mahalanobis distance to the Gaussian."""
+        proj = (np.asarray(frames, dtype=np.float64) - self.mean) @ self.eigvec
+        return float(((proj**2) / self.eigval).sum(1).mean())
+
+    def pca_residual(self, frames: np.ndarray, components: int) -> float:
+        """Mean over ``frames [n, D]`` of the squared error after projecting on the top ``components``."""
+        d = np.asarray(frames, dtype=np.float64) - self.mean
+        proj = d @ self.eigvec[:, :components]
+        return float(((d**2).sum(1) - (proj**2).sum(1)).mean())
+
+
+FOLDS = 5
+FOLD_SEED = 20240
+
+
+def fold_of(n: int, folds: int = FOLDS, seed: int = FOLD_SEED) -> np.ndarray:
+    """Seeded fold number of each of ``n`` clips (a permutation, so fold sizes differ by at most one)."""
+    return np.random.default_rng(seed).permutation(n) % min(folds, n)
+
+
+class FrameModels:
+    """The per-unit :class:`FrameGaussian` models of a run, shared by ``frame_pca`` and ``frame_maha``.
+
+    Fitted from the training log-mels with 5 seeded folds per unit: per fold, the summed sufficient statistics
+    of its clips (memory ``folds x D^2`` per unit, not per clip); the unit model is the sum over folds and a
+    clip's held-out model the sum over the other folds (exact). Saved to / read from ``path``.
+    """
+
+    context = 5
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.models: dict[str, FrameGaussian] = {}
+        self.held_out: dict[str, FrameGaussian] = {}  # clip path -> the model of the folds without it
+        self._fitted_on: object = None
+
+    def fit(self, normal: NormalSet) -> None:
+        """Fit on ``normal.logmels`` when given (and save), else read the saved models."""
+        if normal.logmels is None:
+            self.held_out, self._fitted_on = {}, None
+            self.models = load_frame_models(self.path) if self.path.is_file() else {}
+            return
+        x, types, ids, paths = normal.logmels
+        if self._fitted_on is x:
+            return  # the other frame scorer already fitted on these clips
+        self.models, self.held_out = {}, {}
+        units = list(zip(map(str, types), map(str, ids), strict=True))
+        for key in sorted(set(units)):
+            rows = np.array([i for i, u in enumerate(units) if u == key])
+            fold = fold_of(len(rows))
+            sums = []
+            for k in range(int(fold.max()) + 1):
+                parts = [FrameGaussian.sufficient(context_frames(x[i].cpu().numpy(), self.context))
+                         for i in rows[fold == k]]
+                sums.append(tuple(sum(p[j] for p in parts) for j in range(3)))
+            total = tuple(sum(f[j] for f in sums) for j in range(3))
+            self.models[f"{key[0]}/{key[1]}"] = FrameGaussian().fit_sufficient(*total)
+            for k, fold_sum in enumerate(sums):
+                rest = tuple(total[j] - fold_sum[j] for j in range(3))
+                if rest[0] < 2:
+                    continue  # a unit with one fold: its clips keep the unit model
+                model = FrameGaussian().fit_sufficient(*rest)
+                self.held_out.update({str(paths[i]): model for i in rows[fold == k]})
+        save_frame_models(self.path, self.models)
+        self._fitted_on = x
+
+
+class FrameScorer(Scorer):
+    """``frame_pca`` / ``frame_maha``: a per-unit :class:`FrameGaussian` of 5-frame context vectors, no network.
+
+    ``frame_pca`` scores the mean residual outside the top ``score.frame_components`` principal components (a
+    linear autoencoder); ``frame_maha`` the mean squared Mahalanobis distance. Fitting needs the training
+    log-mels (:attr:`NormalSet.logmels`, given by ``fit_run``); the unit models are then saved to
+    ``references/frames.npz`` and later fits read them back. Held-out training scores come from 5 seeded folds
+    per unit: a clip is scored by the model of the other folds (:class:`FrameModels`).
+
+    Args:
+        cfg, run: As :class:`Scorer`.
+        kind: ``pca`` or ``maha``.
+        shared: Models shared with the other frame scorer (default: this scorer's own).
+    """
+
+    def __init__(self, cfg, run, kind: str, shared: FrameModels | None = None) -> None:
+        super().__init__(cfg, run)
+        self.kind, self.name = kind, f"frame_{kind}"
+        self.frames = shared or FrameModels(self.run / "references" / "frames.npz")
+
+    def fit(self, normal: NormalSet) -> None:
+        super().fit(normal)
+        self.frames.fit(normal)
+
+    def score(self, clips: Clips) -> np.ndarray:
+        out = np.empty(len(clips))
+        for n, (t, i) in enumerate(zip(clips.machine_types, clips.machine_ids, strict=True)):
+            model = self.frames.models.get(f"{t}/{i}")
+            if model is None:
+                raise ScoringError(f"machine {t} id {i} was not in this run's training data ({self.name}: no frame "
+                                   "model); pass the right --machine-type/--machine-id or train on it")
+            if clips.paths is not None:
+                model = self.frames.held_out.get(str(clips.paths[n]), model)
+            frames = context_frames(clips.x[n].cpu().numpy(), FrameModels.context)
+            out[n] = (model.pca_residual(frames, self.cfg.frame_components) if self.kind == "pca"
+                      else model.maha(frames))
+        return out
+
+
+def save_frame_models(path: Path, models: dict[str, FrameGaussian]) -> None:
+    """Write unit models (mean, eigenvalues, eigenvectors; float32) to an ``.npz`` atomically."""
+    keys = sorted(models)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez(tmp, unit=np.asarray(keys, dtype=str),
+             mean=np.stack([models[k].mean for k in keys]).astype(np.float32),
+             eigval=np.stack([models[k].eigval for k in keys]).astype(np.float32),
+             eigvec=np.stack([models[k].eigvec for k in keys]).astype(np.float32))
+    os.replace(tmp, path)
+
+
+def load_frame_models(path: Path) -> dict[str, FrameGaussian]:
+    """Read :func:`save_frame_models` output (no pickle)."""
+    out = {}
+    with np.load(path, allow_pickle=False) as npz:
+        for n, key in enumerate(npz["unit"].astype(str)):
+            g = FrameGaussian()
+            g.mean, g.eigval = npz["mean"][n].astype(np.float64), npz["eigval"][n].astype(np.float64)
+            g.eigvec = npz["eigvec"][n].astype(np.float64)
+            out[str(key)] = g
+    return out

@@ -27,6 +27,7 @@ import io
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -40,11 +41,14 @@ from torch import nn
 import rcmae
 from rcmae.audio import load_audio, write_wav
 from rcmae.files import atomic_write_text, read_json, write_json
+from rcmae.scorers import ScoringError
 from rcmae.scorers.graph import ExportContext, WindowEmbedder, build_graph
 
 BUNDLE_VERSION = 1
 FORMATS = ("torchscript", "onnx")
 MODEL_FILES = {"torchscript": "detector.pt", "onnx": "detector.onnx"}
+# Exported instead of a default scorer that has no torch graph (e.g. an ensemble with frame members), in order.
+EXPORT_FALLBACKS = ("maha", "knn", "idprob")
 OUTPUTS = ("score", "embedding", "logmel")
 
 
@@ -169,8 +173,19 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, format: str = "to
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ExportError(f"{out}: exists and is not empty; pass a new folder or --overwrite")
     det = Detector.load(run)
-    scorer = scorer or det.default_scorer
-    module, units = build_module(det, scorer)
+    if scorer is None:
+        scorer = det.default_scorer
+        try:
+            module, units = build_module(det, scorer)
+        except ScoringError as err:
+            # Said, never silent: the bundle's detector.json names the scorer it carries.
+            fallback = next(s for s in EXPORT_FALLBACKS if s in det.scorers)
+            print(f"export: the run's default scorer cannot be exported ({err}); exporting {fallback} "
+                  "instead (pass --scorer to choose)", file=sys.stderr)
+            scorer = fallback
+            module, units = build_module(det, scorer)
+    else:
+        module, units = build_module(det, scorer)
     n = int(round(det.cfg.data.duration * det.cfg.data.sample_rate))
     picked = _pick_examples(det, units, examples)
 

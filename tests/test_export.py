@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from rcmae import cli
 from rcmae.audio import load_audio
@@ -154,3 +156,23 @@ def test_a_scorer_without_a_graph_is_refused(det, demo_run, tmp_path):
     export_run(demo_run, tmp_path / "c", scorer="knn", examples=0)
     with pytest.raises(ExportError, match="exists and is not empty; pass a new folder or --overwrite"):
         export_run(demo_run, tmp_path / "c", scorer="knn")
+
+
+def test_a_default_scorer_without_a_graph_falls_back_to_maha_and_says_so(demo_run, tmp_path, capsys):
+    # The tiny preset's default: an ensemble with band-statistics and frame members, which have no torch graph.
+    run = tmp_path / "run"
+    shutil.copytree(demo_run, run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["score"]["ensemble"] = ["maha", "stats_maha", "frame_pca"]
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    det = Detector.load(run)
+    assert det.default_scorer == "ensemble"
+    with pytest.raises(ScoringError, match="cannot be exported"):
+        export_run(run, tmp_path / "refused", scorer="ensemble", examples=0)
+    bundle = export_run(run, tmp_path / "bundle", examples=0)
+    assert "exporting maha instead" in capsys.readouterr().err
+    assert json.loads((bundle / "detector.json").read_text())["scorer"] == "maha"
+    clip = _clips(demo_run)[0]
+    ref = det.score(clip, scorer="maha")
+    got = Bundle(bundle).score(load_audio(clip), ref["machine_type"], ref["machine_id"])
+    assert got["score"] == pytest.approx(ref["score"], rel=1e-5)

@@ -153,8 +153,8 @@ def test_cli_api_and_evaluate_give_the_same_number(det, run, tiny_dcase, capsys)
         assert api["threshold"] == det.threshold(scorer, "valve", "02")
         assert api["decision"] == ("anomaly" if api["score"] > api["threshold"] else "normal")
         assert scores.loc[str(path), f"decision_{scorer}"] == api["decision"]
-    assert det.default_scorer == "maha"  # the tiny preset's (the paper preset keeps idprob)
-    assert det.score(path)["scorer"] == "maha"
+    assert det.default_scorer == "ensemble"  # the tiny preset's (the paper preset keeps idprob)
+    assert det.score(path)["scorer"] == "ensemble"
     before = json.loads((run / "eval" / "results.knn.json").read_text())
     assert cli.main(["evaluate", "--run", str(run), "--scorer", "knn"]) == 0
     assert "knn: AUC" in capsys.readouterr().out

@@ -106,7 +106,7 @@ def test_results_aucs_match_sklearn_on_csv_scores(trained):
             assert row["auc"] == pytest.approx(roc_auc_score(y, csv["score"]))
             assert row["pauc"] == pytest.approx(roc_auc_score(y, csv["score"], max_fpr=0.1))
     default = json.loads((run / "eval" / "results.json").read_text())
-    assert default == results["maha"]  # the tiny preset's default scorer
+    assert default == results["ensemble"]  # the tiny preset's default scorer
 
 
 class _Crash(Callback):

@@ -92,6 +92,10 @@ def build_module(det, scorer: str) -> tuple[ExportedDetector, list[tuple[str, st
     unavailable for the run or has no graph raises one clear line.
     """
     name = det._scorer(scorer)
+    if det.family == "margin":
+        # Its front-end (log-mel + Tgram) and normalisation live inside the classifier: no graph is built for it.
+        raise ExportError(f"{det.run}: runs of the margin family cannot be exported yet; export an RC-MAE run "
+                          "(presets tiny, paper, paper-light, audiomae) or score this run with `rcmae score`")
     units = [tuple(c) for c in det.classes]
     if not units:
         ref = det.references.get(det.knn_space) or {}

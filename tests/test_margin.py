@@ -207,3 +207,11 @@ def test_margin_run_scores_equal_a_direct_recomputation(margin_run, tiny_dcase, 
     wave = sf.read(scores["path"][0], dtype="float32")[0][:n]
     row = det.score(wave, scorer="idprob", machine_type=scores["machine_type"][0], machine_id=scores["machine_id"][0])
     assert row["score"] == pytest.approx(idprob[0], rel=1e-4, abs=1e-6)
+
+
+def test_a_margin_run_is_refused_by_export_with_one_line(margin_run, tmp_path):
+    from rcmae.export import ExportError, export_run
+
+    with pytest.raises(ExportError, match="margin family cannot be exported"):
+        export_run(margin_run, tmp_path / "bundle", scorer="knn", examples=0)
+    assert not (tmp_path / "bundle").exists()  # nothing half-written

@@ -67,7 +67,7 @@ def load_checkpoint(path: str | os.PathLike, fix: str | None = None) -> dict:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        # torch's message is a paragraph that ends by suggesting weights_only=False: keep only the cause.
+        # torch's message is a paragraph that ends by suggesting the unsafe loader: keep only the cause.
         lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
         hostile = next((ln for ln in lines if "global" in ln.lower()), None)
         if hostile is not None:

@@ -111,7 +111,7 @@ def test_page_renders_with_finished_run(page: str, full_ws: Workspace) -> None:
     elif page == "results":
         assert len(at.get("plotly_chart")) >= 4  # ROC, histogram and the two embedding maps
     elif page == "score":
-        assert at.selectbox[0].value.name == "tiny-run" and at.selectbox[1].value in ("idprob", "knn", "recon", "maha")
+        assert at.selectbox[0].value.name == "tiny-run" and at.selectbox[1].value == "ensemble"  # tiny's default
     elif page == "monitor":
         assert at.selectbox[0].value.name == "tiny-run" and any(b.label == "Export" for b in at.button)
 

@@ -246,6 +246,12 @@ class Detector:
                                                   "stats_maha", "frame_pca", "frame_maha"):
             return ("the margin classifier has no decoder, log-mel statistics or frame space "
                     "(use idprob, knn, knn_norm or ensemble)")
+        if scorer == "ensemble" and self.moments:
+            # Fitted, but some member had too few training clips per machine ID for held-out moments.
+            lacking = [m for m in self.cfg.score.ensemble if m not in self.moments]
+            if lacking:
+                return (f"no held-out normal-score moments of {', '.join(lacking)} (too few training clips per "
+                        "machine ID)")
         return self._families[scorer].unavailable()
 
     def _scorer(self, scorer: str | None) -> str:

@@ -164,6 +164,7 @@ def test_a_default_scorer_without_a_graph_falls_back_to_maha_and_says_so(demo_ru
     shutil.copytree(demo_run, run)
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     cfg["score"]["ensemble"] = ["maha", "stats_maha", "frame_pca"]
+    cfg["score"]["default_scorer"] = "ensemble"
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     det = Detector.load(run)
     assert det.default_scorer == "ensemble"

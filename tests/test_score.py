@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -329,10 +330,10 @@ def test_ensemble_standardises_each_scorer_with_its_training_scores(det, run, ti
     assert np.allclose(ens.sort_index(), sum(train_parts).sort_index() / len(train_parts))
 
 
-def test_evaluate_skips_a_scorer_that_cannot_fit_and_keeps_the_others(tiny_dcase, tmp_path, capsys):
+def test_an_ensemble_without_member_moments_is_unavailable_and_the_default_falls_back(tiny_dcase, tmp_path, capsys):
     # Two training clips per ID: leave-one-out leaves one clip, too few for maha's covariance, so maha has no
-    # training-score moments and the ensemble (knn + maha, standardised by those moments) cannot score.
-    import shutil
+    # training-score moments and the ensemble (knn + maha, standardised by those moments) cannot score. It is
+    # unavailable from the start, with the reason, and the run's default falls back to knn, said in the notes.
 
     data = tmp_path / "few"
     for wav in sorted(tiny_dcase.rglob("*.wav")):
@@ -342,15 +343,14 @@ def test_evaluate_skips_a_scorer_that_cannot_fit_and_keeps_the_others(tiny_dcase
         (data / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(wav, data / rel)
     out = tmp_path / "run"
-    train.pretrain(data, out, epochs=1, overrides=[*TINY, "score.default_scorer=ensemble"], progress=False)
-    capsys.readouterr()
+    train.pretrain(data, out, epochs=1, overrides=[*TINY, "score.default_scorer=ensemble",
+                                                   "score.ensemble=[knn,maha]"], progress=False)
     results = evaluate_run(out, progress=False)
-    err = capsys.readouterr().err
-    assert "scorer ensemble skipped" in err and "default scorer ensemble was skipped" in err
+    det = Detector.load(out)
+    assert "ensemble" not in det.scorers and det.default_scorer == "knn"
+    assert "no held-out normal-score moments of maha" in det.notes[0]
     assert "ensemble" not in results and {"knn", "recon", "maha"} <= set(results)
     evaluated = json.loads((out / "run.json").read_text())["evaluated"]
-    assert list(evaluated["skipped_scorers"]) == ["ensemble"] and evaluated["scorers"] == list(results)
-    # The default was skipped: results.json holds the first scorer that worked, equal to its own file.
-    stand_in = next(iter(results))
-    assert json.loads((out / "eval" / "results.json").read_text()) == results[stand_in]
+    assert evaluated["default_scorer"] == "knn" and evaluated["scorers"] == list(results)
+    assert json.loads((out / "eval" / "results.json").read_text()) == results["knn"]
     assert not (out / "eval" / "results.ensemble.json").exists()

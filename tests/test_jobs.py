@@ -11,7 +11,9 @@ from rcmae import jobs
 from rcmae.jobs import Job, JobStore
 
 
-def _wait(store: JobStore, job_id: int, states=("done", "failed", "cancelled"), timeout: float = 60.0) -> Job:
+def _wait(store: JobStore, job_id: int, states=("done", "failed", "cancelled", "killed"),
+          timeout: float = 60.0) -> Job:
+    """Refresh the store until the job reaches one of ``states`` (test_jobs_safety uses it too)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         jobs.refresh(store)

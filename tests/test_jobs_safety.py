@@ -9,26 +9,15 @@ import time
 
 import psutil
 import pytest
+from test_jobs import _wait
 
 from rcmae import cli, jobs, workbench
-from rcmae.jobs import Job, JobStore
+from rcmae.jobs import JobStore
 
 pytestmark = pytest.mark.reliability  # bad-input cases of the fault-injection suite (issue 11)
 
 # A job that would leave a marker if it ran to its end.
 _SLOW = "import pathlib, sys, time; time.sleep(1.5); pathlib.Path(sys.argv[1]).write_text('ran')"
-
-
-def _wait(store: JobStore, job_id: int, states=("done", "failed", "cancelled", "killed"),
-          timeout: float = 60.0) -> Job:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        jobs.refresh(store)
-        job = store.get(job_id)
-        if job.state in states:
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} still {store.get(job_id).state}")
 
 
 def _group_gone(pgid: int | None, timeout: float = 10.0) -> bool:

@@ -25,7 +25,8 @@ from rcmae.metrics import evaluate_scores
 from rcmae.train import load_train_data, read_run_json
 
 ENSEMBLES = [["knn", "maha"], ["maha", "frame_pca"], ["maha", "stats_maha"], ["maha", "stats_maha", "frame_pca"],
-             ["knn_norm", "maha", "frame_pca"], ["stats_maha", "frame_pca"]]
+             ["knn_norm", "maha", "frame_pca"], ["stats_maha", "frame_pca"], ["knn", "stats_maha", "frame_pca"],
+             ["maha", "stats_maha", "frame_pca", "knn"]]
 
 
 def one_run(name: str, run: Path) -> tuple[list[dict], list[dict]]:

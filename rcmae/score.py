@@ -645,7 +645,9 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, 
         print(report.summary(), file=sys.stderr)
     test = test.set_index("path").loc[kept].reset_index()
     types, ids = list(test["machine_type"].astype(str)), list(test["machine_id"].astype(str))
-    attributes = list(test["attributes"].fillna("").astype(str)) if "attributes" in test.columns else None
+    # idprob's own attribute class comes from the file name only: attributes that ground-truth CSVs attach to bare
+    # evaluation names must not change a submission's scores (docs/training.md).
+    attributes = [parse_attributes(p) for p in test["path"]]
     out_dir = run / "eval"
     results: dict[str, dict] = {}
     scores_table = test[["path", "machine_type", "machine_id", "label"]

@@ -11,6 +11,7 @@ whose fine-tuning learned section + attribute classes (``finetune.classes=auto``
    one class per machine type), on both test sets.
 
     python bench/idprob_attributes.py --run RUN --data DATA --work WORK
+    python bench/idprob_attributes.py ... --arm "attribute e100:finetune.epochs=100"   # more fine-tuning arms
 
 Each arm's numbers go to ``WORK/idprob_attributes.json`` and a table to stdout (paste into
 bench/results/dcase2023.md with the machine and date).
@@ -83,40 +84,55 @@ def main() -> None:
     ap.add_argument("--run", type=Path, required=True, help="a finished rcmae run on a 2023-style labelled set")
     ap.add_argument("--data", type=Path, default=None, help="its data folder (default: the run's)")
     ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--arm", action="append", default=[],
+                    help="an extra fine-tuning arm, LABEL:KEY=V,KEY=V (re-fine-tuned from the run's pretraining)")
+    ap.add_argument("--skip-base", action="store_true", help="only the --arm arms (the base ones are in the JSON)")
     args = ap.parse_args()
     info = json.loads((args.run / "run.json").read_text())
     data = args.data or Path(info["data"])
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     evaluation = eval_style_copy(data, work / "eval")
-    out: dict[str, dict] = {"n_classes": len(info["classes"])}
+    out: dict = {"n_classes": len(info["classes"])}
+    result_file = work / "idprob_attributes.json"
+    if args.skip_base and result_file.is_file():
+        out = json.loads(result_file.read_text())
     started = time.time()
-    for pool in ("max", "sum"):
+    for arm in args.arm:
+        label, _, sets = arm.partition(":")
+        run = copy_run(args.run, work / label.replace(" ", "_"), [s for s in sets.split(",") if s])
+        for ckpt in (run / "checkpoints").glob("finetune-*.ckpt"):
+            ckpt.unlink()
+        train.finetune(run, data=data, progress=False)
+        out[f"{label} / dev names"] = summary(evaluate_run(run, data=data, scorer="idprob", progress=False)["idprob"])
+        out[f"{label} / bare names"] = summary(evaluate_run(run, data=evaluation, scorer="idprob",
+                                                            progress=False)["idprob"])
+    for pool in () if args.skip_base else ("max", "sum"):
         run = copy_run(args.run, work / f"attribute_{pool}", [f"score.idprob_pool={pool}"])
         if pool == "max":
             out["attribute / dev names"] = summary(evaluate_run(run, data=data, scorer="idprob",
                                                                 progress=False)["idprob"])
         out[f"attribute / bare names, {pool}"] = summary(evaluate_run(run, data=evaluation, scorer="idprob",
                                                                       progress=False)["idprob"])
-    # The same pretrained encoder fine-tuned on section classes (the behaviour before attribute classes).
-    run = copy_run(args.run, work / "section", ["finetune.classes=id"])
-    for ckpt in (run / "checkpoints").glob("finetune-*.ckpt"):
-        ckpt.unlink()
-    train.finetune(run, data=data, progress=False)
-    n_section = len(json.loads((run / "run.json").read_text())["classes"])
-    out["section / dev names"] = summary(evaluate_run(run, data=data, scorer="idprob", progress=False)["idprob"])
-    out["section / bare names"] = summary(evaluate_run(run, data=evaluation, scorer="idprob",
-                                                       progress=False)["idprob"])
-    out["n_section_classes"] = n_section
+    if not args.skip_base:
+        # The same pretrained encoder fine-tuned on section classes (the behaviour before attribute classes).
+        run = copy_run(args.run, work / "section", ["finetune.classes=id"])
+        for ckpt in (run / "checkpoints").glob("finetune-*.ckpt"):
+            ckpt.unlink()
+        train.finetune(run, data=data, progress=False)
+        out["n_section_classes"] = len(json.loads((run / "run.json").read_text())["classes"])
+        out["section / dev names"] = summary(evaluate_run(run, data=data, scorer="idprob", progress=False)["idprob"])
+        out["section / bare names"] = summary(evaluate_run(run, data=evaluation, scorer="idprob",
+                                                           progress=False)["idprob"])
     out["wall_s"] = round(time.time() - started, 1)
-    write_json(work / "idprob_attributes.json", out)
+    write_json(result_file, out)
     cols = ["hmean_auc_source", "hmean_auc_target", "hmean_pauc", "official", "dcase2021", "within_domain_auc_mean"]
     print("| classes / test names | " + " | ".join(cols) + " |")
     print("|---|" + "---:|" * len(cols))
     for arm, vals in out.items():
         if isinstance(vals, dict):
             print(f"| {arm} | " + " | ".join(f"{vals[c]:.2f}" for c in cols) + " |")
-    print(f"{out['n_classes']} attribute classes, {n_section} section classes; {out['wall_s']} s")
+    print(f"{out['n_classes']} attribute classes, {out.get('n_section_classes')} section classes; {out['wall_s']} s")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from rcmae.metrics import evaluate_scores, is_dcase2021_clip, write_results
 
 def _write_2021(root: Path) -> Path:
     """``dev_data/<type>/{train,source_test,target_test}`` with DCASE 2021 names: 2 types x sections 00, 01."""
-    tone = (0.1 * np.sin(np.arange(1600) * 0.2)).astype(np.float32)
+    rng = np.random.default_rng(1)
     for mtype in ("fan", "gearbox"):
         for section in ("00", "01"):
             files = [("train", f"section_{section}_source_train_normal_{n:04d}_strength_1_ambient.wav")
@@ -32,7 +32,9 @@ def _write_2021(root: Path) -> Path:
             for folder, name in files:
                 out = root / "dev_data" / mtype / folder
                 out.mkdir(parents=True, exist_ok=True)
-                sf.write(out / name, tone, 16000, subtype="PCM_16")
+                f0 = 90.0 * (1.3 if "anomaly" in name else 1.0) * (1.2 if "target" in name else 1.0)
+                wave = 0.1 * np.sin(2 * np.pi * f0 * np.arange(16000) / 16000) + 0.01 * rng.normal(size=16000)
+                sf.write(out / name, wave.astype(np.float32), 16000, subtype="PCM_16")
     return root
 
 
@@ -123,3 +125,24 @@ def test_2022_and_later_names_get_section_files_only(tmp_path):
     write_results(evaluate_scores(table, system="t", data="d"), table, tmp_path / "t")
     assert sorted(p.name for p in (tmp_path / "t").glob("*_test.csv")) == [
         "anomaly_score_ToyCar_section_00_test.csv", "decision_result_ToyCar_section_00_test.csv"]
+
+
+def test_rcmae_evaluate_writes_the_2021_files_of_a_2021_layout(tmp_path):
+    from conftest import SHORT_OVERRIDES
+
+    from rcmae import train
+    from rcmae.score import evaluate_run
+
+    data = _write_2021(tmp_path / "d21")
+    run = tmp_path / "run"
+    train.pretrain(data, run, epochs=1, overrides=SHORT_OVERRIDES, progress=False)
+    evaluate_run(run, scorer="knn", progress=False)
+    scores = pd.read_csv(run / "eval" / "scores.csv", dtype={"section": str})
+    for folder in (run / "eval", run / "eval" / "knn"):
+        for (mtype, section, domain), g in scores.groupby(["machine_type", "section", "domain"]):
+            stem = f"{mtype}_section_{section}_{domain}_test.csv"
+            want = sorted([Path(p).name, repr(float(v))] for p, v in zip(g["path"], g["score_knn"], strict=True))
+            assert _read(folder / f"anomaly_score_{stem}") == want
+            dec = sorted([Path(p).name, str(int(d == "anomaly"))] for p, d in zip(g["path"], g["decision_knn"],
+                                                                                  strict=True))
+            assert _read(folder / f"decision_result_{stem}") == dec

@@ -36,7 +36,7 @@ for note in detector.notes:
 
 source = st.radio("Clips", ["upload", "a folder on this machine"], horizontal=True)
 paths, problems = [], []
-classes = [f"{t}/{i}" for t, i in detector.classes]
+classes = [f"{t}/{i}" for t, i in detector.units]
 if source == "upload":
     files = st.file_uploader(f"WAV clips (up to {workbench.UPLOAD_LIMIT_MB:g} MB each)", type=["wav"],
                              accept_multiple_files=True)

@@ -201,7 +201,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _add_finetune(sub) -> None:
-    p = sub.add_parser("finetune", help="fine-tune a pretrained run on machine-ID classes (SupCon + CE)")
+    p = sub.add_parser("finetune", help="fine-tune a pretrained run on machine-ID, section or attribute classes "
+                                        "(SupCon + CE; finetune.classes)")
     p.add_argument("--run", required=True, help="a pretrained run folder")
     p.add_argument("--data", default=None, help="data folder (default: the one the run was pretrained on)")
     p.add_argument("--epochs", type=int, default=None, help="override the preset's fine-tuning epochs")

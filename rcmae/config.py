@@ -83,6 +83,9 @@ class FinetuneConfig(StageConfig):
     head: Literal["linear", "arcface"] = "linear"
     margin: float = 0.2
     scale: float = 16.0
+    # The classes: "id"/"section" = one per machine ID (2020) or section (2021+); "attribute" = section + attribute
+    # values; "auto" = a type's IDs/sections when it has more than one, else (DCASE 2023+) its attribute classes.
+    classes: Literal["auto", "id", "section", "attribute"] = "auto"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -117,6 +120,10 @@ class ScoreConfig:
     # DCASE 2021+ domain shift: knn/knn_joint/maha/stats_maha/frame_* keep separate source and target references
     # per unit and take the minimum score over them (rcmae/scorers/domains.py); false pools the domains.
     domain_banks: bool = True
+    # idprob on a clip whose attribute class is unknown (bare evaluation names, or attributes never seen in
+    # training) in a run with attribute classes: -log of the max ("max") or the sum ("sum", = p(section)) of its
+    # section's attribute-class probabilities (docs/training.md).
+    idprob_pool: Literal["max", "sum"] = "max"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.recon_topk <= 1.0:

@@ -1,4 +1,4 @@
-"""Data folders -> one index table; machine-ID classes; the batch waveform loader.
+"""Data folders -> one index table; machine-ID / attribute classes; the batch waveform loader.
 
 ``index_dataset`` walks a folder and returns one row per clip, whatever the layout:
 
@@ -46,16 +46,20 @@ __all__ = [
     "DatasetLayoutError",
     "LoadReport",
     "attach_ground_truth",
+    "CLASS_MODES",
     "attribute_classes",
+    "class_kinds",
     "class_name",
     "count_table",
     "domain_counts",
+    "finetune_classes",
     "has_domains",
     "id_classes",
     "index_dataset",
     "load_waveforms",
     "parse_attributes",
     "parse_name",
+    "row_classes",
     "split_index",
 ]
 
@@ -411,6 +415,67 @@ def id_classes(index: pd.DataFrame) -> list[tuple[str, str]]:
     _check_index(index, ["machine_type", "machine_id", "split"])
     train = index[index["split"] == "train"]
     return sorted({(str(t), str(i)) for t, i in zip(train["machine_type"], train["machine_id"], strict=True)})
+
+
+# finetune.classes: which classes fine-tuning learns (docs/training.md, "Fine-tuning classes").
+CLASS_MODES = ("auto", "id", "section", "attribute")
+
+
+def class_kinds(index: pd.DataFrame, mode: str = "auto") -> dict[str, str]:
+    """Per machine type: ``"id"`` (one class per machine ID / section) or ``"attribute"`` (section + attributes).
+
+    Args:
+        index: An index table (its training rows decide).
+        mode: ``"id"`` and ``"section"``: every type learns its units (the machine IDs of DCASE 2020, the sections
+            of 2021+; ``"section"`` needs sections); ``"attribute"``: every type learns section + attribute
+            classes (needs sections); ``"auto"``: a type with more than one machine ID / section learns those,
+            a 2021+ type with a single section (DCASE 2023+) learns its section + attribute classes.
+
+    Raises:
+        ValueError: an unknown mode, or ``section`` / ``attribute`` on data without sections (DCASE 2020).
+    """
+    if mode not in CLASS_MODES:
+        raise ValueError(f"finetune.classes={mode!r}: choose one of {', '.join(CLASS_MODES)}")
+    _check_index(index, ["machine_type", "machine_id", "section", "split"])
+    train = index[index["split"] == "train"]
+    kinds = {}
+    for mtype, rows in train.groupby("machine_type", sort=True):
+        sectioned = bool(rows["section"].astype(str).str.len().gt(0).all())
+        if mode in ("section", "attribute") and not sectioned:
+            raise ValueError(f"finetune.classes={mode}: machine type {mtype} has no sections (DCASE 2020 machine "
+                             "IDs); use finetune.classes=id or auto")
+        single = rows["machine_id"].astype(str).nunique() == 1
+        attribute = mode == "attribute" or (mode == "auto" and sectioned and single)
+        kinds[str(mtype)] = "attribute" if attribute else "id"
+    return kinds
+
+
+def row_classes(rows: pd.DataFrame, kinds: dict[str, str]) -> list[tuple[str, str]]:
+    """The fine-tuning class ``(machine_type, name)`` of each row: its machine ID / section, or
+    :func:`class_name` of its section and attributes where its type's kind (:func:`class_kinds`) is ``attribute``.
+    """
+    _check_index(rows, ["machine_type", "machine_id", "attributes"])
+    out = []
+    for t, i, a in zip(rows["machine_type"], rows["machine_id"], rows["attributes"], strict=True):
+        t, i = str(t), str(i)
+        out.append((t, class_name(i, a) if kinds.get(t) == "attribute" else i))
+    return out
+
+
+def finetune_classes(index: pd.DataFrame, mode: str = "auto") -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The fine-tuning classes of a data set and the unit each belongs to.
+
+    Returns:
+        ``(classes, units)``: sorted ``(machine_type, name)`` classes over the training rows (:func:`row_classes`
+        under :func:`class_kinds` of ``mode``) and, in the same order, each class's ``(machine_type, machine_id)``.
+        On DCASE 2020 data (and with ``mode="id"``) the classes are :func:`id_classes` and each is its own unit.
+    """
+    kinds = class_kinds(index, mode)
+    train = index[index["split"] == "train"]
+    pairs = sorted(set(zip(row_classes(train, kinds), zip(map(str, train["machine_type"]),
+                                                         map(str, train["machine_id"]), strict=True),
+                           strict=True)))
+    return [c for c, _ in pairs], [u for _, u in pairs]
 
 
 @dataclass

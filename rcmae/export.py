@@ -96,7 +96,7 @@ def build_module(det, scorer: str) -> tuple[ExportedDetector, list[tuple[str, st
         # Its front-end (log-mel + Tgram) and normalisation live inside the classifier: no graph is built for it.
         raise ExportError(f"{det.run}: runs of the margin family cannot be exported yet; export an RC-MAE run "
                           "(presets tiny, paper, paper-light, audiomae) or score this run with `rcmae score`")
-    units = [tuple(c) for c in det.classes]
+    units = list(det.units)
     if not units:
         ref = det.references.get(det.knn_space) or {}
         units = sorted(set(zip(map(str, ref.get("machine_type", [])), map(str, ref.get("machine_id", [])),

@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -337,13 +338,31 @@ def _is_sectioned(group: pd.DataFrame) -> bool:
     return bool(len(sections) and sections.astype(str).str.len().gt(0).all())
 
 
+# DCASE 2021's test clips: in source_test / target_test folders, or named section_XX_{source,target}_test_...
+# without an attribute tail (2022+ development names always carry one, 2022+ evaluation names no domain).
+_DIRS_2021 = {"source_test", "target_test"}
+_NAME_2021 = re.compile(r"^section_\d{2}_(?:source|target)_test_(?:(?:normal|anomaly)_)?\d+\.wav$", re.IGNORECASE)
+
+
+def is_dcase2021_clip(path: str | os.PathLike) -> bool:
+    """True for a DCASE 2021-style test clip (its folder is ``source_test``/``target_test``, or its name is
+    2021's ``section_XX_{source,target}_test_[normal_|anomaly_]NNNN.wav``): the 2021 submission files apply."""
+    p = Path(path)
+    return p.parent.name.lower() in _DIRS_2021 or bool(_NAME_2021.match(p.name))
+
+
 def write_challenge_csvs(table: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
-    """Write the DCASE 2022-2025 submission files of a scores table with sections.
+    """Write the DCASE 2021-2025 submission files of a scores table with sections.
 
     Per (machine type, section): ``anomaly_score_<type>_section_<ss>_test.csv`` (``<wav name>,<score>``) and,
     when the table has a complete ``decision`` column, ``decision_result_<type>_section_<ss>_test.csv``
     (``<wav name>,<0|1>``, 1 = anomaly); no header, rows sorted by file name (the official evaluator sorts
     both its ground truth and these rows by name before pairing them). Scores keep full float precision.
+
+    DCASE 2021-style sections (:func:`is_dcase2021_clip`) get, in addition, the files the 2021 evaluator reads:
+    ``anomaly_score_<type>_section_<ss>_<domain>_test.csv`` and
+    ``decision_result_<type>_section_<ss>_<domain>_test.csv`` per domain (``source``, ``target``), each with that
+    domain's clips only, in the same format.
 
     Returns:
         The written paths.
@@ -353,13 +372,17 @@ def write_challenge_csvs(table: pd.DataFrame, out_dir: str | os.PathLike) -> lis
     written = []
     for (mtype, section), group in table.groupby(["machine_type", "section"], sort=True):
         g = group.assign(_name=group["path"].map(lambda p: Path(p).name)).sort_values("_name", kind="stable")
-        stem = f"{mtype}_section_{section}_test.csv"
-        rows = [[n, float(v)] for n, v in zip(g["_name"], g["score"], strict=True)]
-        written.append(atomic_write_text(out_dir / f"anomaly_score_{stem}", _csv_text(rows)))
-        dec = _decisions(g)
-        if dec is not None:
-            rows = [[n, int(v)] for n, v in zip(g["_name"], dec, strict=True)]
-            written.append(atomic_write_text(out_dir / f"decision_result_{stem}", _csv_text(rows)))
+        parts = [(f"{mtype}_section_{section}_test.csv", g)]
+        if "domain" in g.columns and any(is_dcase2021_clip(p) for p in g["path"]):
+            parts += [(f"{mtype}_section_{section}_{d}_test.csv", g[g["domain"] == d])
+                      for d in DOMAINS if (g["domain"] == d).any()]
+        for stem, part in parts:
+            rows = [[n, float(v)] for n, v in zip(part["_name"], part["score"], strict=True)]
+            written.append(atomic_write_text(out_dir / f"anomaly_score_{stem}", _csv_text(rows)))
+            dec = _decisions(part)
+            if dec is not None:
+                rows = [[n, int(v)] for n, v in zip(part["_name"], dec, strict=True)]
+                written.append(atomic_write_text(out_dir / f"decision_result_{stem}", _csv_text(rows)))
     return written
 
 

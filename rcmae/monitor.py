@@ -78,7 +78,7 @@ def open_scorer(bundle: str | os.PathLike | None = None, run: str | os.PathLike 
         return det.score_waveforms(waves, types, ids, name)
 
     return WindowScorer(name=name, sample_rate=int(det.cfg.data.sample_rate), clip_samples=n,
-                        channel=det.cfg.data.channel, units=[tuple(c) for c in det.classes],
+                        channel=det.cfg.data.channel, units=list(det.units),
                         score_waveforms=score_waveforms, threshold=lambda t, i: det.threshold(name, t, i),
                         source=str(run), extra={"detector": det})
 

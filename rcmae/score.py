@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from rcmae import config as rconfig
 from rcmae.audio import AudioError, load_audio
-from rcmae.data import index_dataset, parse_name
+from rcmae.data import index_dataset, parse_attributes, parse_name
 from rcmae.datasets import compute_logmels, window_starts
 from rcmae.features import FeatureStats, LogMel
 from rcmae.files import atomic_write_text, read_json, write_json
@@ -111,17 +111,20 @@ class Detector:
         run: The run folder.
         cfg: The run's configuration.
         stats: Feature statistics of its training data.
-        classes: ``(machine_type, machine_id)`` classes in classifier order.
+        classes: The classifier's ``(machine_type, name)`` classes in order: machine IDs / sections, or
+            section + attribute classes (``finetune.classes``).
         models: ``{"pretrain": RCMAE, "finetune": RCMAE}`` (fine-tuned may be absent).
         thresholds: ``{scorer: {"type/id": threshold}}``.
         references: ``{space: {"z": [n, D], "machine_type": [...], "machine_id": [...]}}`` normal train embeddings.
         device: Where the models run.
+        class_units: Each class's ``(machine_type, machine_id)`` unit (``None``: each class is its own unit).
     """
 
     def __init__(self, run: Path, cfg: rconfig.RunConfig, stats: FeatureStats, classes: list[tuple[str, str]],
                  models: dict[str, RCMAE], thresholds: dict | None = None, references: dict | None = None,
                  device: str | torch.device = "cpu", clipstats: dict | None = None,
-                 moments: dict | None = None, bandstats: dict | None = None) -> None:
+                 moments: dict | None = None, bandstats: dict | None = None,
+                 class_units: list[tuple[str, str]] | None = None) -> None:
         self.run = Path(run)
         # Per-band mean/std log-mel of the normal training clips ({"z", "machine_type", "machine_id", "path"}).
         self.clipstats = clipstats
@@ -135,6 +138,9 @@ class Detector:
         self.stats = stats
         self.classes = [tuple(c) for c in classes]
         self.class_index = {c: i for i, c in enumerate(self.classes)}
+        self.class_units = None if class_units is None else [tuple(u) for u in class_units]
+        # The machine units (type, ID / section) the run knows: thresholds, references and `--machine-id` use them.
+        self.units = sorted(set(self.class_units)) if self.class_units is not None else list(self.classes)
         self.models = {k: m.to(device).eval() for k, m in models.items()}
         self.thresholds = thresholds or {}
         self.references = references or {}
@@ -184,6 +190,7 @@ class Detector:
         elif fin.is_file():
             models["finetune"] = _model_from_checkpoint(fin)[0]
         classes = [tuple(c) for c in info.get("classes", [])]
+        class_units = [tuple(u) for u in info["class_units"]] if info.get("class_units") else None
         thr_path = run / "thresholds.json"
         thr_json = read_json(thr_path) if thr_path.is_file() else {}
         thresholds = thr_json.get("thresholds", {})
@@ -197,7 +204,7 @@ class Detector:
             if rows is not None:  # a damaged file counts as missing: refitted below
                 references[space] = rows
         det = cls(run, cfg, stats, classes, models, thresholds, references, device or "cpu", clipstats, moments,
-                  bandstats)
+                  bandstats, class_units)
         # Fit once when anything is missing (runs fitted before the joint-space scorers lack clipstats and
         # moments) or stale (trained again since: the stamp of the training stages changed).
         # The margin family reads waveforms: it has no log-mel statistics or frame references to refit.
@@ -222,7 +229,7 @@ class Detector:
         frames = FrameModels(self.run / "references" / "frames.npz")  # one fit for frame_pca and frame_maha
         return {
             "idprob": IdProbScorer(sc, self.run, self.models.get("finetune"), self.classes, self._windows,
-                                   self.device),
+                                   self.device, self.class_units),
             "knn": KnnScorer(sc, self.run, spaces),
             "recon": ReconScorer(sc, self.run, pre, self._windows, self.device),
             "knn_joint": JointKnnScorer(sc, self.run, spaces),
@@ -235,7 +242,8 @@ class Detector:
             "frame_maha": FrameScorer(sc, self.run, "maha", frames),
             "ensemble": EnsembleScorer(sc, self.run, lambda: self.cfg.score.ensemble,
                                        lambda name, clips: self._scores(clips.x, clips.machine_types,
-                                                                        clips.machine_ids, name, clips.paths),
+                                                                        clips.machine_ids, name, clips.paths,
+                                                                        clips.attributes),
                                        self.moments, self._why_unavailable),
         }
 
@@ -293,8 +301,9 @@ class Detector:
         return torch.cat(out) if out else torch.empty(0)
 
     # ----------------------------------------------------------------------------------------- scorers
-    def _class_indices(self, machine_types: Sequence[str], machine_ids: Sequence[str]) -> list[int]:
-        return self._families["idprob"].class_indices(machine_types, machine_ids)
+    def _class_indices(self, machine_types: Sequence[str], machine_ids: Sequence[str],
+                       attributes: Sequence[str] | None = None) -> list[list[int]]:
+        return self._families["idprob"].class_indices(machine_types, machine_ids, attributes)
 
     @torch.no_grad()
     def class_probs(self, x: torch.Tensor) -> torch.Tensor:
@@ -345,30 +354,39 @@ class Detector:
         self._memo.clear()
 
     def _scores(self, x: torch.Tensor, machine_types: Sequence[str], machine_ids: Sequence[str], scorer: str,
-                paths: Sequence[str] | None = None) -> np.ndarray:
-        """Scores of ``x``; with ``paths`` (training clips), each clip is left out of its own reference set."""
+                paths: Sequence[str] | None = None, attributes: Sequence[str] | None = None) -> np.ndarray:
+        """Scores of ``x``; with ``paths`` (training clips), each clip is left out of its own reference set.
+
+        ``attributes`` (the clips' attribute tails) tell ``idprob`` each clip's own section + attribute class.
+        """
         key = ("score", scorer)
         hit = self._memo.get(key)
-        tag = (tuple(map(str, machine_types)), tuple(map(str, machine_ids)), None if paths is None else tuple(paths))
+        tag = (tuple(map(str, machine_types)), tuple(map(str, machine_ids)), None if paths is None else tuple(paths),
+               None if attributes is None else tuple(map(str, attributes)))
         if hit is not None and hit[0] is x and hit[1] == tag:
             return hit[2]
-        clips = Clips(x, machine_types, machine_ids, paths, lambda name: self._feature(x, name))
+        clips = Clips(x, machine_types, machine_ids, paths, lambda name: self._feature(x, name), attributes)
         scores = self._families[scorer].score(clips)
         self._memo[key] = (x, tag, scores)
         return scores
 
     def score_logmels(self, x: torch.Tensor, machine_types: Sequence[str], machine_ids: Sequence[str],
-                      scorer: str | None = None) -> np.ndarray:
-        """Scores of normalised log-mels ``x [B, F, T]`` (the one place every score is computed)."""
+                      scorer: str | None = None, attributes: Sequence[str] | None = None) -> np.ndarray:
+        """Scores of normalised log-mels ``x [B, F, T]`` (the one place every score is computed).
+
+        ``attributes``: the clips' DCASE 2022+ attribute tails (``""`` or ``None`` = unknown), read by ``idprob``
+        when the run's classes are section + attribute classes.
+        """
         scorer = self._scorer(scorer)
         if len(x) == 0:
             return np.empty(0)
-        return self._scores(x, machine_types, machine_ids, scorer)
+        return self._scores(x, machine_types, machine_ids, scorer, attributes=attributes)
 
     def score_waveforms(self, waves: np.ndarray | torch.Tensor, machine_types: Sequence[str],
-                        machine_ids: Sequence[str], scorer: str | None = None) -> np.ndarray:
+                        machine_ids: Sequence[str], scorer: str | None = None,
+                        attributes: Sequence[str] | None = None) -> np.ndarray:
         """Scores ``[B]`` of waveforms ``[B, N]`` (16 kHz, the run's clip length)."""
-        return self.score_logmels(self.features(waves), machine_types, machine_ids, scorer)
+        return self.score_logmels(self.features(waves), machine_types, machine_ids, scorer, attributes)
 
     def threshold(self, scorer: str, machine_type: str, machine_id: str) -> float | None:
         """The fitted decision threshold of a machine ID (``None`` when not fitted)."""
@@ -421,7 +439,7 @@ class Detector:
             try:
                 wave = load_audio(p, sample_rate=self.cfg.data.sample_rate, duration=None,
                                   channel=self.cfg.data.channel)
-                rows.append(self._score_whole(wave, str(p), mtype, mid, scorer))
+                rows.append(self._score_whole(wave, str(p), mtype, mid, scorer, parse_attributes(p)))
             except (AudioError, ScoringError, FileNotFoundError) as err:
                 rows.append({**base, "error": str(err)})
         return rows
@@ -446,14 +464,15 @@ class Detector:
             raise ScoringError(f"score(waveform): expected a finite 1-D waveform, got shape {wave.shape}")
         return self._score_whole(wave, "<waveform>", str(machine_type), str(machine_id), scorer)
 
-    def _score_whole(self, wave: np.ndarray, path: str, mtype: str, mid: str, scorer: str) -> dict:
+    def _score_whole(self, wave: np.ndarray, path: str, mtype: str, mid: str, scorer: str,
+                     attributes: str = "") -> dict:
         """Score a whole clip: run-length windows (``rcmae.inputs.clip_windows``), highest score kept, noted."""
         sr = self.cfg.data.sample_rate
         windows, note = clip_windows(wave, int(round(self.cfg.data.duration * sr)), sr)
         scores, probs = [], []
         for b in range(0, len(windows), 32):  # long recordings: bounded memory
             x = self.features(windows[b:b + 32])
-            scores.append(self.score_logmels(x, [mtype] * len(x), [mid] * len(x), scorer))
+            scores.append(self.score_logmels(x, [mtype] * len(x), [mid] * len(x), scorer, [attributes] * len(x)))
             probs += self._probs(x)
         scores = np.concatenate(scores)
         best = int(np.argmax(scores))
@@ -561,7 +580,7 @@ def fit_run(run: str | os.PathLike, train: TrainData | None = None, progress: bo
     for scorer in det.scorers:
         try:
             # Held-out normal scores: each training clip is left out of its own references (knn, knn_joint, maha).
-            scores = det._scores(train.x, types, ids, scorer, paths)
+            scores = det._scores(train.x, types, ids, scorer, paths, train.attributes)
         except ScoringError as err:
             print(f"{scorer}: {err}; its threshold is not fitted", file=sys.stderr)
             continue
@@ -606,7 +625,7 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, 
                 | ((test["label"] == "unknown") & test["section"].astype(str).str.len().gt(0))].reset_index(drop=True)
     if test.empty:
         raise FileNotFoundError(f"{data}: no labelled test clips (<type>/test/normal_*, anomaly_*); pass --data")
-    known = set(det.class_index) if det.classes else set()
+    known = set(det.units)
     unknown = test[[(t, i) not in known for t, i in zip(test["machine_type"], test["machine_id"], strict=True)]]
     if len(unknown):
         print(f"evaluate: skipping {len(unknown)} test clips of machine IDs not in the run's training data",
@@ -626,6 +645,9 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, 
         print(report.summary(), file=sys.stderr)
     test = test.set_index("path").loc[kept].reset_index()
     types, ids = list(test["machine_type"].astype(str)), list(test["machine_id"].astype(str))
+    # idprob's own attribute class comes from the file name only: attributes that ground-truth CSVs attach to bare
+    # evaluation names must not change a submission's scores (docs/training.md).
+    attributes = [parse_attributes(p) for p in test["path"]]
     out_dir = run / "eval"
     results: dict[str, dict] = {}
     scores_table = test[["path", "machine_type", "machine_id", "label"]
@@ -634,7 +656,7 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, 
     tables: dict[str, pd.DataFrame] = {}
     for name in scorers:
         try:
-            scores = det.score_logmels(x, types, ids, name)
+            scores = det.score_logmels(x, types, ids, name, attributes)
         except ScoringError as err:
             # One scorer that cannot work on this run (e.g. too few clips for a covariance) must not
             # cost the user the others: report it and go on.

@@ -36,7 +36,7 @@ import rcmae
 from rcmae import config as rconfig
 from rcmae.checkpoint import load_checkpoint
 from rcmae.config import RunConfig
-from rcmae.data import DatasetLayoutError, LoadReport, id_classes, index_dataset
+from rcmae.data import DatasetLayoutError, LoadReport, class_kinds, finetune_classes, index_dataset, row_classes
 from rcmae.datasets import ClipDataset, EpochSampler, PairSource, compute_logmels, make_generator, random_crops
 from rcmae.features import FeatureStats, LogMel, compute_stats
 from rcmae.files import atomic_write_text, read_json, write_json
@@ -149,6 +149,10 @@ class TrainData:
     labels: torch.Tensor
     classes: list[tuple[str, str]]
     report: LoadReport
+    # Per clip its attribute tail (DCASE 2022+; "" otherwise), and per class its (machine_type, machine_id) unit
+    # (None: each class is its own unit, machine-ID classes).
+    attributes: list[str] | None = None
+    class_units: list[tuple[str, str]] | None = None
 
 
 def _logmel_fn(cfg: RunConfig) -> LogMel:
@@ -177,7 +181,7 @@ def load_train_data(
     if train.empty:
         raise DatasetLayoutError(f"{data}: no training clips (<type>/train/*.wav); point --data at a dev/train set")
     report_train_lengths(list(train["path"]), cfg.data.duration)
-    classes = id_classes(index)
+    classes, class_units = finetune_classes(index, cfg.finetune.classes)
     logmels, kept, report = compute_logmels(
         list(train["path"]), _logmel_fn(cfg), cfg.data.sample_rate, cfg.data.duration, channel=cfg.data.channel,
         progress=progress, desc="train log-mels",
@@ -185,20 +189,31 @@ def load_train_data(
     if report.skipped:
         print(report.summary(), file=sys.stderr)
     rows = train.set_index("path").loc[kept] if kept else train.iloc[:0]
-    have = set(zip(rows["machine_type"], rows["machine_id"], strict=True))
-    for mtype, mid in classes:
-        if (mtype, mid) not in have:
+    row_cls = row_classes(rows, class_kinds(index, cfg.finetune.classes))
+    have = set(row_cls)
+    for (mtype, name), unit in zip(classes, class_units, strict=True):
+        if (mtype, name) not in have:
+            what = "id" if unit == (mtype, name) else "class"
             raise DatasetLayoutError(
-                f"{data}: no loadable training clips for {mtype} id {mid} (all were skipped); fix or remove them"
+                f"{data}: no loadable training clips for {mtype} {what} {name} (all were skipped); fix or remove them"
             )
     if stats is None:
         stats = compute_stats([logmels])
     cls_index = {c: i for i, c in enumerate(classes)}
     types = [str(t) for t in rows["machine_type"]]
     ids = [str(i) for i in rows["machine_id"]]
-    labels = torch.tensor([cls_index[(t, i)] for t, i in zip(types, ids, strict=True)], dtype=torch.long)
+    labels = torch.tensor([cls_index[c] for c in row_cls], dtype=torch.long)
     x = stats.apply(logmels).float().contiguous()
-    return TrainData(x, list(kept), types, ids, labels, classes, report), stats
+    attributes = [str(a) for a in rows["attributes"]]
+    return TrainData(x, list(kept), types, ids, labels, classes, report, attributes, class_units), stats
+
+
+def _classes_note(train: TrainData) -> str:
+    """``"41 machine IDs"``, or ``"20 section/attribute classes"`` when some class is not its own unit."""
+    units = train.class_units or train.classes
+    if [tuple(u) for u in units] == [tuple(c) for c in train.classes]:
+        return f"{len(train.classes)} machine IDs"
+    return f"{len(train.classes)} section/attribute classes"
 
 
 def load_bank_twins(
@@ -741,8 +756,7 @@ def pretrain(
     draws = read_augment_draws(replay) if replay is not None else None
     model = RCMAE(cfg.model)
     n_params = count_parameters(model)
-    print(f"model: {n_params:,} parameters; {len(train.paths)} training clips, {len(train.classes)} machine IDs",
-          flush=True)
+    print(f"model: {n_params:,} parameters; {len(train.paths)} training clips, {_classes_note(train)}", flush=True)
 
     if _launcher_rank_zero():
         rconfig.save_config(cfg, out / "config.yaml")
@@ -759,6 +773,7 @@ def pretrain(
             "data": str(Path(data).resolve()),
             "aug": aug if aug == "specaugment" else str(Path(aug).resolve()),
             "classes": [list(c) for c in train.classes],
+            "class_units": [list(u) for u in train.class_units],
             "n_train": len(train.paths),
             "skipped": [list(s) for s in train.report.skipped],
             "parameters": n_params,
@@ -870,6 +885,7 @@ def finetune(
         stages["finetune"] = {"skipped": message}
         update_run_json(run, stages=stages, data=str(data.resolve()))
         return run
+    print(f"finetune: {_classes_note(train)} (finetune.classes={cfg.finetune.classes})", flush=True)
     model.set_num_classes(len(train.classes))
     # Fine-tuning never runs the decoder: freeze it, so that DDP does not wait for gradients that never come.
     for name, param in model.named_parameters():
@@ -888,5 +904,6 @@ def finetune(
     stages["finetune"] = {"finished": _now(), "epochs": cfg.finetune.epochs, "steps": trainer.global_step,
                           "wall_s": round(time.time() - started, 1), "resumed": bool(resume),
                           **{k: trainer_kw[k] for k in ("accelerator", "precision", "strategy")}}
-    update_run_json(run, stages=stages, data=str(data.resolve()), classes=[list(c) for c in train.classes])
+    update_run_json(run, stages=stages, data=str(data.resolve()), classes=[list(c) for c in train.classes],
+                    class_units=[list(u) for u in train.class_units])
     return run

@@ -151,6 +151,8 @@ def load_score_table(folder: str | os.PathLike) -> pd.DataFrame:
     frames = []
     for csv in sorted(folder.glob("anomaly_score_*.csv")):
         stem = csv.stem[len("anomaly_score_"):]
+        if stem.endswith(("_source_test", "_target_test")):
+            continue  # DCASE 2021's per-domain copies of the section file's rows
         for tag in ("_id_", "_section_"):
             if tag in stem:
                 mtype, mid = stem.rsplit(tag, 1)

@@ -122,15 +122,19 @@ class Clips:
         paths: The clips' paths when they are the training clips themselves (each is then left out of its own
             references), else ``None``.
         features: ``feature name -> [B, D]`` for this batch (memoised by the caller: embeddings, clip statistics).
+        attributes: The clips' DCASE 2022+ attribute tails (``""`` = unknown), or ``None`` (all unknown); only
+            ``idprob`` with section + attribute classes reads them.
     """
 
     def __init__(self, x: torch.Tensor, machine_types: Sequence[str], machine_ids: Sequence[str],
-                 paths: Sequence[str] | None, features: Callable[[str], np.ndarray]) -> None:
+                 paths: Sequence[str] | None, features: Callable[[str], np.ndarray],
+                 attributes: Sequence[str] | None = None) -> None:
         self.x = x
         self.machine_types = list(machine_types)
         self.machine_ids = list(machine_ids)
         self.paths = None if paths is None else list(paths)
         self._features = features
+        self.attributes = None if attributes is None else [str(a) for a in attributes]
 
     def __len__(self) -> int:
         return len(self.x)

@@ -2,6 +2,12 @@
 
 Averaged over crop windows when the run trains on crops. Needs a fine-tuned classifier over at least two units;
 it has no references (fitting only keeps the normal set).
+
+Where the classes are section + attribute classes (DCASE 2023+, ``finetune.classes``), a clip's own class is
+``<section>_<attributes>`` from its name; a clip whose attributes are unknown (bare evaluation names such as
+``section_00_0000.wav``, or attribute values never seen in training) is scored against all of its section's
+classes: ``-log max`` of their probabilities (``score.idprob_pool: max``, the default) or ``-log sum``
+(``sum``: the section's probability). See docs/training.md.
 """
 
 from __future__ import annotations
@@ -14,25 +20,76 @@ import torch
 from rcmae.scorers.base import Clips, Scorer, ScoringError
 
 
+def _class_name(section: str, attributes: str) -> str:
+    # rcmae.data.class_name (scorers import numpy and torch only; tests/test_idprob_classes.py keeps them equal).
+    attributes = str(attributes or "")
+    return str(section) if not attributes or attributes.lower() == "noattribute" else f"{section}_{attributes}"
+
+
+
+def true_classes(classes: Sequence[tuple[str, str]], class_units: Sequence[tuple[str, str]] | None,
+                 machine_types: Sequence[str], machine_ids: Sequence[str],
+                 attributes: Sequence[str] | None = None) -> list[list[int]]:
+    """Per clip, the classifier indices its ``idprob`` pools over: its own class, or its section's classes.
+
+    Args:
+        classes: ``(machine_type, name)`` in classifier order.
+        class_units: Each class's ``(machine_type, machine_id)`` unit (``None``: each class is its own unit).
+        machine_types, machine_ids: The clips' units.
+        attributes: The clips' attribute tails (``""`` = unknown; ``None``: all unknown).
+
+    Returns:
+        One list per clip: ``[k]`` when the clip's own class ``k`` is known (its unit, for machine-ID classes, or
+        ``(type, "<section>_<attributes>")``), else every class of its unit.
+
+    Raises:
+        ScoringError: a unit the run has no class of.
+    """
+    classes = [tuple(map(str, c)) for c in classes]
+    units = classes if class_units is None else [tuple(map(str, u)) for u in class_units]
+    index = {c: k for k, c in enumerate(classes)}
+    members: dict[tuple[str, str], list[int]] = {}
+    for k, u in enumerate(units):
+        members.setdefault(u, []).append(k)
+    attributes = [""] * len(machine_types) if attributes is None else list(attributes)
+    out = []
+    for t, i, a in zip(machine_types, machine_ids, attributes, strict=True):
+        unit = (str(t), str(i))
+        ks = members.get(unit)
+        if not ks:
+            known = ", ".join(f"{a}/{b}" for a, b in sorted(set(units)))
+            raise ScoringError(f"machine {t} id {i} was not in this run's training data (known: {known}); "
+                               "pass the right --machine-type/--machine-id or train on it")
+        if len(ks) == 1 and classes[ks[0]] == unit:
+            out.append(ks)  # machine-ID (or section) classes: the unit is the class
+            continue
+        own = (unit[0], _class_name(unit[1], a)) if str(a or "") else None
+        out.append([index[own]] if own in index and index[own] in ks else list(ks))
+    return out
+
+
 class IdProbScorer(Scorer):
     """``idprob`` over the classes of a fine-tuned model.
 
     Args:
         cfg, run: As :class:`Scorer`.
         model: The fine-tuned ``RCMAE`` (``None`` when the run is not fine-tuned).
-        classes: ``(machine_type, machine_id)`` in classifier order.
+        classes: ``(machine_type, name)`` in classifier order: machine IDs / sections, or section + attributes.
         windows: Crop windows of a log-mel batch.
         device: Where the model runs.
+        class_units: Each class's ``(machine_type, machine_id)`` unit (``None``: each class is its own unit).
     """
 
     name = "idprob"
 
     def __init__(self, cfg, run, model, classes: Sequence[tuple[str, str]],
-                 windows: Callable[[torch.Tensor], list[torch.Tensor]], device: torch.device) -> None:
+                 windows: Callable[[torch.Tensor], list[torch.Tensor]], device: torch.device,
+                 class_units: Sequence[tuple[str, str]] | None = None) -> None:
         super().__init__(cfg, run)
         self.model, self.windows, self.device = model, windows, device
         self.classes = [tuple(c) for c in classes]
         self.class_index = {c: i for i, c in enumerate(self.classes)}
+        self.class_units = None if class_units is None else [tuple(u) for u in class_units]
 
     def unavailable(self) -> str:
         if len(self.classes) < 2:
@@ -41,29 +98,36 @@ class IdProbScorer(Scorer):
             return "the run is not fine-tuned"
         return ""
 
-    def class_indices(self, machine_types: Sequence[str], machine_ids: Sequence[str]) -> list[int]:
-        """Classifier indices of the units (one clear error for a unit the run was not trained on)."""
-        out = []
-        for t, i in zip(machine_types, machine_ids, strict=True):
-            key = (str(t), str(i))
-            if key not in self.class_index:
-                known = ", ".join(f"{a}/{b}" for a, b in self.classes)
-                raise ScoringError(f"machine {t} id {i} was not in this run's training data (known: {known}); "
-                                   "pass the right --machine-type/--machine-id or train on it")
-            out.append(self.class_index[key])
-        return out
+    def class_indices(self, machine_types: Sequence[str], machine_ids: Sequence[str],
+                      attributes: Sequence[str] | None = None) -> list[list[int]]:
+        """Per clip, the classifier indices it is scored against (:func:`true_classes`)."""
+        return true_classes(self.classes, self.class_units, machine_types, machine_ids, attributes)
 
     @torch.no_grad()
     def score(self, clips: Clips) -> np.ndarray:
         x, bs = clips.x, self.cfg.batch_size
-        idx = torch.tensor(self.class_indices(clips.machine_types, clips.machine_ids), device=self.device)
+        sets = self.class_indices(clips.machine_types, clips.machine_ids, clips.attributes)
+        pool = getattr(self.cfg, "idprob_pool", "max")
         out = []
         for b in range(0, len(x), bs):
             xb = x[b : b + bs].to(self.device)
-            ib = idx[b : b + bs]
+            sb = sets[b : b + bs]
             # float64: a confident classifier's float32 -log p is exactly 0 (p rounds to 1) for most clips, and
             # those ties flatten the ranking (bench/results/idprob.md).
-            per_window = [-torch.log_softmax(self.model.classify(self.model.embed(w)).double(), -1)
-                          .gather(1, ib[:, None])[:, 0] for w in self.windows(xb)]
+            logps = [torch.log_softmax(self.model.classify(self.model.embed(w)).double(), -1)
+                     for w in self.windows(xb)]
+            if all(len(s) == 1 for s in sb):
+                ib = torch.tensor([s[0] for s in sb], device=self.device)
+                per_window = [-lp.gather(1, ib[:, None])[:, 0] for lp in logps]
+            else:
+                # A clip of unknown attributes: -log max_k p_k or -log sum_k p_k over its section's classes k.
+                mask = torch.zeros(len(sb), logps[0].shape[1], dtype=torch.bool, device=self.device)
+                for n, s in enumerate(sb):
+                    mask[n, s] = True
+                per_window = []
+                for lp in logps:
+                    masked = lp.masked_fill(~mask, float("-inf"))
+                    pooled = masked.max(1).values if pool == "max" else torch.logsumexp(masked, 1)
+                    per_window.append(-pooled)
             out.append(torch.stack(per_window).mean(0))
         return torch.cat(out).cpu().numpy().astype(np.float64)

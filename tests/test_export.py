@@ -34,7 +34,8 @@ def _clips(demo_run: Path) -> list[Path]:
     return sorted(test.glob("normal_id_*_00000000.wav")) + sorted(test.glob("anomaly_id_*_00000001.wav"))
 
 
-@pytest.mark.parametrize("scorer", ["idprob", "knn", "recon", "knn_joint", "maha", "recon_topk", "ensemble"])
+@pytest.mark.parametrize("scorer", ["idprob", "knn", "recon", "knn_joint", "maha", "recon_topk", "stats_maha",
+                                    "frame_pca", "frame_maha", "ensemble"])
 def test_exported_scores_equal_detector_score(demo_run, det, tmp_path, scorer):
     assert scorer in det.scorers
     bundle = Bundle(export_run(demo_run, tmp_path / scorer, scorer=scorer, examples=0))

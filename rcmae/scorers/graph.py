@@ -21,6 +21,8 @@ from rcmae.datasets import make_generator, window_starts
 from rcmae.losses import masked_mse
 from rcmae.model import RCMAE, clip_stats
 from rcmae.scorers.base import Scorer, ScoringError
+from rcmae.scorers.domains import domain_banks
+from rcmae.scorers.frames import BAND_QUANTILES, FrameModels
 from rcmae.scorers.knn import joint_features
 from rcmae.scorers.maha import fit_gaussian
 from rcmae.scorers.recon import RECON_SEED
@@ -75,37 +77,102 @@ class WindowEmbedder(nn.Module):
 
 
 def mean_k_smallest(d: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Row-wise mean of the ``k[b]`` smallest values of ``d [B, n]`` (other units' rows are ``inf``)."""
+    """Row-wise mean of the ``k[b]`` smallest values of ``d [B, n]`` (other banks' rows are ``inf``)."""
     sorted_d = torch.sort(d, dim=1).values
     csum = torch.cumsum(torch.where(torch.isfinite(sorted_d), sorted_d, torch.zeros_like(sorted_d)), dim=1)
     return csum.gather(1, (k - 1)[:, None])[:, 0] / k.to(d.dtype)
 
 
-class KnnGraph(nn.Module):
-    """``knn``: mean cosine distance to the ``k`` nearest normal training embeddings of the same unit."""
+class Banks:
+    """The reference banks of a bundle's units: one per unit, or one per domain of a unit (DCASE 2021+).
 
-    def __init__(self, bank: np.ndarray, units: np.ndarray, n_units: int, k: int) -> None:
+    With ``score.domain_banks`` a unit whose normal clips come from both domains has a source and a target
+    bank (:func:`rcmae.scorers.domains.domain_banks`) and is scored by its minimum over them, as the scorers do.
+
+    Args:
+        rows: Per bank, its row indices into the reference table.
+        unit: Per bank, its unit index.
+        n_units: Units of the bundle.
+    """
+
+    def __init__(self, rows: list[np.ndarray], unit: list[int], n_units: int) -> None:
+        self.rows, self.unit = rows, np.asarray(unit, dtype=np.int64)
+        per_unit = [np.flatnonzero(self.unit == u) for u in range(n_units)]
+        width = max(len(b) for b in per_unit)
+        # [C, M] bank indices per unit, padded with the unit's first bank (a repeated bank leaves the min as is).
+        self.of_unit = np.array([np.r_[b, np.full(width - len(b), b[0])] for b in per_unit], dtype=np.int64)
+
+    @classmethod
+    def of(cls, scorer, table: dict, unit_rows: np.ndarray, n_units: int) -> Banks:
+        """The banks a scorer keeps for each unit (``unit_rows``: the unit index of each table row)."""
+        by_domain = getattr(scorer.cfg, "domain_banks", True)
+        rows, unit = [], []
+        for u in range(n_units):
+            unit_r = np.flatnonzero(unit_rows == u)
+            for bank in (domain_banks(table, unit_r) if by_domain else [unit_r]):
+                rows.append(bank)
+                unit.append(u)
+        return cls(rows, unit, n_units)
+
+    def row_bank(self, n_rows: int) -> np.ndarray:
+        """The bank index of every table row (``-1`` for rows of units the bundle does not carry)."""
+        out = np.full(n_rows, -1, dtype=np.int64)
+        for b, r in enumerate(self.rows):
+            out[r] = b
+        return out
+
+
+class BankKnn(nn.Module):
+    """Mean of the ``k`` smallest distances to each of the unit's banks, minimum over the banks.
+
+    Args:
+        banks: The units' banks.
+        n_rows: Rows of the reference table (``d``'s columns in :meth:`forward`).
+        k: Neighbours averaged (capped at each bank's size).
+        prefix: Reference name prefix.
+    """
+
+    def __init__(self, banks: Banks, n_rows: int, k: int, prefix: str) -> None:
         super().__init__()
-        bank = np.asarray(bank, dtype=np.float32)
-        # Normalised in float32 and compared in float64, as rcmae.score.knn_distances does.
-        rn = bank / np.maximum(np.linalg.norm(bank, axis=1, keepdims=True), 1e-12)
-        self.register_buffer("bank", torch.from_numpy(rn.astype(np.float64)))
-        self.register_buffer("units", torch.from_numpy(np.asarray(units, dtype=np.int64)))
-        counts = np.bincount(units, minlength=n_units)
-        self.register_buffer("k", torch.from_numpy(np.minimum(k, counts).astype(np.int64)))
+        self.prefix = prefix
+        self.register_buffer("row_bank", torch.from_numpy(banks.row_bank(n_rows)))
+        self.register_buffer("unit_banks", torch.from_numpy(banks.of_unit))
+        self.register_buffer("k", torch.from_numpy(np.minimum(k, [len(r) for r in banks.rows]).astype(np.int64)))
 
     def references(self) -> dict[str, np.ndarray]:
-        return {"knn_bank": self.bank.numpy(), "knn_units": self.units.numpy(), "knn_k": self.k.numpy()}
+        return {f"{self.prefix}_row_bank": self.row_bank.numpy(), f"{self.prefix}_unit_banks": self.unit_banks.numpy(),
+                f"{self.prefix}_k": self.k.numpy()}
+
+    def forward(self, d: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+        per_bank = []
+        for m in range(self.unit_banks.shape[1]):
+            bank = self.unit_banks[unit, m]
+            dm = torch.where(self.row_bank[None, :] == bank[:, None], d, torch.full_like(d, math.inf))
+            per_bank.append(mean_k_smallest(dm, self.k[bank]))
+        return torch.stack(per_bank).amin(0)
+
+
+class KnnGraph(nn.Module):
+    """``knn``: mean cosine distance to the ``k`` nearest normal training embeddings of the unit (or domain bank)."""
+
+    def __init__(self, bank: np.ndarray, banks: Banks, k: int) -> None:
+        super().__init__()
+        bank = np.asarray(bank, dtype=np.float32)
+        # Normalised in float32 and compared in float64, as rcmae.scorers.knn.knn_distances does.
+        rn = bank / np.maximum(np.linalg.norm(bank, axis=1, keepdims=True), 1e-12)
+        self.register_buffer("bank", torch.from_numpy(rn.astype(np.float64)))
+        self.knn = BankKnn(banks, len(bank), k, "knn")
+
+    def references(self) -> dict[str, np.ndarray]:
+        return {"knn_bank": self.bank.numpy(), **self.knn.references()}
 
     def forward(self, x: torch.Tensor, z: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
         qn = z / torch.clamp(torch.linalg.vector_norm(z, dim=1, keepdim=True), min=1e-12)
-        d = 1.0 - qn.double() @ self.bank.T
-        d = torch.where(self.units[None, :] == unit[:, None], d, torch.full_like(d, math.inf))
-        return mean_k_smallest(d, self.k[unit])
+        return self.knn(1.0 - qn.double() @ self.bank.T, unit)
 
 
 class JointSpace(nn.Module):
-    """The ``knn_joint``/``maha`` space of :func:`rcmae.score.joint_features`, in float64."""
+    """The ``knn_joint``/``maha`` space of :func:`rcmae.scorers.knn.joint_features`, in float64."""
 
     def __init__(self, mean: np.ndarray, std: np.ndarray, weight: float) -> None:
         super().__init__()
@@ -124,41 +191,163 @@ class JointSpace(nn.Module):
 class JointKnnGraph(nn.Module):
     """``knn_joint``: mean Euclidean distance to the ``k`` nearest normal clips of the unit in the joint space."""
 
-    def __init__(self, space: JointSpace, bank: np.ndarray, units: np.ndarray, n_units: int, k: int) -> None:
+    def __init__(self, space: JointSpace, bank: np.ndarray, banks: Banks, k: int) -> None:
         super().__init__()
         self.space = space
         self.register_buffer("bank", torch.from_numpy(np.asarray(bank, dtype=np.float64)))
-        self.register_buffer("units", torch.from_numpy(np.asarray(units, dtype=np.int64)))
-        self.register_buffer("k", torch.from_numpy(np.minimum(k, np.bincount(units, minlength=n_units))))
+        self.knn = BankKnn(banks, len(bank), k, "joint")
 
     def references(self) -> dict[str, np.ndarray]:
         return {"joint_mean": self.space.mean.numpy(), "joint_std": self.space.std.numpy(),
-                "joint_bank": self.bank.numpy(), "joint_units": self.units.numpy(), "joint_k": self.k.numpy()}
+                "joint_bank": self.bank.numpy(), **self.knn.references()}
 
     def forward(self, x: torch.Tensor, z: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
         q = self.space(x, z)
-        d = torch.sqrt(((self.bank[None, :, :] - q[:, None, :]) ** 2).sum(-1))
-        d = torch.where(self.units[None, :] == unit[:, None], d, torch.full_like(d, math.inf))
-        return mean_k_smallest(d, self.k[unit])
+        return self.knn(torch.sqrt(((self.bank[None, :, :] - q[:, None, :]) ** 2).sum(-1)), unit)
+
+
+def fit_bank_gaussians(ref: np.ndarray, banks: Banks) -> tuple[np.ndarray, np.ndarray]:
+    """Per bank its mean ``[K, D]``, per unit one Ledoit-Wolf precision ``[C, D, D]`` (as ``maha`` fits them).
+
+    A unit with one bank: the Gaussian of its clips. With domain banks: each domain's mean and the precision
+    of the within-domain scatter (every clip minus its own domain's mean), shared by the unit's banks.
+    """
+    ref = np.asarray(ref, dtype=np.float64)
+    means = np.stack([ref[r].mean(axis=0) for r in banks.rows])
+    precisions = []
+    for u in range(len(banks.of_unit)):
+        own = np.flatnonzero(banks.unit == u)
+        if len(own) == 1:
+            precisions.append(fit_gaussian(ref[banks.rows[own[0]]])[1])
+        else:
+            within = np.concatenate([ref[banks.rows[b]] - means[b] for b in own])
+            precisions.append(fit_gaussian(within)[1])
+    return means, np.stack(precisions)
+
+
+class GaussianBanks(nn.Module):
+    """Mahalanobis distance ``q [B, D] -> [B]`` to the unit's Gaussian, minimum over its (domain) banks."""
+
+    def __init__(self, means: np.ndarray, precisions: np.ndarray, banks: Banks, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.register_buffer("means", torch.from_numpy(np.asarray(means, dtype=np.float64)))  # [K, D]
+        self.register_buffer("precisions", torch.from_numpy(np.asarray(precisions, dtype=np.float64)))  # [C, D, D]
+        self.register_buffer("unit_banks", torch.from_numpy(banks.of_unit))
+
+    def references(self) -> dict[str, np.ndarray]:
+        return {f"{self.prefix}_means": self.means.numpy(), f"{self.prefix}_precisions": self.precisions.numpy(),
+                f"{self.prefix}_unit_banks": self.unit_banks.numpy()}
+
+    def forward(self, q: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+        precision = self.precisions[unit]
+        per_bank = []
+        for m in range(self.unit_banks.shape[1]):
+            d = q - self.means[self.unit_banks[unit, m]]
+            per_bank.append((torch.bmm(precision, d[:, :, None])[:, :, 0] * d).sum(-1))
+        return torch.sqrt(torch.clamp(torch.stack(per_bank).amin(0), min=0.0))
 
 
 class MahaGraph(nn.Module):
     """``maha``: Mahalanobis distance to the unit's Gaussian (mean, Ledoit-Wolf precision) in the joint space."""
 
-    def __init__(self, space: JointSpace, means: np.ndarray, precisions: np.ndarray) -> None:
+    def __init__(self, space: JointSpace, gaussians: GaussianBanks) -> None:
         super().__init__()
-        self.space = space
-        self.register_buffer("means", torch.from_numpy(np.asarray(means, dtype=np.float64)))
-        self.register_buffer("precisions", torch.from_numpy(np.asarray(precisions, dtype=np.float64)))
+        self.space, self.gaussians = space, gaussians
 
     def references(self) -> dict[str, np.ndarray]:
         return {"joint_mean": self.space.mean.numpy(), "joint_std": self.space.std.numpy(),
-                "maha_means": self.means.numpy(), "maha_precisions": self.precisions.numpy()}
+                **self.gaussians.references()}
 
     def forward(self, x: torch.Tensor, z: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
-        d = self.space(x, z) - self.means[unit]
-        m = (torch.bmm(self.precisions[unit], d[:, :, None])[:, :, 0] * d).sum(-1)
-        return torch.sqrt(torch.clamp(m, min=0.0))
+        return self.gaussians(self.space(x, z), unit)
+
+
+def _lerp(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:
+    # The two-sided form torch.lerp and numpy.quantile use: exact at both ends.
+    return a + (b - a) * w if w < 0.5 else b - (b - a) * (1.0 - w)
+
+
+def band_stats_graph(x: torch.Tensor) -> torch.Tensor:
+    """:func:`rcmae.scorers.frames.band_stats` without ``torch.quantile`` (which ONNX lacks): ``[B, F, T] -> [B, 6F]``.
+
+    The 10/50/90 % quantiles are ``numpy.quantile``'s linear interpolation: sort over time, gather the two
+    order statistics around ``q (T - 1)`` and interpolate; ``T`` is fixed by the bundle's clip length.
+    """
+    x = x.float()
+    t = x.shape[-1]
+    ordered = torch.sort(x, dim=-1).values
+    quantiles = []
+    for q in BAND_QUANTILES:
+        pos = q * (t - 1)
+        lo = int(math.floor(pos))
+        hi = min(lo + 1, t - 1)
+        quantiles.append(_lerp(ordered[..., lo], ordered[..., hi], pos - lo))
+    delta = (x[..., 1:] - x[..., :-1]).abs().mean(-1) if t > 1 else torch.zeros_like(x[..., 0])
+    return torch.cat([x.mean(-1), x.std(-1, unbiased=False), *quantiles, delta], dim=-1)
+
+
+class StatsMahaGraph(nn.Module):
+    """``stats_maha``: band statistics, standardised per dimension, Mahalanobis to the unit's Gaussian."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray, gaussians: GaussianBanks) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.from_numpy(np.asarray(mean, dtype=np.float64)))
+        self.register_buffer("std", torch.from_numpy(np.asarray(std, dtype=np.float64)))
+        self.gaussians = gaussians
+
+    def references(self) -> dict[str, np.ndarray]:
+        return {"stats_mean": self.mean.numpy(), "stats_std": self.std.numpy(), **self.gaussians.references()}
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+        q = (band_stats_graph(x).double() - self.mean) / self.std
+        return self.gaussians(q, unit)
+
+
+def context_frames_graph(x: torch.Tensor, n: int) -> torch.Tensor:
+    """:func:`rcmae.scorers.frames.context_frames` of a batch: ``[B, F, T] -> [B, T-n+1, nF]`` (frame-major)."""
+    s = x.shape[-1] - n + 1
+    return torch.cat([x[..., k : k + s] for k in range(n)], dim=1).transpose(1, 2)
+
+
+class FrameGraph(nn.Module):
+    """``frame_pca`` / ``frame_maha``: the unit's Gaussian of 5-frame context vectors, mean over the clip's frames.
+
+    ``pca`` keeps only the top ``components`` eigenvectors (the residual is the squared norm minus the projected
+    part); ``maha`` keeps them all and divides by the eigenvalues. With domain banks each bank has its mean and
+    the unit's banks share the eigenvectors; the score is the minimum over the banks.
+    """
+
+    def __init__(self, kind: str, means: np.ndarray, eigvec: np.ndarray, eigval: np.ndarray, banks: Banks,
+                 context: int) -> None:
+        super().__init__()
+        self.kind, self.context = kind, context
+        self.register_buffer("means", torch.from_numpy(np.asarray(means, dtype=np.float64)))  # [K, D]
+        self.register_buffer("eigvec", torch.from_numpy(np.asarray(eigvec, dtype=np.float64)))  # [C, D, k]
+        self.register_buffer("eigval", torch.from_numpy(np.asarray(eigval, dtype=np.float64)))  # [C, k]
+        self.register_buffer("unit_banks", torch.from_numpy(banks.of_unit))
+
+    def references(self) -> dict[str, np.ndarray]:
+        p = f"frame_{self.kind}"
+        out = {f"{p}_means": self.means.numpy(), f"{p}_eigvec": self.eigvec.numpy(),
+               f"{p}_unit_banks": self.unit_banks.numpy()}
+        if self.kind == "maha":
+            out[f"{p}_eigval"] = self.eigval.numpy()
+        return out
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+        frames = context_frames_graph(x.double(), self.context)  # [B, S, D]
+        vec = self.eigvec[unit]
+        per_bank = []
+        for m in range(self.unit_banks.shape[1]):
+            d = frames - self.means[self.unit_banks[unit, m]][:, None, :]
+            proj = torch.bmm(d, vec)
+            if self.kind == "pca":
+                per_frame = (d**2).sum(-1) - (proj**2).sum(-1)
+            else:
+                per_frame = ((proj**2) / self.eigval[unit][:, None, :]).sum(-1)
+            per_bank.append(per_frame.mean(1))
+        return torch.stack(per_bank).amin(0)
 
 
 class IdProbGraph(nn.Module):
@@ -263,22 +452,46 @@ def build_knn(scorer, ctx: ExportContext) -> nn.Module:
     ref = _table(scorer, scorer.space)
     rows = ctx.unit_rows(ref)
     ctx.check_covered(rows, "knn")
-    keep = rows >= 0
-    return KnnGraph(ref["z"][keep], rows[keep], len(ctx.units), scorer.cfg.knn_k)
+    return KnnGraph(ref["z"], Banks.of(scorer, ref, rows, len(ctx.units)), scorer.cfg.knn_k)
 
 
 def build_knn_joint(scorer, ctx: ExportContext) -> nn.Module:
     space, bank, rows = _joint(scorer, ctx, scorer.cfg.joint_weight)
     ctx.check_covered(rows, "knn_joint")
-    keep = rows >= 0
-    return JointKnnGraph(space, bank[keep], rows[keep], len(ctx.units), scorer.cfg.knn_k)
+    banks = Banks.of(scorer, _table(scorer, scorer.space), rows, len(ctx.units))
+    return JointKnnGraph(space, bank, banks, scorer.cfg.knn_k)
 
 
 def build_maha(scorer, ctx: ExportContext) -> nn.Module:
     space, bank, rows = _joint(scorer, ctx, scorer.cfg.maha_weight)
     ctx.check_covered(rows, "maha", minimum=2)
-    fits = [fit_gaussian(bank[rows == u]) for u in range(len(ctx.units))]
-    return MahaGraph(space, np.stack([f[0] for f in fits]), np.stack([f[1] for f in fits]))
+    banks = Banks.of(scorer, _table(scorer, scorer.space), rows, len(ctx.units))
+    return MahaGraph(space, GaussianBanks(*fit_bank_gaussians(bank, banks), banks, "maha"))
+
+
+def build_stats_maha(scorer, ctx: ExportContext) -> nn.Module:
+    table = _table(scorer, scorer.feature)
+    mean, std = scorer._scale
+    ref = (np.asarray(table["z"], dtype=np.float64) - mean) / std
+    rows = ctx.unit_rows(table)
+    ctx.check_covered(rows, "stats_maha", minimum=2)
+    banks = Banks.of(scorer, table, rows, len(ctx.units))
+    return StatsMahaGraph(mean, std, GaussianBanks(*fit_bank_gaussians(ref, banks), banks, "stats_maha"))
+
+
+def build_frames(scorer, ctx: ExportContext) -> nn.Module:
+    models = []
+    for t, i in ctx.units:
+        model = scorer.frames.models.get(f"{t}/{i}")
+        if model is None:
+            raise ScoringError(f"{scorer.name}: no frame model of {t}/{i} in {scorer.frames.path}; "
+                               f"run `rcmae evaluate --run {scorer.run}` to refit, or export another --scorer")
+        models.append(model)
+    keep = scorer.cfg.frame_components if scorer.kind == "pca" else None
+    banks = Banks([np.empty(0)] * len(models), list(range(len(models))), len(models))
+    return FrameGraph(scorer.kind, np.stack([m.mean for m in models]),
+                      np.stack([m.eigvec[:, :keep] for m in models]), np.stack([m.eigval[:keep] for m in models]),
+                      banks, FrameModels.context)
 
 
 def build_idprob(scorer, ctx: ExportContext) -> nn.Module:
@@ -323,6 +536,9 @@ BUILDERS: dict[str, Callable[[Scorer, ExportContext], nn.Module]] = {
     "idprob": build_idprob,
     "recon": build_recon,
     "recon_topk": build_recon_topk,
+    "stats_maha": build_stats_maha,
+    "frame_pca": build_frames,
+    "frame_maha": build_frames,
     "ensemble": build_ensemble,
 }
 

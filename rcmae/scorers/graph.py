@@ -103,9 +103,13 @@ class Banks:
         self.of_unit = np.array([np.r_[b, np.full(width - len(b), b[0])] for b in per_unit], dtype=np.int64)
 
     @classmethod
-    def of(cls, scorer, table: dict, unit_rows: np.ndarray, n_units: int) -> Banks:
-        """The banks a scorer keeps for each unit (``unit_rows``: the unit index of each table row)."""
-        by_domain = getattr(scorer.cfg, "domain_banks", True)
+    def of(cls, scorer, table: dict, unit_rows: np.ndarray, n_units: int, by_domain: bool | None = None) -> Banks:
+        """The banks a scorer keeps for each unit (``unit_rows``: the unit index of each table row).
+
+        ``by_domain`` defaults to the scorer's ``score.domain_banks``; ``False`` for families that pool domains.
+        """
+        if by_domain is None:
+            by_domain = getattr(scorer.cfg, "domain_banks", True)
         rows, unit = [], []
         for u in range(n_units):
             unit_r = np.flatnonzero(unit_rows == u)
@@ -304,6 +308,45 @@ class StatsMahaGraph(nn.Module):
         return self.gaussians(q, unit)
 
 
+class NormKnnGraph(nn.Module):
+    """``knn_norm`` (cosine on the embedding) / ``stats_knn`` (Euclidean on standardised band statistics).
+
+    The unit's kNN distance, z-scored with the mean and std of the unit's held-out normal training scores.
+    """
+
+    def __init__(self, name: str, bank: np.ndarray, banks: Banks, k: int, moments: np.ndarray,
+                 scale: tuple[np.ndarray, np.ndarray] | None) -> None:
+        super().__init__()
+        self.name = name
+        self.cosine = scale is None
+        if self.cosine:
+            bank = np.asarray(bank, dtype=np.float32)
+            bank = bank / np.maximum(np.linalg.norm(bank, axis=1, keepdims=True), 1e-12)
+            scale = (np.zeros(0), np.ones(0))
+        self.register_buffer("bank", torch.from_numpy(np.asarray(bank, dtype=np.float64)))
+        self.register_buffer("mean", torch.from_numpy(np.asarray(scale[0], dtype=np.float64)))
+        self.register_buffer("std", torch.from_numpy(np.asarray(scale[1], dtype=np.float64)))
+        self.register_buffer("moments", torch.from_numpy(np.asarray(moments, dtype=np.float64)))  # [C, 2]
+        self.knn = BankKnn(banks, len(bank), k, name)
+
+    def references(self) -> dict[str, np.ndarray]:
+        out = {f"{self.name}_bank": self.bank.numpy(), f"{self.name}_moments": self.moments.numpy(),
+               **self.knn.references()}
+        if not self.cosine:
+            out.update({f"{self.name}_mean": self.mean.numpy(), f"{self.name}_std": self.std.numpy()})
+        return out
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+        if self.cosine:
+            qn = z / torch.clamp(torch.linalg.vector_norm(z, dim=1, keepdim=True), min=1e-12)
+            d = 1.0 - qn.double() @ self.bank.T
+        else:
+            q = (band_stats_graph(x).double() - self.mean) / self.std
+            d = torch.sqrt(((self.bank[None, :, :] - q[:, None, :]) ** 2).sum(-1))
+        raw = self.knn(d, unit)
+        return (raw - self.moments[unit, 0]) / torch.clamp(self.moments[unit, 1], min=1e-12)
+
+
 def context_frames_graph(x: torch.Tensor, n: int) -> torch.Tensor:
     """:func:`rcmae.scorers.frames.context_frames` of a batch: ``[B, F, T] -> [B, T-n+1, nF]`` (frame-major)."""
     s = x.shape[-1] - n + 1
@@ -479,6 +522,21 @@ def build_stats_maha(scorer, ctx: ExportContext) -> nn.Module:
     return StatsMahaGraph(mean, std, GaussianBanks(*fit_bank_gaussians(ref, banks), banks, "stats_maha"))
 
 
+def build_norm_knn(scorer, ctx: ExportContext) -> nn.Module:
+    table = _table(scorer, scorer.feature())
+    rows = ctx.unit_rows(table)
+    missing = [f"{t}/{i}" for t, i in ctx.units if f"{t}/{i}" not in scorer.moments]
+    if missing:
+        raise ScoringError(f"{scorer.name}: unit(s) {', '.join(missing)} have fewer than 2 normal training clips "
+                           "(no held-out moments); export another --scorer")
+    # These scorers pool the domains (rcmae.scorers.knn.NormKnnScorer): one bank per unit.
+    banks = Banks.of(scorer, table, rows, len(ctx.units), by_domain=False)
+    moments = np.array([scorer.moments[f"{t}/{i}"] for t, i in ctx.units], dtype=np.float64)
+    scale = None if scorer.metric == "cosine" else scorer._scale
+    bank = table["z"] if scale is None else (np.asarray(table["z"], dtype=np.float64) - scale[0]) / scale[1]
+    return NormKnnGraph(scorer.name, bank, banks, scorer.cfg.knn_k, moments, scale)
+
+
 def build_frames(scorer, ctx: ExportContext) -> nn.Module:
     models = []
     for t, i in ctx.units:
@@ -536,6 +594,8 @@ BUILDERS: dict[str, Callable[[Scorer, ExportContext], nn.Module]] = {
     "idprob": build_idprob,
     "recon": build_recon,
     "recon_topk": build_recon_topk,
+    "knn_norm": build_norm_knn,
+    "stats_knn": build_norm_knn,
     "stats_maha": build_stats_maha,
     "frame_pca": build_frames,
     "frame_maha": build_frames,

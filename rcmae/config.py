@@ -109,13 +109,13 @@ class ScoreConfig:
     # recon_topk: fraction of the highest-error masked patches averaged (1.0 = every masked patch = recon).
     recon_topk: float = 0.1
     # ensemble: scorers combined after per-ID standardisation with their held-out normal training scores.
-    # [maha, stats_maha, frame_pca] beat [knn, maha] on each of three unlike sets (bench/results/scorers.md), but
-    # stats_maha and frame_pca have no export graph yet (rcmae/scorers/graph.py): the default stays exportable.
+    # The presets choose their own (tiny: [stats_maha, frame_pca], by the generalization suite's mean); this
+    # built-in list is what a config without a score section gets.
     ensemble: list[str] = field(default_factory=lambda: ["knn", "maha"])
     # frame_pca: principal components of the unit's 5-frame context vectors kept (the rest is the residual).
     frame_components: int = 32
-    # DCASE 2021+ domain shift: knn/knn_joint/maha keep separate source and target reference sets per unit and
-    # take the minimum score over them (rcmae/scorers/domains.py); false pools the domains.
+    # DCASE 2021+ domain shift: knn/knn_joint/maha/stats_maha/frame_* keep separate source and target references
+    # per unit and take the minimum score over them (rcmae/scorers/domains.py); false pools the domains.
     domain_banks: bool = True
 
     def __post_init__(self) -> None:

@@ -70,7 +70,7 @@ def test_overrides_are_typed_by_field():
     # The paper stays paper-faithful (idprob, its loss weights); tiny scores with maha (bench/results/training.md).
     paper = load_config("paper")
     assert paper.score.default_scorer == "idprob" and cfg.score.default_scorer == "ensemble"
-    assert cfg.score.ensemble == ["maha", "stats_maha", "frame_pca"]
+    assert cfg.score.ensemble == ["stats_maha", "frame_pca"]
     assert (paper.pretrain.w_nce, paper.pretrain.w_vcr, paper.pretrain.w_mae) == (0.3, 0.3, 0.4)
     assert (paper.finetune.w_supcon, paper.finetune.w_ce) == (1.0, 1.0)
     scored = load_config("tiny", ["score.ensemble=[knn_joint, recon]", "score.maha_weight=2"])

@@ -116,3 +116,86 @@ def test_knn_joint_and_maha_are_minimum_over_domains(tmp_path):
     pooled.fit(NormalSet(tables))
     all_rows = np.arange(N_SOURCE + N_TARGET)
     assert pooled.score(clips) == pytest.approx([dist(all_rows, qm[n]) for n in range(4)], rel=1e-5)
+
+
+def test_stats_maha_is_the_minimum_over_domains(tmp_path):
+    from rcmae.scorers import StatsMahaScorer
+
+    rng = np.random.default_rng(11)
+    tables = _tables(rng)
+    band = {**tables["clipstats"], "z": (rng.normal(size=(N_SOURCE + N_TARGET, 5))
+                                          + np.r_[np.zeros(N_SOURCE), np.full(N_TARGET, 4.0)][:, None])}
+    q = rng.normal(size=(3, 5)) + np.array([0.0, 4.0, 2.0])[:, None]
+    clips = Clips(torch.zeros(3, 1, 1), ["fan"] * 3, ["00"] * 3, None, lambda name: q)
+    z = band["z"].astype(np.float64)
+    mean, std = z.mean(0), z.std(0)
+    ref, qs = (z - mean) / std, (q - mean) / std
+    src, tgt = np.arange(N_SOURCE), np.arange(N_SOURCE, N_SOURCE + N_TARGET)
+    # Independent reference: per-domain means, sklearn's Ledoit-Wolf of the within-domain deviations.
+    lw = LedoitWolf().fit(np.concatenate([ref[g] - ref[g].mean(0) for g in (src, tgt)]))
+    prec = np.linalg.inv(lw.covariance_)
+
+    def dist(rows, v):
+        d = v - ref[rows].mean(0)
+        return float(np.sqrt(d @ prec @ d))
+
+    sc = StatsMahaScorer(ScoreConfig(), tmp_path)
+    sc.fit(NormalSet({"bandstats": band}))
+    assert sc.score(clips) == pytest.approx([min(dist(src, v), dist(tgt, v)) for v in qs], rel=1e-6)
+    pooled = StatsMahaScorer(ScoreConfig(domain_banks=False), tmp_path)
+    pooled.fit(NormalSet({"bandstats": band}))
+    lw_all = LedoitWolf().fit(ref)
+    assert pooled.score(clips) == pytest.approx(np.sqrt(lw_all.mahalanobis(qs)), rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["pca", "maha"])
+def test_frame_scorers_are_the_minimum_over_domain_means(tmp_path, kind):
+    from rcmae.scorers import FrameGaussian, FrameScorer, context_frames
+    from rcmae.scorers.frames import load_frame_models
+
+    rng = np.random.default_rng(12)
+    n_src, n_tgt, f, t = 6, 3, 3, 9
+    shift = np.r_[np.zeros(n_src), np.full(n_tgt, 2.5)][:, None, None]
+    x = torch.from_numpy((rng.normal(size=(n_src + n_tgt, f, t)) + shift).astype(np.float32))
+    paths = [f"/d/fan/train/section_00_source_train_normal_{k:04d}.wav" for k in range(n_src)]
+    paths += [f"/d/fan/train/section_00_target_train_normal_{k:04d}.wav" for k in range(n_tgt)]
+    cfg = ScoreConfig(frame_components=2)
+    sc = FrameScorer(cfg, tmp_path, kind)
+    sc.fit(NormalSet(logmels=(x, ["fan"] * len(paths), ["00"] * len(paths), paths)))
+
+    # Independent reference with numpy: per-domain frame means, the covariance of the frames around their own
+    # domain's mean (population) plus the relative ridge, its eigenvectors; the score is the min over domains.
+    frames = [context_frames(x[i].numpy()) for i in range(len(paths))]
+    src, tgt = np.concatenate(frames[:n_src]), np.concatenate(frames[n_src:])
+    within = np.concatenate([src - src.mean(0), tgt - tgt.mean(0)])
+    cov = within.T @ within / len(within)
+    val, vec = np.linalg.eigh(cov)
+    val, vec = val[::-1], vec[:, ::-1]
+    val = val + 1e-3 * val.mean()
+
+    def one(fr, m):
+        d = fr - m
+        if kind == "maha":
+            return float((((d @ vec) ** 2) / val).sum(1).mean())
+        p = d @ vec[:, :2]
+        return float(((d**2).sum(1) - (p**2).sum(1)).mean())
+
+    q = torch.from_numpy((rng.normal(size=(2, f, t)) + np.array([0.0, 2.5])[:, None, None]).astype(np.float32))
+    got = sc.score(Clips(q, ["fan"] * 2, ["00"] * 2, None, lambda name: None))
+    want = [min(one(context_frames(q[n].numpy()), src.mean(0)), one(context_frames(q[n].numpy()), tgt.mean(0)))
+            for n in range(2)]
+    assert got == pytest.approx(want, rel=1e-6)
+    # Saved with both means and read back (float32) to the same scores.
+    saved = load_frame_models(tmp_path / "references" / "frames.npz")["fan/00"]
+    assert saved.domain_means.shape == (2, 3 * 5)
+    again = FrameScorer(cfg, tmp_path, kind)
+    again.fit(NormalSet())
+    assert again.score(Clips(q, ["fan"] * 2, ["00"] * 2, None, lambda name: None)) == pytest.approx(want, rel=1e-4)
+    # score.domain_banks=false: one Gaussian of the pooled frames (the 2020 behaviour).
+    pooled = FrameScorer(ScoreConfig(frame_components=2, domain_banks=False), tmp_path / "p", kind)
+    pooled.fit(NormalSet(logmels=(x, ["fan"] * len(paths), ["00"] * len(paths), paths)))
+    g = FrameGaussian().fit(np.concatenate(frames))
+    want_pooled = [g.pca_residual(context_frames(q[n].numpy()), 2) if kind == "pca"
+                   else g.maha(context_frames(q[n].numpy())) for n in range(2)]
+    assert pooled.score(Clips(q, ["fan"] * 2, ["00"] * 2, None, lambda name: None)) == pytest.approx(want_pooled,
+                                                                                                    rel=1e-6)

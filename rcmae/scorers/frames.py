@@ -6,6 +6,10 @@
 - :class:`FrameGaussian`: mean and covariance of a unit's normal context frames. It scores a clip by the mean
   over its frames of the squared Mahalanobis distance (``frame_maha``) or of the residual outside the top
   principal components (``frame_pca``: a linear autoencoder, the AE baseline without training).
+
+Domain shift (DCASE 2021+ names, ``score.domain_banks``): a unit with source and target training clips gets one
+mean per domain and the shared within-domain covariance, and a clip's score is the minimum over the domains of
+its frame-mean score (the ``maha`` scorer's rule, :mod:`rcmae.scorers.domains`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import numpy as np
 import torch
 
 from rcmae.scorers.base import Clips, NormalSet, Scorer, ScoringError
+from rcmae.scorers.domains import DOMAINS, path_domains
 
 BAND_QUANTILES = (0.1, 0.5, 0.9)
 
@@ -61,6 +66,8 @@ class FrameGaussian:
         self.mean = np.empty(0)
         self.eigval = np.empty(0)
         self.eigvec = np.empty((0, 0))
+        # [M, D] per-domain means when fitted on several domains (the score is the minimum over them), else [0, D].
+        self.domain_means = np.empty((0, 0))
 
     @staticmethod
     def sufficient(frames: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
@@ -73,7 +80,26 @@ class FrameGaussian:
         if n < 2:
             raise ValueError("FrameGaussian: needs at least 2 frames")
         self.mean = total / n
-        cov = outer / n - np.outer(self.mean, self.mean)
+        self.domain_means = np.empty((0, len(self.mean)))
+        return self._eig(outer / n - np.outer(self.mean, self.mean))
+
+    def fit_domains(self, parts: list[tuple[int, np.ndarray, np.ndarray]]) -> FrameGaussian:
+        """Fit one mean per domain and their shared within-domain covariance from per-domain sufficient statistics.
+
+        The covariance is the pooled scatter of every frame around its own domain's mean (population), so the
+        shift between the domains' means does not inflate it. Domains without frames are ignored.
+        """
+        parts = [p for p in parts if p[0] > 0]
+        if len(parts) < 2:
+            return self.fit_sufficient(*parts[0])
+        n = sum(p[0] for p in parts)
+        means = [p[1] / p[0] for p in parts]
+        scatter = sum(p[2] - p[0] * np.outer(m, m) for p, m in zip(parts, means, strict=True))
+        self.mean = sum(p[1] for p in parts) / n
+        self.domain_means = np.stack(means)
+        return self._eig(scatter / n)
+
+    def _eig(self, cov: np.ndarray) -> FrameGaussian:
         val, vec = np.linalg.eigh((cov + cov.T) / 2)
         val = np.maximum(val, 0.0)
         order = np.argsort(val)[::-1]
@@ -85,16 +111,26 @@ class FrameGaussian:
         """Fit on context frames ``[n, D]``."""
         return self.fit_sufficient(*self.sufficient(frames))
 
+    def _means(self) -> np.ndarray:
+        return self.domain_means if len(self.domain_means) else self.mean[None]
+
     def maha(self, frames: np.ndarray) -> float:
-        """Mean over ``frames [n, D]`` of the squared Mahalanobis distance to the Gaussian."""
-        proj = (np.asarray(frames, dtype=np.float64) - self.mean) @ self.eigvec
-        return float(((proj**2) / self.eigval).sum(1).mean())
+        """Mean over ``frames [n, D]`` of the squared Mahalanobis distance (the minimum over domain means)."""
+        frames = np.asarray(frames, dtype=np.float64)
+        return min(float((((frames - m) @ self.eigvec) ** 2 / self.eigval).sum(1).mean()) for m in self._means())
 
     def pca_residual(self, frames: np.ndarray, components: int) -> float:
-        """Mean over ``frames [n, D]`` of the squared error after projecting on the top ``components``."""
-        d = np.asarray(frames, dtype=np.float64) - self.mean
-        proj = d @ self.eigvec[:, :components]
-        return float(((d**2).sum(1) - (proj**2).sum(1)).mean())
+        """Mean over ``frames [n, D]`` of the squared error after projecting on the top ``components``.
+
+        With domain means, the minimum over the domains of that mean (each domain's frames centred on its mean).
+        """
+        frames = np.asarray(frames, dtype=np.float64)
+        out = []
+        for m in self._means():
+            d = frames - m
+            proj = d @ self.eigvec[:, :components]
+            out.append(float(((d**2).sum(1) - (proj**2).sum(1)).mean()))
+        return min(out)
 
 
 FOLDS = 5
@@ -122,8 +158,14 @@ class FrameModels:
         self.held_out: dict[str, FrameGaussian] = {}  # clip path -> the model of the folds without it
         self._fitted_on: object = None
 
-    def fit(self, normal: NormalSet) -> None:
-        """Fit on ``normal.logmels`` when given (and save), else read the saved models."""
+    def fit(self, normal: NormalSet, by_domain: bool = True) -> None:
+        """Fit on ``normal.logmels`` when given (and save), else read the saved models.
+
+        Args:
+            normal: The normal training clips.
+            by_domain: Give a unit with source and target clips (DCASE 2021+ names) one mean per domain
+                (``score.domain_banks``; it takes effect at the next fit on log-mels, as the models are saved).
+        """
         if normal.logmels is None:
             self.held_out, self._fitted_on = {}, None
             self.models = load_frame_models(self.path) if self.path.is_file() else {}
@@ -132,25 +174,46 @@ class FrameModels:
         if self._fitted_on is x:
             return  # the other frame scorer already fitted on these clips
         self.models, self.held_out = {}, {}
+        dim = self.context * int(x.shape[1])
+        empty = (0, np.zeros(dim), np.zeros((dim, dim)))
         units = list(zip(map(str, types), map(str, ids), strict=True))
         for key in sorted(set(units)):
             rows = np.array([i for i, u in enumerate(units) if u == key])
+            groups = _domain_groups([paths[i] for i in rows]) if by_domain else np.zeros(len(rows), dtype=int)
             fold = fold_of(len(rows))
-            sums = []
+            sums = []  # [fold][group] -> (n, sum, outer)
             for k in range(int(fold.max()) + 1):
-                parts = [FrameGaussian.sufficient(context_frames(x[i].cpu().numpy(), self.context))
-                         for i in rows[fold == k]]
-                sums.append(tuple(sum(p[j] for p in parts) for j in range(3)))
-            total = tuple(sum(f[j] for f in sums) for j in range(3))
-            self.models[f"{key[0]}/{key[1]}"] = FrameGaussian().fit_sufficient(*total)
+                per_group = []
+                for g in range(int(groups.max()) + 1):
+                    parts = [FrameGaussian.sufficient(context_frames(x[i].cpu().numpy(), self.context))
+                             for i in rows[(fold == k) & (groups == g)]]
+                    per_group.append(tuple(sum(p[j] for p in parts) for j in range(3)) if parts else empty)
+                sums.append(per_group)
+            total = [tuple(sum(f[g][j] for f in sums) for j in range(3)) for g in range(len(sums[0]))]
+            self.models[f"{key[0]}/{key[1]}"] = _fit_groups(total)
             for k, fold_sum in enumerate(sums):
-                rest = tuple(total[j] - fold_sum[j] for j in range(3))
-                if rest[0] < 2:
+                rest = [tuple(t[j] - f[j] for j in range(3)) for t, f in zip(total, fold_sum, strict=True)]
+                if sum(r[0] for r in rest) < 2:
                     continue  # a unit with one fold: its clips keep the unit model
-                model = FrameGaussian().fit_sufficient(*rest)
+                model = _fit_groups(rest)
                 self.held_out.update({str(paths[i]): model for i in rows[fold == k]})
         save_frame_models(self.path, self.models)
         self._fitted_on = x
+
+
+def _domain_groups(paths) -> np.ndarray:
+    """Per clip of one unit: 0 for source, 1 for target (DCASE 2021+ names); all 0 unless both domains are named."""
+    dom = path_domains(paths)
+    if (dom == "").any() or len(set(dom)) < 2:
+        return np.zeros(len(dom), dtype=int)
+    return np.array([DOMAINS.index(d) for d in dom])
+
+
+def _fit_groups(parts: list[tuple[int, np.ndarray, np.ndarray]]) -> FrameGaussian:
+    """One :class:`FrameGaussian` from per-group sufficient statistics (one mean per group with frames)."""
+    if len(parts) == 1:
+        return FrameGaussian().fit_sufficient(*parts[0])
+    return FrameGaussian().fit_domains(parts)
 
 
 class FrameScorer(Scorer):
@@ -175,7 +238,7 @@ class FrameScorer(Scorer):
 
     def fit(self, normal: NormalSet) -> None:
         super().fit(normal)
-        self.frames.fit(normal)
+        self.frames.fit(normal, by_domain=getattr(self.cfg, "domain_banks", True))
 
     def score(self, clips: Clips) -> np.ndarray:
         out = np.empty(len(clips))
@@ -193,24 +256,39 @@ class FrameScorer(Scorer):
 
 
 def save_frame_models(path: Path, models: dict[str, FrameGaussian]) -> None:
-    """Write unit models (mean, eigenvalues, eigenvectors; float32) to an ``.npz`` atomically."""
+    """Write unit models (mean, eigenvalues, eigenvectors, per-domain means; float32) to an ``.npz`` atomically.
+
+    ``domain_means [U, M, D]`` holds up to ``M`` domain means per unit and ``n_domain_means [U]`` how many a unit
+    has (0: one Gaussian, the unit mean).
+    """
     keys = sorted(models)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.npz")
+    dim = len(models[keys[0]].mean) if keys else 0
+    m = max((len(models[k].domain_means) for k in keys), default=0)
+    domain_means = np.zeros((len(keys), m, dim), dtype=np.float32)
+    for n, k in enumerate(keys):
+        dm = models[k].domain_means
+        domain_means[n, : len(dm)] = dm
     np.savez(tmp, unit=np.asarray(keys, dtype=str),
              mean=np.stack([models[k].mean for k in keys]).astype(np.float32),
              eigval=np.stack([models[k].eigval for k in keys]).astype(np.float32),
-             eigvec=np.stack([models[k].eigvec for k in keys]).astype(np.float32))
+             eigvec=np.stack([models[k].eigvec for k in keys]).astype(np.float32),
+             domain_means=domain_means,
+             n_domain_means=np.array([len(models[k].domain_means) for k in keys], dtype=np.int64))
     os.replace(tmp, path)
 
 
 def load_frame_models(path: Path) -> dict[str, FrameGaussian]:
-    """Read :func:`save_frame_models` output (no pickle)."""
+    """Read :func:`save_frame_models` output (no pickle; files without domain means load as one mean per unit)."""
     out = {}
     with np.load(path, allow_pickle=False) as npz:
+        has_domains = "n_domain_means" in npz.files
         for n, key in enumerate(npz["unit"].astype(str)):
             g = FrameGaussian()
             g.mean, g.eigval = npz["mean"][n].astype(np.float64), npz["eigval"][n].astype(np.float64)
             g.eigvec = npz["eigvec"][n].astype(np.float64)
+            k = int(npz["n_domain_means"][n]) if has_domains else 0
+            g.domain_means = npz["domain_means"][n, :k].astype(np.float64) if k else np.empty((0, len(g.mean)))
             out[str(key)] = g
     return out

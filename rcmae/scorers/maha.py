@@ -33,6 +33,20 @@ def fit_gaussian(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return z.mean(axis=0), np.linalg.inv(cov)
 
 
+def fit_domain_gaussians(z: np.ndarray, banks: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One ``(mean, precision)`` per domain bank (rows of ``z``), the precision shared by all banks.
+
+    The shared covariance is Ledoit-Wolf of every row's deviation from its own bank's mean (the within-domain
+    scatter): a handful of target clips cannot estimate a covariance of their own, and a pooled covariance
+    would absorb the domain shift itself.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    means = [z[b].mean(axis=0) for b in banks]
+    within = np.concatenate([z[b] - m for b, m in zip(banks, means, strict=True)])
+    precision = fit_gaussian(within)[1]
+    return [(m, precision) for m in means]
+
+
 def mahalanobis(z: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
     """Mahalanobis distances ``sqrt((z - mean) P (z - mean))`` of the rows of ``z``."""
     d = np.asarray(z, dtype=np.float64) - mean
@@ -46,7 +60,7 @@ class MahaScorer(EmbeddingScorer):
 
     def __init__(self, cfg, run, spaces) -> None:
         super().__init__(cfg, run, spaces)
-        self._cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self._cache: dict[tuple, list[tuple[np.ndarray, np.ndarray]]] = {}
 
     def fit(self, normal: NormalSet) -> None:
         super().fit(normal)
@@ -68,10 +82,7 @@ class MahaScorer(EmbeddingScorer):
                 if len(banks) == 1:
                     models = [fit_gaussian(np.delete(ref_joint[r], e, axis=0) if e is not None else ref_joint[r])]
                 else:
-                    means = [ref_joint[b].mean(axis=0) for b in banks]
-                    within = np.concatenate([ref_joint[b] - m for b, m in zip(banks, means, strict=True)])
-                    precision = fit_gaussian(within)[1]
-                    models = [(m, precision) for m in means]
+                    models = fit_domain_gaussians(ref_joint, banks)
                 self._cache[key] = models
             out[n] = min(mahalanobis(q[n : n + 1], *m)[0] for m in models)
         return out
@@ -83,6 +94,8 @@ class StatsMahaScorer(Scorer):
     The features are :func:`rcmae.scorers.frames.band_stats` (per-band mean, std, percentiles, temporal change),
     standardised per dimension with all normal training clips, so that the shrinkage target (a scaled identity)
     treats them alike. Held-out training scores leave each clip out of its own Gaussian, as ``maha``.
+    Under domain shift (``score.domain_banks``, DCASE 2021+ names) it keeps one mean per domain with a shared
+    within-domain covariance and takes the minimum distance, as ``maha`` does.
     """
 
     name = "stats_maha"
@@ -90,7 +103,7 @@ class StatsMahaScorer(Scorer):
 
     def __init__(self, cfg, run) -> None:
         super().__init__(cfg, run)
-        self._cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self._cache: dict[tuple, list[tuple[np.ndarray, np.ndarray]]] = {}
         self._scale: tuple[np.ndarray, np.ndarray] | None = None
 
     def fit(self, normal: NormalSet) -> None:
@@ -110,12 +123,17 @@ class StatsMahaScorer(Scorer):
         ref = (np.asarray(table["z"], dtype=np.float64) - mean) / std
         q = (clips.feature(self.feature).astype(np.float64) - mean) / std
         rows, excl = self.normal.rows_and_exclusions(self.feature, clips, self.name)
+        by_domain = getattr(self.cfg, "domain_banks", True)
         out = np.empty(len(q))
         for n, (r, e) in enumerate(zip(rows, excl, strict=True)):
-            key = (int(r[0]), len(r), e)
-            model = self._cache.get(key)
-            if model is None:
-                model = fit_gaussian(np.delete(ref[r], e, axis=0) if e is not None else ref[r])
-                self._cache[key] = model
-            out[n] = mahalanobis(q[n : n + 1], *model)[0]
+            key = (int(r[0]), len(r), e, by_domain)
+            models = self._cache.get(key)
+            if models is None:
+                banks = domain_banks(table, r, e) if by_domain else [r]
+                if len(banks) == 1:
+                    models = [fit_gaussian(np.delete(ref[r], e, axis=0) if e is not None else ref[r])]
+                else:
+                    models = fit_domain_gaussians(ref, banks)
+                self._cache[key] = models
+            out[n] = min(mahalanobis(q[n : n + 1], *m)[0] for m in models)
         return out

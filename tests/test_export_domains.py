@@ -87,8 +87,10 @@ def test_onnx_bundle_of_the_domain_aware_ensemble_scores_like_the_run(run23, det
     assert det23.default_scorer == "ensemble" and det23.cfg.score.ensemble == DOMAIN_AWARE
     bundle = Bundle(export_run(run23, tmp_path / "onnx", format="onnx", examples=0))  # the default: no fallback
     assert bundle.format == "onnx" and bundle.scorer == "ensemble"
-    np.testing.assert_allclose(_bundle_scores(bundle, test, waves), _run_scores(det23, test, waves, "ensemble"),
-                               rtol=1e-5, atol=1e-9)
+    ref = _run_scores(det23, test, waves, "ensemble")
+    # ONNX's STFT differs from torch's in the last float32 bits (each member stays within ~2e-6 relative); the
+    # ensemble's z-scores cross zero, so its tolerance is 1e-5 of the largest score, not of each score.
+    np.testing.assert_allclose(_bundle_scores(bundle, test, waves), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
 @pytest.mark.parametrize("frames", [1, 2, 3, 7, 32, 313])

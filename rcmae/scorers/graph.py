@@ -24,7 +24,7 @@ from rcmae.scorers.base import Scorer, ScoringError
 from rcmae.scorers.domains import domain_banks
 from rcmae.scorers.frames import BAND_QUANTILES, FrameModels
 from rcmae.scorers.knn import joint_features
-from rcmae.scorers.maha import fit_gaussian
+from rcmae.scorers.maha import fit_domain_gaussians, fit_gaussian
 from rcmae.scorers.recon import RECON_SEED
 
 
@@ -214,19 +214,17 @@ def fit_bank_gaussians(ref: np.ndarray, banks: Banks) -> tuple[np.ndarray, np.nd
     """Per bank its mean ``[K, D]``, per unit one Ledoit-Wolf precision ``[C, D, D]`` (as ``maha`` fits them).
 
     A unit with one bank: the Gaussian of its clips. With domain banks: each domain's mean and the precision
-    of the within-domain scatter (every clip minus its own domain's mean), shared by the unit's banks.
+    of the within-domain scatter, shared by the unit's banks (:func:`rcmae.scorers.maha.fit_domain_gaussians`).
     """
-    ref = np.asarray(ref, dtype=np.float64)
-    means = np.stack([ref[r].mean(axis=0) for r in banks.rows])
-    precisions = []
+    means, precisions = [None] * len(banks.rows), []
     for u in range(len(banks.of_unit)):
         own = np.flatnonzero(banks.unit == u)
-        if len(own) == 1:
-            precisions.append(fit_gaussian(ref[banks.rows[own[0]]])[1])
-        else:
-            within = np.concatenate([ref[banks.rows[b]] - means[b] for b in own])
-            precisions.append(fit_gaussian(within)[1])
-    return means, np.stack(precisions)
+        fits = ([fit_gaussian(ref[banks.rows[own[0]]])] if len(own) == 1
+                else fit_domain_gaussians(ref, [banks.rows[b] for b in own]))
+        for b, (mean, _) in zip(own, fits, strict=True):
+            means[b] = mean
+        precisions.append(fits[0][1])
+    return np.stack(means), np.stack(precisions)
 
 
 class GaussianBanks(nn.Module):
@@ -546,10 +544,11 @@ def build_frames(scorer, ctx: ExportContext) -> nn.Module:
                                f"run `rcmae evaluate --run {scorer.run}` to refit, or export another --scorer")
         models.append(model)
     keep = scorer.cfg.frame_components if scorer.kind == "pca" else None
-    banks = Banks([np.empty(0)] * len(models), list(range(len(models))), len(models))
-    return FrameGraph(scorer.kind, np.stack([m.mean for m in models]),
-                      np.stack([m.eigvec[:, :keep] for m in models]), np.stack([m.eigval[:keep] for m in models]),
-                      banks, FrameModels.context)
+    # One bank per domain mean of a unit (DCASE 2021+ with score.domain_banks at fit time), else its mean.
+    means = [m.domain_means if len(m.domain_means) else m.mean[None] for m in models]
+    banks = Banks([np.empty(0)] * sum(map(len, means)), [u for u, m in enumerate(means) for _ in m], len(models))
+    return FrameGraph(scorer.kind, np.concatenate(means), np.stack([m.eigvec[:, :keep] for m in models]),
+                      np.stack([m.eigval[:keep] for m in models]), banks, FrameModels.context)
 
 
 def build_idprob(scorer, ctx: ExportContext) -> nn.Module:

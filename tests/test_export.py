@@ -52,6 +52,7 @@ def test_bundle_contents(demo_run, det, demo_bundle):
     assert meta["version"] == 1 and meta["scorer"] == scorer and meta["format"] == "torchscript"
     assert meta["sample_rate"] == 16000 and meta["clip_seconds"] == 10.0 and meta["clip_samples"] == 160000
     assert meta["machine_types"] == ["fan"] and meta["machine_ids"] == {"fan": ["00", "02", "04"]}
+    assert meta["domain_banks"] is False  # DCASE 2020 names: one reference set per unit
     assert [(u["machine_type"], u["machine_id"]) for u in meta["units"]] == det.classes
     for u in meta["units"]:
         assert u["threshold"] == det.threshold(scorer, u["machine_type"], u["machine_id"])

@@ -6,6 +6,12 @@ set) and an :class:`ExportContext` (the bundle's units and models), and returns 
 its reference tensors as buffers and computes what the family's ``score`` computes (the export tests compare
 them scorer by scorer). ``references()`` returns those tensors by name. A family without a builder here is
 refused by :func:`build_graph` with one line. torch and numpy only.
+
+Graphs score with the full unit models, as ``Detector`` scores test clips (leave-one-out and fold models only
+serve the training clips' thresholds). Under DCASE 2021+ domain shift (``score.domain_banks``) a unit's
+references are split into :class:`Banks` (source, target) and the graph takes the minimum over them, as the
+scorers do (:mod:`rcmae.scorers.domains`). Shapes other than the batch are fixed by the bundle's clip length,
+so Python loops over banks and quantile positions unroll into the traced / exported graph.
 """
 
 from __future__ import annotations
@@ -227,26 +233,67 @@ def fit_bank_gaussians(ref: np.ndarray, banks: Banks) -> tuple[np.ndarray, np.nd
     return np.stack(means), np.stack(precisions)
 
 
+# Precision eigenvalues within this relative distance of the largest form the flat part of a shrunk covariance.
+FLAT_RTOL = 1e-9
+
+
+def compress_precisions(precisions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each precision ``P [C, D, D]`` as ``base I + V diag(w) V^T``: ``(base [C], V [C, D, R], w [C, R])``.
+
+    A Ledoit-Wolf covariance of ``n < D`` clips is a sample covariance of rank ``n - 1`` plus a multiple of the
+    identity, so its precision is a multiple of the identity (``base``, the repeated largest eigenvalue) plus a
+    rank ``n - 1`` correction: ``R`` columns instead of ``D``, which keeps bundles small when units have few
+    clips. With as many clips as dimensions there is no flat part: ``base = 0`` and ``V`` holds every
+    eigenvector. Units are padded to the largest ``R`` with zero columns.
+    """
+    parts = []
+    for p in np.asarray(precisions, dtype=np.float64):
+        val, vec = np.linalg.eigh((p + p.T) / 2)
+        flat = val >= val[-1] * (1.0 - FLAT_RTOL)
+        if flat.sum() >= 2:
+            parts.append((float(val[-1]), vec[:, ~flat], val[~flat] - val[-1]))
+        else:
+            parts.append((0.0, vec, val))
+    rank = max(len(w) for _, _, w in parts)
+    d = precisions.shape[1]
+    base = np.array([b for b, _, _ in parts])
+    vecs = np.zeros((len(parts), d, rank))
+    weights = np.zeros((len(parts), rank))
+    for c, (_, v, w) in enumerate(parts):
+        vecs[c, :, : len(w)], weights[c, : len(w)] = v, w
+    return base, vecs, weights
+
+
 class GaussianBanks(nn.Module):
-    """Mahalanobis distance ``q [B, D] -> [B]`` to the unit's Gaussian, minimum over its (domain) banks."""
+    """Mahalanobis distance ``q [B, D] -> [B]`` to the unit's Gaussian, minimum over its (domain) banks.
+
+    The unit's precision is carried compressed (:func:`compress_precisions`):
+    ``d^T P d = base |d|^2 + sum_r w_r (v_r^T d)^2``.
+    """
 
     def __init__(self, means: np.ndarray, precisions: np.ndarray, banks: Banks, prefix: str) -> None:
         super().__init__()
         self.prefix = prefix
+        base, vecs, weights = compress_precisions(precisions)
         self.register_buffer("means", torch.from_numpy(np.asarray(means, dtype=np.float64)))  # [K, D]
-        self.register_buffer("precisions", torch.from_numpy(np.asarray(precisions, dtype=np.float64)))  # [C, D, D]
+        self.register_buffer("base", torch.from_numpy(base))  # [C]
+        self.register_buffer("vecs", torch.from_numpy(vecs))  # [C, D, R]
+        self.register_buffer("weights", torch.from_numpy(weights))  # [C, R]
         self.register_buffer("unit_banks", torch.from_numpy(banks.of_unit))
 
     def references(self) -> dict[str, np.ndarray]:
-        return {f"{self.prefix}_means": self.means.numpy(), f"{self.prefix}_precisions": self.precisions.numpy(),
-                f"{self.prefix}_unit_banks": self.unit_banks.numpy()}
+        p = self.prefix
+        return {f"{p}_means": self.means.numpy(), f"{p}_precision_base": self.base.numpy(),
+                f"{p}_precision_vecs": self.vecs.numpy(), f"{p}_precision_weights": self.weights.numpy(),
+                f"{p}_unit_banks": self.unit_banks.numpy()}
 
     def forward(self, q: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
-        precision = self.precisions[unit]
+        vecs, weights, base = self.vecs[unit], self.weights[unit], self.base[unit]
         per_bank = []
         for m in range(self.unit_banks.shape[1]):
             d = q - self.means[self.unit_banks[unit, m]]
-            per_bank.append((torch.bmm(precision, d[:, :, None])[:, :, 0] * d).sum(-1))
+            proj = torch.bmm(d[:, None, :], vecs)[:, 0, :]
+            per_bank.append(base * (d**2).sum(-1) + (weights * proj**2).sum(-1))
         return torch.sqrt(torch.clamp(torch.stack(per_bank).amin(0), min=0.0))
 
 

@@ -439,20 +439,34 @@ class FrameGraph(nn.Module):
 
 
 class IdProbGraph(nn.Module):
-    """``idprob``: ``-log p(unit | clip)`` of the fine-tuned classifier, averaged over crop windows."""
+    """``idprob``: ``-log p(own class | clip)`` of the fine-tuned classifier, averaged over crop windows.
 
-    def __init__(self, model: RCMAE, n_frames: int, crop: int | None) -> None:
+    ``members [C, K]`` marks each unit's classifier classes: its own class when the classes are the units
+    (machine IDs, sections), else every class of the unit (section + attribute classes). A bundle gets no file
+    name, so a unit with several classes is scored as ``Detector`` scores a clip whose attributes are unknown:
+    ``-log`` of the largest (``pool="max"``) or of the summed (``"sum"``) probability of its classes. Log-softmax
+    in float64, as the scorer computes it.
+    """
+
+    def __init__(self, model: RCMAE, n_frames: int, crop: int | None, members: np.ndarray, pool: str = "max") -> None:
         super().__init__()
         self.embedder = WindowEmbedder(model, n_frames, crop)
+        self.register_buffer("members", torch.from_numpy(np.asarray(members, dtype=bool)))
+        self.pool = pool
 
     def references(self) -> dict[str, np.ndarray]:
-        return {}
+        return {"idprob_members": self.members.numpy()}
 
     def forward(self, x: torch.Tensor, z: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
         e = self.embedder
-        per_window = [-torch.log_softmax(e.model.classify(e.model.embed(x[..., s : s + e.crop])).float(), -1)
-                      .gather(1, unit[:, None])[:, 0] for s in e.starts]
-        return torch.stack(per_window).mean(0).double()
+        own = self.members[unit]
+        per_window = []
+        for s in e.starts:
+            logp = torch.log_softmax(e.model.classify(e.model.embed(x[..., s : s + e.crop])).double(), -1)
+            # One member: exactly its log-probability (max and logsumexp over one finite value are that value).
+            masked = logp.masked_fill(~own, -math.inf)
+            per_window.append(-(masked.amax(1) if self.pool == "max" else torch.logsumexp(masked, 1)))
+        return torch.stack(per_window).mean(0)
 
 
 class ReconGraph(nn.Module):
@@ -599,9 +613,13 @@ def build_frames(scorer, ctx: ExportContext) -> nn.Module:
 
 
 def build_idprob(scorer, ctx: ExportContext) -> nn.Module:
-    if [tuple(u) for u in ctx.units] != [tuple(c) for c in scorer.classes]:
-        raise ScoringError(f"idprob: the bundle's units must be the classifier's classes {scorer.classes}")
-    return IdProbGraph(scorer.model, ctx.n_frames, ctx.crop)
+    # Per unit, the classes the scorer pools over for a clip without attributes (one clear line for a unit the
+    # classifier does not know): one index per unit, or a list when a unit has section + attribute classes.
+    sets = scorer.class_indices([t for t, _ in ctx.units], [i for _, i in ctx.units])
+    members = np.zeros((len(ctx.units), len(scorer.classes)), dtype=bool)
+    for u, classes in enumerate(sets):
+        members[u, np.atleast_1d(classes)] = True
+    return IdProbGraph(scorer.model, ctx.n_frames, ctx.crop, members, getattr(scorer.cfg, "idprob_pool", "max"))
 
 
 def _recon_noise(scorer) -> torch.Tensor:

@@ -35,6 +35,7 @@ SECTIONS = [
     ("Augmentation speed", ["augment.md", "audioldm.md"]),
     ("Workbench quick demo", ["workbench.md"]),
     ("Monitoring long recordings", ["monitor.md"]),
+    ("Exported bundles: size and speed", ["export.md"]),
     ("Reliability under faults", ["reliability.md"]),
     ("The paper on a GPU: throughput, AudioLDM, full-schedule hours", ["paper.md"]),
 ]

@@ -47,7 +47,8 @@ from rcmae.scorers.graph import ExportContext, WindowEmbedder, build_graph
 BUNDLE_VERSION = 1
 FORMATS = ("torchscript", "onnx")
 MODEL_FILES = {"torchscript": "detector.pt", "onnx": "detector.onnx"}
-# Exported instead of a default scorer that has no torch graph (e.g. an ensemble with frame members), in order.
+# Exported instead of a default scorer whose graph cannot be built for the run (a family without a builder, a
+# unit with too few training clips for its references, an ensemble without moments), in order; said on stderr.
 EXPORT_FALLBACKS = ("maha", "knn", "idprob")
 OUTPUTS = ("score", "embedding", "logmel")
 
@@ -276,6 +277,8 @@ def _detector_json(det, run, scorer, format, model_file, units, thresholds, n, r
         "threshold": {"method": det.cfg.score.threshold, "q": det.cfg.score.threshold_q},
         "front_end": asdict(det.cfg.features),
         "references": {k: list(v.shape) for k, v in refs.items()},
+        # DCASE 2021+ runs: some unit keeps source and target references and scores the minimum over them.
+        "domain_banks": any(k.endswith("_unit_banks") and v.shape[1] > 1 for k, v in refs.items()),
         "examples": [{k: v for k, v in r.items() if k != "embedding"} for r in example_rows],
         "metrics": _metrics(Path(run), scorer),
         "run": {"id": Path(run).resolve().name, "preset": info.get("preset"), "data": info.get("data"),
@@ -296,6 +299,9 @@ def model_card(meta: dict) -> str:
              f"preset `{meta['run']['preset']}`, rcmae {meta['rcmae_version']}, commit "
              f"`{meta['run']['git_commit']}`.",
              f"- Overrides: {', '.join(meta['run']['overrides']) or 'none'}.",
+             *(["- Domains: a machine trained on source and target clips (DCASE 2021+) keeps references of each "
+                "domain; a clip's score is the smaller of its two scores (the scorer's domain banks)."]
+               if meta.get("domain_banks") else []),
              "- Thresholds: per machine, the "
              f"{meta['threshold']['method']} {meta['threshold']['q']} quantile of the normal training scores.", "",
              "| machine type | machine ID | threshold | AUC | pAUC |", "|---|---|---:|---:|---:|"]

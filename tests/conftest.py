@@ -181,9 +181,8 @@ DEMO_RUN_OVERRIDES = [
     "model.embed_dim=32", "model.depth=1", "model.heads=2", "model.decoder_embed_dim=32", "model.decoder_depth=1",
     "model.decoder_heads=2", "model.proj_dim=32", "model.mlp_ratio=2.0", "pretrain.batch_size=8",
     "finetune.batch_size=8", "score.recon_masks=3", "score.knn_k=2",
-    # maha as the default (the monitor and bundle tests' numbers are maha's), and an ensemble whose members all
-    # have torch graphs so that it exports (the tiny default's frame and band-statistics members have none:
-    # test_export checks that fallback on a copy).
+    # maha as the default (the monitor and bundle tests' numbers are maha's), and a network ensemble (test_export
+    # exports the tiny default's band-statistics and frame ensembles on a copy).
     "score.default_scorer=maha", "score.ensemble=[knn,maha]",
 ]
 

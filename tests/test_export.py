@@ -19,8 +19,8 @@ from rcmae.audio import load_audio
 from rcmae.export import Bundle, ExportError, export_run
 from rcmae.metrics import load_results
 from rcmae.score import Detector
-from rcmae.scorers import Scorer, ScoringError
-from rcmae.scorers.graph import ExportContext, build_graph
+from rcmae.scorers import SCORERS, Scorer, ScoringError
+from rcmae.scorers.graph import BUILDERS, ExportContext, build_graph
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,8 @@ def _clips(demo_run: Path) -> list[Path]:
     return sorted(test.glob("normal_id_*_00000000.wav")) + sorted(test.glob("anomaly_id_*_00000001.wav"))
 
 
-@pytest.mark.parametrize("scorer", ["idprob", "knn", "recon", "knn_joint", "maha", "recon_topk", "ensemble"])
+@pytest.mark.parametrize("scorer", ["idprob", "knn", "recon", "knn_joint", "maha", "recon_topk", "knn_norm",
+                                    "stats_knn", "stats_maha", "frame_pca", "frame_maha", "ensemble"])
 def test_exported_scores_equal_detector_score(demo_run, det, tmp_path, scorer):
     assert scorer in det.scorers
     bundle = Bundle(export_run(demo_run, tmp_path / scorer, scorer=scorer, examples=0))
@@ -51,6 +52,7 @@ def test_bundle_contents(demo_run, det, demo_bundle):
     assert meta["version"] == 1 and meta["scorer"] == scorer and meta["format"] == "torchscript"
     assert meta["sample_rate"] == 16000 and meta["clip_seconds"] == 10.0 and meta["clip_samples"] == 160000
     assert meta["machine_types"] == ["fan"] and meta["machine_ids"] == {"fan": ["00", "02", "04"]}
+    assert meta["domain_banks"] is False  # DCASE 2020 names: one reference set per unit
     assert [(u["machine_type"], u["machine_id"]) for u in meta["units"]] == det.classes
     for u in meta["units"]:
         assert u["threshold"] == det.threshold(scorer, u["machine_type"], u["machine_id"])
@@ -145,11 +147,8 @@ def test_a_scorer_without_a_graph_is_refused(det, demo_run, tmp_path):
     ctx = ExportContext(det.classes, det.models, 313, None, lambda n: None)
     with pytest.raises(ScoringError, match=r"scorer frames cannot be exported: it has no torch graph"):
         build_graph(_Frames(det.cfg.score, demo_run), ctx)
-    # Real families without a graph (the frame and band-statistics scorers) are refused the same way.
-    for name in {"knn_norm", "stats_knn", "stats_maha", "frame_pca", "frame_maha"} & set(det.scorers):
-        with pytest.raises(ScoringError, match=f"scorer {name} cannot be exported: it has no torch graph"):
-            export_run(demo_run, tmp_path / name, scorer=name)
-        assert not (tmp_path / name).exists()
+    # Every scorer family of the workbench has a graph.
+    assert set(SCORERS) <= set(BUILDERS)
     # An unknown or unavailable scorer name on the command line: one line, exit 2, no bundle left behind.
     assert cli.main(["export", "--run", str(demo_run), "--out", str(tmp_path / "b"), "--scorer", "nope"]) == 2
     assert not (tmp_path / "b").exists()
@@ -158,19 +157,43 @@ def test_a_scorer_without_a_graph_is_refused(det, demo_run, tmp_path):
         export_run(demo_run, tmp_path / "c", scorer="knn")
 
 
-def test_a_default_scorer_without_a_graph_falls_back_to_maha_and_says_so(demo_run, tmp_path, capsys):
-    # The tiny preset's default: an ensemble with band-statistics and frame members, which have no torch graph.
-    run = tmp_path / "run"
+def _with_ensemble(demo_run: Path, run: Path, members: list[str]) -> Detector:
     shutil.copytree(demo_run, run)
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    cfg["score"]["ensemble"] = ["maha", "stats_maha", "frame_pca"]
+    cfg["score"]["ensemble"] = members
     cfg["score"]["default_scorer"] = "ensemble"
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     det = Detector.load(run)
     assert det.default_scorer == "ensemble"
+    return det
+
+
+@pytest.mark.parametrize("members", [["maha", "stats_maha", "frame_pca"], ["stats_maha", "frame_pca"]])
+def test_the_tiny_default_ensemble_exports_without_a_fallback(demo_run, tmp_path, capsys, members):
+    # The tiny preset's default ensembles (band-statistics and frame members, with and without maha).
+    det = _with_ensemble(demo_run, tmp_path / "run", members)
+    bundle = export_run(tmp_path / "run", tmp_path / "bundle", examples=0)
+    assert "instead" not in capsys.readouterr().err
+    meta = json.loads((bundle / "detector.json").read_text())
+    assert meta["scorer"] == "ensemble"
+    prefixes = {"maha": "maha_means", "stats_maha": "stats_maha_means", "frame_pca": "frame_pca_eigvec"}
+    assert {prefixes[m] for m in members} <= set(meta["references"])
+    assert meta["references"]["ensemble_moments"] == [len(members), 3, 2]
+    b = Bundle(bundle)
+    for clip in _clips(demo_run):
+        ref = det.score(clip)
+        got = b.score(load_audio(clip), ref["machine_type"], ref["machine_id"])
+        assert got["score"] == pytest.approx(ref["score"], rel=1e-5), clip.name
+        assert got["decision"] == ref["decision"]
+
+
+def test_a_default_scorer_without_a_graph_falls_back_to_maha_and_says_so(demo_run, tmp_path, capsys, monkeypatch):
+    # A family without a graph (as stats_maha and frame_pca were before they had one) in the default ensemble.
+    monkeypatch.delitem(BUILDERS, "frame_pca")
+    det = _with_ensemble(demo_run, tmp_path / "run", ["maha", "stats_maha", "frame_pca"])
     with pytest.raises(ScoringError, match="cannot be exported"):
-        export_run(run, tmp_path / "refused", scorer="ensemble", examples=0)
-    bundle = export_run(run, tmp_path / "bundle", examples=0)
+        export_run(tmp_path / "run", tmp_path / "refused", scorer="ensemble", examples=0)
+    bundle = export_run(tmp_path / "run", tmp_path / "bundle", examples=0)
     assert "exporting maha instead" in capsys.readouterr().err
     assert json.loads((bundle / "detector.json").read_text())["scorer"] == "maha"
     clip = _clips(demo_run)[0]

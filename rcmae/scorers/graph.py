@@ -164,18 +164,22 @@ class MahaGraph(nn.Module):
 class IdProbGraph(nn.Module):
     """``idprob``: ``-log p(unit | clip)`` of the fine-tuned classifier, averaged over crop windows."""
 
-    def __init__(self, model: RCMAE, n_frames: int, crop: int | None) -> None:
+    def __init__(self, model: RCMAE, n_frames: int, crop: int | None, n_transforms: int = 1,
+                 mode: str = "identity", windows: str = "mean") -> None:
         super().__init__()
         self.embedder = WindowEmbedder(model, n_frames, crop)
+        # Pseudo-class runs: K classes per unit, the score reads the unit's block (rcmae.scorers.idprob).
+        self.n_transforms, self.mode, self.reduce = int(n_transforms), mode, windows
 
     def references(self) -> dict[str, np.ndarray]:
         return {}
 
     def forward(self, x: torch.Tensor, z: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
         e = self.embedder
-        per_window = [-torch.log_softmax(e.model.classify(e.model.embed(x[..., s : s + e.crop])).float(), -1)
-                      .gather(1, unit[:, None])[:, 0] for s in e.starts]
-        return torch.stack(per_window).mean(0).double()
+        logp = [torch.log_softmax(e.model.classify(e.model.embed(x[..., s : s + e.crop])).float(), -1)
+                .reshape(len(x), -1, self.n_transforms)[torch.arange(len(x)), unit] for s in e.starts]
+        per_window = torch.stack([-(w[:, 0] if self.mode == "identity" else torch.logsumexp(w, -1)) for w in logp])
+        return (per_window.amax(0) if self.reduce == "max" else per_window.mean(0)).double()
 
 
 class ReconGraph(nn.Module):
@@ -284,7 +288,8 @@ def build_maha(scorer, ctx: ExportContext) -> nn.Module:
 def build_idprob(scorer, ctx: ExportContext) -> nn.Module:
     if [tuple(u) for u in ctx.units] != [tuple(c) for c in scorer.classes]:
         raise ScoringError(f"idprob: the bundle's units must be the classifier's classes {scorer.classes}")
-    return IdProbGraph(scorer.model, ctx.n_frames, ctx.crop)
+    return IdProbGraph(scorer.model, ctx.n_frames, ctx.crop, scorer.n_transforms, scorer.cfg.idprob_pseudo,
+                       scorer.cfg.idprob_windows)
 
 
 def _recon_noise(scorer) -> torch.Tensor:

@@ -26,9 +26,15 @@ def _centres() -> np.ndarray:
 def test_parse_puts_the_identity_first_and_rejects_bad_specs():
     ts = parse_pseudo_classes(["speed:1.03", "pitch:0.97", "stretch:1.1", "tilt:-3"])
     assert [t.kind for t in ts] == ["identity", "speed", "pitch", "stretch", "tilt"]
-    assert [(t.freq_factor, t.time_rate, t.tilt_db) for t in ts] == [
-        (1.0, 1.0, 0.0), (1.03, 1.03, 0.0), (0.97, 1.0, 0.0), (1.0, 1.1, 0.0), (1.0, 1.0, -3.0)]
-    for bad in ("speed", "warp:1.1", "speed:1", "pitch:3", "tilt:0", "tilt:abc"):
+    assert [(t.freq_factor, t.time_rate, t.gains(3).tolist()) for t in ts] == [
+        (1.0, 1.0, [0, 0, 0]), (1.03, 1.03, [0, 0, 0]), (0.97, 1.0, [0, 0, 0]), (1.0, 1.1, [0, 0, 0]),
+        (1.0, 1.0, [3.0, 0.0, -3.0])]
+    # band: a raised cosine a quarter of the bins wide (half-width 2 of 16 bins), centred on bin 0.5 * 15 = 7.5.
+    band = parse_pseudo_classes(["band:0.5:6"])[1].gains(16)
+    assert np.allclose(band, [0] * 6 + [6 * 0.5 * (1 + math.cos(math.pi * 0.75))] + [6 * 0.5 * (1 + math.cos(
+        math.pi * 0.25))] * 2 + [6 * 0.5 * (1 + math.cos(math.pi * 0.75))] + [0] * 6)
+    for bad in ("speed", "warp:1.1", "speed:1", "pitch:3", "tilt:0", "tilt:abc", "band:3", "band:1.5:3",
+                "speed:1.1:2"):
         with pytest.raises(ValueError, match="finetune.pseudo_classes"):
             parse_pseudo_classes([bad])
     with pytest.raises(ValueError, match="twice"):

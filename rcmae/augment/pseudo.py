@@ -16,7 +16,9 @@ resampling per batch, ``torch.nn.functional.grid_sample``):
 - ``pitch:f``: frequencies times ``f``, time unchanged;
 - ``stretch:f``: time read at rate ``f`` (``f > 1`` faster), frequencies unchanged;
 - ``tilt:d``: a spectral tilt adding ``d`` dB at the top mel bin and ``-d`` dB at the bottom one (linear in
-  the bin index).
+  the bin index);
+- ``band:c:d``: ``d`` dB added to a band a quarter of the mel bins wide centred at the fraction ``c`` of the
+  mel axis (a raised-cosine bump: ``d`` at its centre, 0 at its edges).
 
 A frequency factor moves each mel bin's centre frequency ``c_i`` to read the input at ``c_i / f``
 (linearly interpolated between bin centres; outside the filterbank the edge bin is repeated). The
@@ -33,7 +35,7 @@ import librosa
 import numpy as np
 import torch
 
-KINDS = ("speed", "pitch", "stretch", "tilt")
+KINDS = ("speed", "pitch", "stretch", "tilt", "band")
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class PseudoTransform:
 
     kind: str
     value: float
+    centre: float = 0.0  # band: where the bump sits (fraction of the mel axis)
 
     @property
     def freq_factor(self) -> float:
@@ -53,10 +56,15 @@ class PseudoTransform:
         """Input frames read per output frame (1 = unchanged, > 1 faster)."""
         return self.value if self.kind in ("speed", "stretch") else 1.0
 
-    @property
-    def tilt_db(self) -> float:
-        """dB added at the top mel bin (minus at the bottom)."""
-        return self.value if self.kind == "tilt" else 0.0
+    def gains(self, n_mels: int) -> np.ndarray:
+        """dB added to each mel bin ``[n_mels]`` (zeros for the transforms that do not change levels)."""
+        if self.kind == "tilt":
+            return self.value * np.linspace(-1.0, 1.0, n_mels)
+        if self.kind == "band":
+            half = n_mels / 8.0
+            d = (np.arange(n_mels) - self.centre * (n_mels - 1)) / half
+            return self.value * np.where(np.abs(d) < 1.0, 0.5 * (1.0 + np.cos(np.pi * d)), 0.0)
+        return np.zeros(n_mels)
 
 
 IDENTITY = PseudoTransform("identity", 0.0)
@@ -71,20 +79,23 @@ def parse_pseudo_classes(specs: Sequence[str]) -> list[PseudoTransform]:
     """
     out = [IDENTITY]
     for spec in specs:
-        kind, sep, raw = str(spec).partition(":")
+        kind, *raw = str(spec).split(":")
         kind = kind.strip()
         try:
-            value = float(raw)
+            nums = [float(r) for r in raw]
         except ValueError:
-            value = float("nan")
-        if not sep or kind not in KINDS or not np.isfinite(value):
-            raise ValueError(f"finetune.pseudo_classes: {spec!r} is not KIND:VALUE with KIND one of "
-                             f"{', '.join(KINDS)} (e.g. speed:1.03, pitch:0.97, stretch:1.1, tilt:3)")
-        if kind == "tilt" and not (0 < abs(value) <= 24):
-            raise ValueError(f"finetune.pseudo_classes: {spec!r}: a tilt is a non-zero dB value within +-24")
-        if kind != "tilt" and not (0.5 < value < 2.0 and value != 1.0):
+            nums = []
+        if kind not in KINDS or len(nums) != (2 if kind == "band" else 1) or not np.all(np.isfinite(nums)):
+            raise ValueError(f"finetune.pseudo_classes: {spec!r} is not KIND:VALUE (band:CENTRE:DB) with KIND one of "
+                             f"{', '.join(KINDS)} (e.g. speed:1.03, pitch:0.97, stretch:1.1, tilt:3, band:0.25:6)")
+        value, centre = nums[-1], (nums[0] if kind == "band" else 0.0)
+        if kind in ("tilt", "band") and not (0 < abs(value) <= 24):
+            raise ValueError(f"finetune.pseudo_classes: {spec!r}: a {kind} gain is a non-zero dB value within +-24")
+        if kind == "band" and not 0.0 <= centre <= 1.0:
+            raise ValueError(f"finetune.pseudo_classes: {spec!r}: a band centre is in [0, 1]")
+        if kind not in ("tilt", "band") and not (0.5 < value < 2.0 and value != 1.0):
             raise ValueError(f"finetune.pseudo_classes: {spec!r}: a factor must be in (0.5, 2) and not 1")
-        t = PseudoTransform(kind, value)
+        t = PseudoTransform(kind, value, centre)
         if t in out:
             raise ValueError(f"finetune.pseudo_classes: {spec!r} is given twice")
         out.append(t)
@@ -119,8 +130,7 @@ class PseudoClassAugment:
         centres = mel_centres(n_mels, fmin, fmax)
         self.n_mels = n_mels
         self.rows = torch.tensor(np.stack([source_bins(centres, t.freq_factor) for t in self.transforms]))
-        ramp = np.linspace(-1.0, 1.0, n_mels)
-        self.tilts = torch.tensor(np.stack([t.tilt_db * ramp for t in self.transforms]))
+        self.gains = torch.tensor(np.stack([t.gains(n_mels) for t in self.transforms]))
 
     @property
     def n_transforms(self) -> int:
@@ -161,4 +171,4 @@ class PseudoClassAugment:
             idx = (start[:, None] + torch.arange(c, dtype=torch.float64)[None]).long().clamp(max=t - 1).to(x.device)
             exact = x.gather(-1, idx[:, None, :].expand(b, f, c))
             out = torch.where(same[:, None, None], exact, out)
-        return out + self.tilts[transform].to(x.dtype).to(x.device)[:, :, None]
+        return out + self.gains[transform].to(x.dtype).to(x.device)[:, :, None]

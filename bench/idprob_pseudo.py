@@ -119,6 +119,23 @@ def run_variant(data: Path, work: Path, name: str, overrides: list[str], pre: Pa
     return record
 
 
+def temperature_table(work: Path, suite_data: Path, temps: list[float]) -> str:
+    """AUC / pAUC of ``-log softmax(logits / T)[own ID, unchanged]`` (mean over windows) from the saved logits."""
+    lines = ["| set | variant | " + " | ".join(f"T = {t:g}" for t in temps) + " |", "|---|---|" + "---:|" * len(temps)]
+    for npz in sorted(work.glob("*/*.npz"), key=lambda p: p.stat().st_mtime):
+        saved = np.load(npz)
+        set_work = npz.parent
+        _, test = test_logmels(suite_data / set_work.name, set_work / "pretrained", set_work)
+        k = int(read_json(npz.with_suffix(".json"))["n_transforms"])
+        cells = []
+        for t in temps:
+            s = scores_from_logits(saved["logits"].astype(np.float64) / t, saved["unit"], k, "identity", "mean")
+            res = evaluate_scores(test.assign(score=s), system="t", data=str(set_work))["average"]
+            cells.append(f"{res['auc']:.3f} / {res['pauc']:.3f}")
+        lines.append(f"| {set_work.name} | {npz.stem} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def report(work: Path, score_names: tuple[str, ...] = SCORES) -> str:
     """Markdown: one row per (variant, score), AUC / pAUC per set and the mean over the sets it has."""
     files = sorted((p for p in work.glob("*/*.json") if p.name != "test_paths.json"), key=lambda p: p.stat().st_mtime)
@@ -152,7 +169,12 @@ def main() -> None:
                     help="NAME=key=value;key=value (repeatable); 'base=' is the run's own fine-tuning")
     ap.add_argument("--report", action="store_true", help="only print the table of the finished variants")
     ap.add_argument("--scores", default=",".join(SCORES))
+    ap.add_argument("--temperatures", default=None, help="e.g. 0.5,1,2,4: the identity score at each softmax "
+                    "temperature, from the saved logits of every finished variant")
     args = ap.parse_args()
+    if args.temperatures:
+        print(temperature_table(args.work, args.suite_data, [float(t) for t in args.temperatures.split(",")]))
+        return
     if args.report:
         print(report(args.work, tuple(args.scores.split(","))))
         return

@@ -160,3 +160,15 @@ def test_pseudo_class_fine_tuning_trains_k_classes_per_unit_and_scores_the_ident
         assert math.isclose(got[b], want, rel_tol=1e-9)
     probs = det.class_probs(x).numpy()
     assert probs.shape == (4, n) and np.allclose(probs.sum(1), 1.0, atol=1e-5)
+
+
+def test_idprob_preset_is_tiny_with_pseudo_classes():
+    from rcmae.config import config_to_dict
+
+    tiny, pre = config_to_dict(load_config("tiny")), config_to_dict(load_config("idprob"))
+    specs = pre["finetune"].pop("pseudo_classes")
+    assert [t.kind for t in parse_pseudo_classes(specs)] == ["identity"] + ["tilt"] * 2 + ["band"] * 8
+    assert tiny["finetune"].pop("pseudo_classes") == []
+    assert (tiny["finetune"].pop("epochs"), pre["finetune"].pop("epochs")) == (20, 300)
+    assert (tiny["score"].pop("default_scorer"), pre["score"].pop("default_scorer")) == ("ensemble", "idprob")
+    assert tiny == pre

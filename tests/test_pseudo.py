@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from rcmae import train
+from rcmae.audio import load_audio
 from rcmae.augment.pseudo import PseudoClassAugment, parse_pseudo_classes, pseudo_labels, source_bins
 from rcmae.config import ConfigError, load_config
+from rcmae.export import Bundle, export_run
 from rcmae.score import Detector
 from rcmae.scorers.idprob import idprob_from_logits, unit_probs
 
@@ -160,6 +162,12 @@ def test_pseudo_class_fine_tuning_trains_k_classes_per_unit_and_scores_the_ident
         assert math.isclose(got[b], want, rel_tol=1e-9)
     probs = det.class_probs(x).numpy()
     assert probs.shape == (4, n) and np.allclose(probs.sum(1), 1.0, atol=1e-5)
+    # The exported graph reads the same block of the N * K classes.
+    clip = sorted((data / "dev_data").glob("*/test/*.wav"))[0]
+    ref = det.score(clip, scorer="idprob")
+    bundle = Bundle(export_run(run, tmp_path / "bundle", scorer="idprob", examples=0))
+    got = bundle.score(load_audio(clip), ref["machine_type"], ref["machine_id"])
+    assert got["score"] == pytest.approx(ref["score"], rel=1e-5)
 
 
 def test_idprob_preset_is_tiny_with_pseudo_classes():

@@ -176,8 +176,10 @@ class IdProbGraph(nn.Module):
 
     def forward(self, x: torch.Tensor, z: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
         e = self.embedder
+        k = self.n_transforms
+        # Batch-size free (the graph is traced): [B, N * K] -> [B, N, K] -> the unit's row [B, K].
         logp = [torch.log_softmax(e.model.classify(e.model.embed(x[..., s : s + e.crop])).float(), -1)
-                .reshape(len(x), -1, self.n_transforms)[torch.arange(len(x)), unit] for s in e.starts]
+                .unflatten(-1, (-1, k)).gather(1, unit[:, None, None].expand(-1, 1, k))[:, 0] for s in e.starts]
         per_window = torch.stack([-(w[:, 0] if self.mode == "identity" else torch.logsumexp(w, -1)) for w in logp])
         return (per_window.amax(0) if self.reduce == "max" else per_window.mean(0)).double()
 

@@ -169,8 +169,8 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--data", required=True, help="data folder (its train clips are used)")
     p.add_argument("--out", required=True, help="run folder to create (or resume)")
     p.add_argument("--preset", default="tiny",
-                   help="tiny | paper | paper+ | audiomae | margin (the angular-margin classifier, one stage) | "
-                   "a YAML file (default tiny)")
+                   help="tiny | paper | paper+ | idprob | audiomae | margin (the angular-margin classifier, one "
+                   "stage) | a YAML file (default tiny)")
     p.add_argument("--aug", default="specaugment", help="specaugment (the paper's 'without DDA' arm) or a bank folder")
     p.add_argument("--epochs", type=int, default=None, help="override the preset's pretraining epochs")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")

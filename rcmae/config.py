@@ -86,8 +86,15 @@ class FinetuneConfig(StageConfig):
     # The classes: "id"/"section" = one per machine ID (2020) or section (2021+); "attribute" = section + attribute
     # values; "auto" = a type's IDs/sections when it has more than one, else (DCASE 2023+) its attribute classes.
     classes: Literal["auto", "id", "section", "attribute"] = "auto"
+    # Augmented pseudo-classes (rcmae/augment/pseudo.py): each (machine ID, transform) is its own class, e.g.
+    # ["speed:0.97", "speed:1.03", "tilt:3"]; the identity is always class 0 of each ID. [] = off (the paper).
+    pseudo_classes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.pseudo_classes:
+            from rcmae.augment.pseudo import parse_pseudo_classes
+
+            parse_pseudo_classes(self.pseudo_classes)
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"finetune.label_smoothing={self.label_smoothing}: must be in [0, 1)")
         if self.mixup_alpha < 0 or self.margin < 0 or self.scale <= 0:
@@ -138,6 +145,10 @@ class ScoreConfig:
     threshold: Literal["gamma", "percentile"] = "gamma"
     threshold_q: float = 0.9
     batch_size: int = 32
+    # idprob with pseudo-classes (finetune.pseudo_classes): "identity" scores -log p(own ID, unchanged | clip),
+    # "marginal" -log sum_k p(own ID, transform k | clip). Window scores are combined by "mean" or "max".
+    idprob_pseudo: Literal["identity", "marginal"] = "identity"
+    idprob_windows: Literal["mean", "max"] = "mean"
 
 
 @dataclass

@@ -69,6 +69,7 @@ from rcmae.scorers import (
     mahalanobis,
     topk_mean,
 )
+from rcmae.scorers.idprob import unit_probs
 from rcmae.train import (
     RunFolderError,
     TrainData,
@@ -229,7 +230,7 @@ class Detector:
         frames = FrameModels(self.run / "references" / "frames.npz")  # one fit for frame_pca and frame_maha
         return {
             "idprob": IdProbScorer(sc, self.run, self.models.get("finetune"), self.classes, self._windows,
-                                   self.device, self.class_units),
+                                   self.device, self.class_units, 1 + len(self.cfg.finetune.pseudo_classes)),
             "knn": KnnScorer(sc, self.run, spaces),
             "recon": ReconScorer(sc, self.run, pre, self._windows, self.device),
             "knn_joint": JointKnnScorer(sc, self.run, spaces),
@@ -312,7 +313,8 @@ class Detector:
         probs = []
         for b in range(0, len(x), self.cfg.score.batch_size):
             xb = x[b : b + self.cfg.score.batch_size].to(self.device)
-            probs.append(torch.stack([torch.softmax(model.classify(model.embed(w)).float(), -1)
+            # With pseudo-classes: p(unit) summed over the unit's transforms (rcmae.scorers.idprob.unit_probs).
+            probs.append(torch.stack([unit_probs(model.classify(model.embed(w)), self._families["idprob"].n_transforms)
                                       for w in self._windows(xb)]).mean(0))
         return torch.cat(probs)
 

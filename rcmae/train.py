@@ -413,8 +413,19 @@ class FinetuneModule(_StageModule):
     stage = "finetune"
 
     def __init__(self, model: RCMAE, cfg: RunConfig, x: torch.Tensor, labels: torch.Tensor,
-                 steps_per_epoch: int) -> None:
+                 steps_per_epoch: int, stats: FeatureStats | None = None) -> None:
         super().__init__(model, cfg, x, labels, steps_per_epoch)
+        # Augmented pseudo-classes: (machine ID, transform) classes over the un-normalised log-mels.
+        self.pseudo = None
+        if cfg.finetune.pseudo_classes:
+            from rcmae.augment.pseudo import PseudoClassAugment
+
+            if stats is None:
+                raise ValueError("FinetuneModule: finetune.pseudo_classes needs the run's feature statistics")
+            self.pseudo = PseudoClassAugment(cfg.finetune.pseudo_classes, cfg.features.n_mels, cfg.features.fmin,
+                                             cfg.features.fmax)
+            self._mean = torch.as_tensor(stats.mean, dtype=torch.float32)[:, None]
+            self._std = torch.as_tensor(stats.std, dtype=torch.float32)[:, None]
         if cfg.finetune.freeze_encoder:
             # Only the projection and the classifier learn.
             for name, p in self.model.named_parameters():
@@ -432,7 +443,15 @@ class FinetuneModule(_StageModule):
             from rcmae.augment.specaugment import spec_augment
 
             x = spec_augment(x, self.cfg.pretrain.specaugment, gen)
-        (x,) = random_crops([x], self.cfg.pretrain.crop_frames, gen)
+        if self.pseudo is not None:
+            from rcmae.augment.pseudo import pseudo_labels
+
+            k = self.pseudo.draw(len(idx), gen)
+            raw = self.pseudo(x * self._std + self._mean, k, self.cfg.pretrain.crop_frames, gen)
+            x = (raw - self._mean) / self._std
+            labels = pseudo_labels(labels.cpu(), k, self.pseudo.n_transforms)
+        else:
+            (x,) = random_crops([x], self.cfg.pretrain.crop_frames, gen)
         labels = labels.to(self.device)
         lam, perm = 1.0, torch.arange(len(idx))
         if f.mixup_alpha > 0:
@@ -886,7 +905,9 @@ def finetune(
         update_run_json(run, stages=stages, data=str(data.resolve()))
         return run
     print(f"finetune: {_classes_note(train)} (finetune.classes={cfg.finetune.classes})", flush=True)
-    model.set_num_classes(len(train.classes))
+    # With pseudo-classes every class has K outputs (rcmae/augment/pseudo.py): class i, transform k -> i * K + k.
+    n_transforms = 1 + len(cfg.finetune.pseudo_classes)
+    model.set_num_classes(len(train.classes) * n_transforms)
     # Fine-tuning never runs the decoder: freeze it, so that DDP does not wait for gradients that never come.
     for name, param in model.named_parameters():
         if name.startswith(("decoder_", "mask_token")):
@@ -895,7 +916,7 @@ def finetune(
         rconfig.save_config(cfg, run / "config.yaml")
     dataset = ClipDataset(train.x, train.labels)
     spe = _steps_per_epoch(len(dataset), cfg.finetune.batch_size)
-    module = FinetuneModule(model, cfg, train.x, train.labels, spe)
+    module = FinetuneModule(model, cfg, train.x, train.labels, spe, stats=stats)
     started = time.time()
     trainer = _fit(module, dataset, run, "finetune", cfg.finetune.epochs, cfg.finetune.batch_size,
                    last if resume else None, trainer_kw, progress, callbacks, cfg.finetune.grad_clip)

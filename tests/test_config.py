@@ -106,7 +106,7 @@ def test_override_errors_are_one_line(override, needle):
 
 
 def test_preset_errors(tmp_path):
-    with pytest.raises(ConfigError, match="unknown preset 'tinny'; valid presets: audiomae, margin, paper, "
+    with pytest.raises(ConfigError, match="unknown preset 'tinny'; valid presets: audiomae, idprob, margin, paper, "
                        "paper\\+, paper-light, tiny"):
         load_config("tinny")
     with pytest.raises(FileNotFoundError, match="preset file not found"):

@@ -441,18 +441,22 @@ class FrameGraph(nn.Module):
 class IdProbGraph(nn.Module):
     """``idprob``: ``-log p(own class | clip)`` of the fine-tuned classifier, averaged over crop windows.
 
-    ``members [C, K]`` marks each unit's classifier classes: its own class when the classes are the units
+    ``members [U, C]`` marks each unit's classifier classes: its own class when the classes are the units
     (machine IDs, sections), else every class of the unit (section + attribute classes). A bundle gets no file
     name, so a unit with several classes is scored as ``Detector`` scores a clip whose attributes are unknown:
-    ``-log`` of the largest (``pool="max"``) or of the summed (``"sum"``) probability of its classes. Log-softmax
-    in float64, as the scorer computes it.
+    ``-log`` of the largest (``pool="max"``) or of the summed (``"sum"``) probability of its classes. With
+    pseudo-classes (``n_transforms = K > 1``) each class has ``K`` outputs and its log-probability is that of the
+    class unchanged (``mode="identity"``) or summed over its transforms (``"marginal"``). Windows are averaged
+    (``windows="mean"``) or the highest kept (``"max"``). Log-softmax in float64, as the scorer computes it.
     """
 
-    def __init__(self, model: RCMAE, n_frames: int, crop: int | None, members: np.ndarray, pool: str = "max") -> None:
+    def __init__(self, model: RCMAE, n_frames: int, crop: int | None, members: np.ndarray, pool: str = "max",
+                 n_transforms: int = 1, mode: str = "identity", windows: str = "mean") -> None:
         super().__init__()
         self.embedder = WindowEmbedder(model, n_frames, crop)
         self.register_buffer("members", torch.from_numpy(np.asarray(members, dtype=bool)))
         self.pool = pool
+        self.n_transforms, self.mode, self.reduce = int(n_transforms), mode, windows
 
     def references(self) -> dict[str, np.ndarray]:
         return {"idprob_members": self.members.numpy()}
@@ -460,13 +464,18 @@ class IdProbGraph(nn.Module):
     def forward(self, x: torch.Tensor, z: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
         e = self.embedder
         own = self.members[unit]
+        k = self.n_transforms
         per_window = []
         for s in e.starts:
+            # Batch-size free (the graph is traced): [B, C * K] -> [B, C, K] -> per class [B, C].
             logp = torch.log_softmax(e.model.classify(e.model.embed(x[..., s : s + e.crop])).double(), -1)
+            logp = logp.unflatten(-1, (-1, k))
+            per_class = logp[..., 0] if self.mode == "identity" else torch.logsumexp(logp, -1)
             # One member: exactly its log-probability (max and logsumexp over one finite value are that value).
-            masked = logp.masked_fill(~own, -math.inf)
+            masked = per_class.masked_fill(~own, -math.inf)
             per_window.append(-(masked.amax(1) if self.pool == "max" else torch.logsumexp(masked, 1)))
-        return torch.stack(per_window).mean(0)
+        stacked = torch.stack(per_window)
+        return stacked.amax(0) if self.reduce == "max" else stacked.mean(0)
 
 
 class ReconGraph(nn.Module):
@@ -619,7 +628,8 @@ def build_idprob(scorer, ctx: ExportContext) -> nn.Module:
     members = np.zeros((len(ctx.units), len(scorer.classes)), dtype=bool)
     for u, classes in enumerate(sets):
         members[u, np.atleast_1d(classes)] = True
-    return IdProbGraph(scorer.model, ctx.n_frames, ctx.crop, members, getattr(scorer.cfg, "idprob_pool", "max"))
+    return IdProbGraph(scorer.model, ctx.n_frames, ctx.crop, members, getattr(scorer.cfg, "idprob_pool", "max"),
+                       scorer.n_transforms, scorer.cfg.idprob_pseudo, scorer.cfg.idprob_windows)
 
 
 def _recon_noise(scorer) -> torch.Tensor:

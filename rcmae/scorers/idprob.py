@@ -1,7 +1,12 @@
 """``idprob``: the paper's score, ``-log softmax(logits)[own class]`` of the fine-tuned machine-ID classifier.
 
-Averaged over crop windows when the run trains on crops. Needs a fine-tuned classifier over at least two units;
-it has no references (fitting only keeps the normal set).
+Averaged over crop windows when the run trains on crops (``score.idprob_windows: max`` keeps the highest window).
+Needs a fine-tuned classifier over at least two units; it has no references (fitting only keeps the normal set).
+
+With augmented pseudo-classes (``finetune.pseudo_classes``, :mod:`rcmae.augment.pseudo`) the classifier has ``K``
+classes per unit (unit ``i``, transform ``k`` -> ``i * K + k``, transform 0 = unchanged) and the softmax runs over
+all ``N * K``; the score is ``-log p(own unit, unchanged)`` (``score.idprob_pseudo: identity``) or
+``-log sum_k p(own unit, transform k)`` (``marginal``).
 
 Where the classes are section + attribute classes (DCASE 2023+, ``finetune.classes``), a clip's own class is
 ``<section>_<attributes>`` from its name; a clip whose attributes are unknown (bare evaluation names such as
@@ -68,6 +73,50 @@ def true_classes(classes: Sequence[tuple[str, str]], class_units: Sequence[tuple
     return out
 
 
+def idprob_from_logits(logits: torch.Tensor, unit: torch.Tensor, n_transforms: int = 1,
+                       mode: str = "identity") -> torch.Tensor:
+    """``-log p`` of each row's own unit from classifier logits ``[B, N * K]``, in float64.
+
+    Args:
+        logits: Classifier logits, ``K = n_transforms`` consecutive classes per unit.
+        unit: The unit index ``[B]`` (``0 .. N - 1``) of each row.
+        n_transforms: ``K`` (1 = plain machine-ID classes, the paper).
+        mode: ``"identity"``: ``-log p(unit, transform 0)``; ``"marginal"``: ``-log sum_k p(unit, k)``.
+    """
+    if logits.shape[-1] % n_transforms:
+        raise ValueError(f"idprob: {logits.shape[-1]} classifier outputs are not a multiple of {n_transforms} "
+                         "pseudo-class transforms")
+    logp = torch.log_softmax(logits.double(), -1).reshape(len(logits), -1, n_transforms)
+    own = logp[torch.arange(len(logits), device=logits.device), unit.to(logits.device)]  # [B, K]
+    if mode == "identity":
+        return -own[:, 0]
+    if mode == "marginal":
+        return -torch.logsumexp(own, -1)
+    raise ValueError(f"idprob: unknown mode {mode!r}; use identity or marginal")
+
+
+def class_logp(logits: torch.Tensor, n_transforms: int = 1, mode: str = "identity") -> torch.Tensor:
+    """``log p(class | clip)`` ``[B, C]`` in float64 from logits ``[B, C * K]`` (``K`` pseudo-class transforms).
+
+    ``"identity"``: the log-probability of (class, transform 0); ``"marginal"``: summed over the class's transforms.
+    With ``K = 1`` both are the plain log-softmax (the paper).
+    """
+    if logits.shape[-1] % n_transforms:
+        raise ValueError(f"idprob: {logits.shape[-1]} classifier outputs are not a multiple of {n_transforms} "
+                         "pseudo-class transforms")
+    logp = torch.log_softmax(logits.double(), -1).reshape(len(logits), -1, n_transforms)
+    if mode == "identity":
+        return logp[..., 0]
+    if mode == "marginal":
+        return torch.logsumexp(logp, -1)
+    raise ValueError(f"idprob: unknown mode {mode!r}; use identity or marginal")
+
+
+def unit_probs(logits: torch.Tensor, n_transforms: int = 1) -> torch.Tensor:
+    """``p(unit | clip)`` ``[B, N]`` from logits ``[B, N * K]``: the softmax summed over each unit's transforms."""
+    return torch.softmax(logits.float(), -1).reshape(len(logits), -1, n_transforms).sum(-1)
+
+
 class IdProbScorer(Scorer):
     """``idprob`` over the classes of a fine-tuned model.
 
@@ -78,15 +127,17 @@ class IdProbScorer(Scorer):
         windows: Crop windows of a log-mel batch.
         device: Where the model runs.
         class_units: Each class's ``(machine_type, machine_id)`` unit (``None``: each class is its own unit).
+        n_transforms: Classes per unit (1 + ``len(finetune.pseudo_classes)``).
     """
 
     name = "idprob"
 
     def __init__(self, cfg, run, model, classes: Sequence[tuple[str, str]],
                  windows: Callable[[torch.Tensor], list[torch.Tensor]], device: torch.device,
-                 class_units: Sequence[tuple[str, str]] | None = None) -> None:
+                 class_units: Sequence[tuple[str, str]] | None = None, n_transforms: int = 1) -> None:
         super().__init__(cfg, run)
         self.model, self.windows, self.device = model, windows, device
+        self.n_transforms = int(n_transforms)
         self.classes = [tuple(c) for c in classes]
         self.class_index = {c: i for i, c in enumerate(self.classes)}
         self.class_units = None if class_units is None else [tuple(u) for u in class_units]
@@ -96,6 +147,10 @@ class IdProbScorer(Scorer):
             return "a single machine ID: no classes to tell apart"
         if self.model is None or self.model.head is None:
             return "the run is not fine-tuned"
+        outputs = self.model.head.out_features
+        if outputs != len(self.classes) * self.n_transforms:
+            return (f"the classifier has {outputs} outputs, not {len(self.classes)} units x {self.n_transforms} "
+                    "pseudo-class transforms (finetune.pseudo_classes changed after fine-tuning)")
         return ""
 
     def class_indices(self, machine_types: Sequence[str], machine_ids: Sequence[str],
@@ -114,20 +169,21 @@ class IdProbScorer(Scorer):
             sb = sets[b : b + bs]
             # float64: a confident classifier's float32 -log p is exactly 0 (p rounds to 1) for most clips, and
             # those ties flatten the ranking (bench/results/idprob.md).
-            logps = [torch.log_softmax(self.model.classify(self.model.embed(w)).double(), -1)
-                     for w in self.windows(xb)]
+            # Per window: log p(class | clip) [B, C] (of the class unchanged, or summed over its transforms).
+            per_class = [class_logp(self.model.classify(self.model.embed(w)), self.n_transforms,
+                                    self.cfg.idprob_pseudo) for w in self.windows(xb)]
             if all(len(s) == 1 for s in sb):
                 ib = torch.tensor([s[0] for s in sb], device=self.device)
-                per_window = [-lp.gather(1, ib[:, None])[:, 0] for lp in logps]
+                per_window = torch.stack([-lp.gather(1, ib[:, None])[:, 0] for lp in per_class])
             else:
                 # A clip of unknown attributes: -log max_k p_k or -log sum_k p_k over its section's classes k.
-                mask = torch.zeros(len(sb), logps[0].shape[1], dtype=torch.bool, device=self.device)
+                mask = torch.zeros(len(sb), per_class[0].shape[1], dtype=torch.bool, device=self.device)
                 for n, s in enumerate(sb):
                     mask[n, s] = True
-                per_window = []
-                for lp in logps:
+                pooled = []
+                for lp in per_class:
                     masked = lp.masked_fill(~mask, float("-inf"))
-                    pooled = masked.max(1).values if pool == "max" else torch.logsumexp(masked, 1)
-                    per_window.append(-pooled)
-            out.append(torch.stack(per_window).mean(0))
+                    pooled.append(-(masked.max(1).values if pool == "max" else torch.logsumexp(masked, 1)))
+                per_window = torch.stack(pooled)
+            out.append(per_window.amax(0) if self.cfg.idprob_windows == "max" else per_window.mean(0))
         return torch.cat(out).cpu().numpy().astype(np.float64)

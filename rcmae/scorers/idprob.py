@@ -171,7 +171,7 @@ class IdProbScorer(Scorer):
             # those ties flatten the ranking (bench/results/idprob.md).
             # Per window: log p(class | clip) [B, C] (of the class unchanged, or summed over its transforms).
             per_class = [class_logp(self.model.classify(self.model.embed(w)), self.n_transforms,
-                                    self.cfg.idprob_pseudo) for w in self.windows(xb)]
+                                    getattr(self.cfg, "idprob_pseudo", "identity")) for w in self.windows(xb)]
             if all(len(s) == 1 for s in sb):
                 ib = torch.tensor([s[0] for s in sb], device=self.device)
                 per_window = torch.stack([-lp.gather(1, ib[:, None])[:, 0] for lp in per_class])
@@ -185,5 +185,6 @@ class IdProbScorer(Scorer):
                     masked = lp.masked_fill(~mask, float("-inf"))
                     pooled.append(-(masked.max(1).values if pool == "max" else torch.logsumexp(masked, 1)))
                 per_window = torch.stack(pooled)
-            out.append(per_window.amax(0) if self.cfg.idprob_windows == "max" else per_window.mean(0))
+            by_max = getattr(self.cfg, "idprob_windows", "mean") == "max"
+            out.append(per_window.amax(0) if by_max else per_window.mean(0))
         return torch.cat(out).cpu().numpy().astype(np.float64)

@@ -53,6 +53,33 @@ def mahalanobis(z: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.nd
     return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, precision, d), 0.0))
 
 
+def unit_mahalanobis(q: np.ndarray, ref: np.ndarray, table: dict, rows: list[np.ndarray], exclude: list[int | None],
+                     by_domain: bool, cache: dict, tag: tuple) -> np.ndarray:
+    """Per query, the Mahalanobis distance to its unit's Gaussian, or the minimum over its unit's domain Gaussians.
+
+    Args:
+        q: Queries ``[B, D]``; ``ref``: the reference rows ``[n, D]`` of ``table`` (its ``path`` gives domains).
+        rows, exclude: Per query, its unit's row indices and the position among them to leave out (or ``None``).
+        by_domain: One Gaussian per domain (:func:`fit_domain_gaussians`) where the unit has two.
+        cache: Fitted models by ``(*tag, first row, n rows, excluded, by_domain)``, reused across calls (one fit per
+            unit, or per left-out clip when fitting thresholds).
+        tag: What else the models depend on (the space, a weight).
+    """
+    out = np.empty(len(q))
+    for n, (r, e) in enumerate(zip(rows, exclude, strict=True)):
+        key = (*tag, int(r[0]), len(r), e, by_domain)
+        models = cache.get(key)
+        if models is None:
+            banks = domain_banks(table, r, e) if by_domain else [r]
+            if len(banks) == 1:
+                models = [fit_gaussian(np.delete(ref[r], e, axis=0) if e is not None else ref[r])]
+            else:
+                models = fit_domain_gaussians(ref, banks)
+            cache[key] = models
+        out[n] = min(mahalanobis(q[n : n + 1], *m)[0] for m in models)
+    return out
+
+
 class MahaScorer(EmbeddingScorer):
     """``maha``: one Ledoit-Wolf Gaussian per unit (per left-out clip for held-out training scores)."""
 
@@ -70,22 +97,8 @@ class MahaScorer(EmbeddingScorer):
         w = self.cfg.maha_weight
         q, ref_joint = joint_space(self, clips, w)
         rows, excl = self.normal.rows_and_exclusions(self.space, clips, "maha")
-        out = np.empty(len(q))
-        by_domain = getattr(self.cfg, "domain_banks", True)
-        table = self.normal.get(self.space)
-        for n, (r, e) in enumerate(zip(rows, excl, strict=True)):
-            # One Gaussian per unit (per left-out clip when fitting thresholds), reused across calls.
-            key = (self.space, w, int(r[0]), len(r), e, by_domain)
-            models = self._cache.get(key)
-            if models is None:
-                banks = domain_banks(table, r, e) if by_domain else [r]
-                if len(banks) == 1:
-                    models = [fit_gaussian(np.delete(ref_joint[r], e, axis=0) if e is not None else ref_joint[r])]
-                else:
-                    models = fit_domain_gaussians(ref_joint, banks)
-                self._cache[key] = models
-            out[n] = min(mahalanobis(q[n : n + 1], *m)[0] for m in models)
-        return out
+        return unit_mahalanobis(q, ref_joint, self.normal.get(self.space), rows, excl,
+                                getattr(self.cfg, "domain_banks", True), self._cache, (self.space, w))
 
 
 class StatsMahaScorer(Scorer):
@@ -123,17 +136,4 @@ class StatsMahaScorer(Scorer):
         ref = (np.asarray(table["z"], dtype=np.float64) - mean) / std
         q = (clips.feature(self.feature).astype(np.float64) - mean) / std
         rows, excl = self.normal.rows_and_exclusions(self.feature, clips, self.name)
-        by_domain = getattr(self.cfg, "domain_banks", True)
-        out = np.empty(len(q))
-        for n, (r, e) in enumerate(zip(rows, excl, strict=True)):
-            key = (int(r[0]), len(r), e, by_domain)
-            models = self._cache.get(key)
-            if models is None:
-                banks = domain_banks(table, r, e) if by_domain else [r]
-                if len(banks) == 1:
-                    models = [fit_gaussian(np.delete(ref[r], e, axis=0) if e is not None else ref[r])]
-                else:
-                    models = fit_domain_gaussians(ref, banks)
-                self._cache[key] = models
-            out[n] = min(mahalanobis(q[n : n + 1], *m)[0] for m in models)
-        return out
+        return unit_mahalanobis(q, ref, table, rows, excl, getattr(self.cfg, "domain_banks", True), self._cache, ())

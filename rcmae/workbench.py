@@ -562,7 +562,8 @@ def score_table(run: str | os.PathLike, scorer: str) -> pd.DataFrame:
             # DCASE 2021+ runs: the clip's domain and attributes, for the domain-split plots.
             for col in ("domain", "attributes"):
                 if col in frame.columns:
-                    table[col] = frame[col].fillna("").astype(str)
+                    # An all-empty column is read as float (NaN): cast first, then blank the missing values.
+                    table[col] = frame[col].astype(object).where(frame[col].notna(), "").astype(str)
             return table
     folder = eval_dir / scorer if (eval_dir / scorer).is_dir() else eval_dir
     return load_score_table(folder).assign(threshold=np.nan, decision=None)

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from streamlit.testing.v1 import AppTest
@@ -514,3 +515,20 @@ def test_monitor_page_scores_a_recording_and_exports_and_demos(full_ws: Workspac
     assert f"http://127.0.0.1:{demo.argv[-1]}/" in _texts(at)
     assert demo.state in ("running", "queued")
     jobs.cancel(store, demo.id)
+
+
+@pytest.mark.filterwarnings("error::DeprecationWarning")
+def test_score_table_blanks_missing_domains_and_attributes(tmp_path):
+    # A 2023-style eval set scored without attributes (bare names): pandas reads the all-empty column as float
+    # NaN; the table must give empty strings (no NaN, no "nan"), and keep the values that are there.
+    from rcmae import workbench
+
+    eval_dir = tmp_path / "run" / "eval"
+    eval_dir.mkdir(parents=True)
+    pd.DataFrame({"path": ["a.wav", "b.wav"], "machine_type": ["fan", "fan"], "machine_id": ["00", "00"],
+                  "label": ["unknown", "unknown"], "domain": ["source", None], "attributes": [None, None],
+                  "score_knn": [0.5, 1.5]}).to_csv(eval_dir / "scores.csv", index=False)
+    table = workbench.score_table(tmp_path / "run", "knn")
+    assert table["domain"].tolist() == ["source", ""]
+    assert table["attributes"].tolist() == ["", ""]
+    assert table["score"].tolist() == [0.5, 1.5]

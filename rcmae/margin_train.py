@@ -31,7 +31,7 @@ from lightning.pytorch.callbacks import Callback
 
 from rcmae import config as rconfig
 from rcmae.config import RunConfig
-from rcmae.data import DatasetLayoutError, id_classes, index_dataset, load_waveforms
+from rcmae.data import DatasetLayoutError, class_kinds, finetune_classes, index_dataset, load_waveforms, row_classes
 from rcmae.datasets import ClipDataset
 from rcmae.features import FeatureStats, LogMel, compute_stats
 from rcmae.files import write_json
@@ -41,6 +41,7 @@ from rcmae.model import count_parameters
 from rcmae.train import (
     RunFolderError,
     TrainData,
+    _classes_note,
     _fit,
     _git_commit,
     _now,
@@ -57,7 +58,11 @@ FAMILY = "margin"
 
 
 def load_train_waves(data: str | os.PathLike, cfg: RunConfig, progress: bool = True) -> TrainData:
-    """The training clips of ``data`` as waveforms ``x [n, N]`` with their machine-ID labels (bad files skipped)."""
+    """The training clips of ``data`` as waveforms ``x [n, N]`` with their class labels (bad files skipped).
+
+    The classes are RC-MAE fine-tuning's (``finetune.classes``, :func:`rcmae.data.finetune_classes`): machine IDs
+    or sections, and section + attribute classes for a DCASE 2023+ type with a single section.
+    """
     data = Path(data)
     if not data.is_dir():
         raise FileNotFoundError(f"{data}: data folder not found; pass --data a DCASE-layout folder")
@@ -65,7 +70,9 @@ def load_train_waves(data: str | os.PathLike, cfg: RunConfig, progress: bool = T
     train = index[index["split"] == "train"].reset_index(drop=True)
     if train.empty:
         raise DatasetLayoutError(f"{data}: no training clips (<type>/train/*.wav); point --data at a dev/train set")
-    classes = id_classes(index)
+    # The same classes as RC-MAE fine-tuning (finetune.classes): machine IDs / sections, or section + attribute
+    # classes where a type has a single section (DCASE 2023+).
+    classes, class_units = finetune_classes(index, cfg.finetune.classes)
     waves, kept, report = load_waveforms(list(train["path"]), sample_rate=cfg.data.sample_rate,
                                          duration=cfg.data.duration, progress=progress, channel=cfg.data.channel)
     if report.skipped:
@@ -74,15 +81,18 @@ def load_train_waves(data: str | os.PathLike, cfg: RunConfig, progress: bool = T
     rows = train.set_index("path").loc[kept] if kept else train.iloc[:0]
     types = [str(t) for t in rows["machine_type"]]
     ids = [str(i) for i in rows["machine_id"]]
-    have = set(zip(types, ids, strict=True))
-    for mtype, mid in classes:
-        if (mtype, mid) not in have:
-            raise DatasetLayoutError(f"{data}: no loadable training clips for {mtype} id {mid} (all were skipped); "
-                                     "fix or remove them")
+    row_cls = row_classes(rows, class_kinds(index, cfg.finetune.classes))
+    have = set(row_cls)
+    for (mtype, name), unit in zip(classes, class_units, strict=True):
+        if (mtype, name) not in have:
+            what = "id" if unit == (mtype, name) else "class"
+            raise DatasetLayoutError(f"{data}: no loadable training clips for {mtype} {what} {name} (all were "
+                                     "skipped); fix or remove them")
     cls_index = {c: i for i, c in enumerate(classes)}
-    labels = torch.tensor([cls_index[(t, i)] for t, i in zip(types, ids, strict=True)], dtype=torch.long)
+    labels = torch.tensor([cls_index[c] for c in row_cls], dtype=torch.long)
     x = torch.as_tensor(np.asarray(waves), dtype=torch.float32).contiguous()
-    return TrainData(x, kept, types, ids, labels, classes, report)
+    attributes = [str(a) for a in rows["attributes"]]
+    return TrainData(x, kept, types, ids, labels, classes, report, attributes, class_units)
 
 
 def model_from_state(meta: dict, state_dict: dict) -> STgramNet:
@@ -165,7 +175,7 @@ def pretrain_margin(
                       torch.as_tensor(stats.mean), torch.as_tensor(stats.std))
     n_params = count_parameters(model)
     print(f"model: margin classifier ({cfg.margin.head}), {n_params:,} parameters; {len(train.paths)} training "
-          f"clips, {len(train.classes)} machine IDs", flush=True)
+          f"clips, {_classes_note(train)}", flush=True)
     if int(os.environ.get("LOCAL_RANK", 0)) == 0:
         rconfig.save_config(cfg, out / "config.yaml")
         if not resume:
@@ -175,6 +185,7 @@ def pretrain_margin(
                 "overrides": list(overrides), "versions": _versions(), "git_commit": _git_commit(),
                 "command": " ".join(sys.argv), "data": str(Path(data).resolve()), "aug": "mixup",
                 "classes": [list(c) for c in train.classes], "n_train": len(train.paths),
+                "class_units": [list(u) for u in train.class_units],
                 "skipped": [list(s) for s in train.report.skipped], "parameters": n_params, "stages": {},
             })
     dataset = ClipDataset(train.x, train.labels)

@@ -199,3 +199,31 @@ def test_2023_demo_run_learns_attribute_classes_and_idprob_reads_them(demo23, tm
     section = [[k for k, c in enumerate(det.classes) if c[0] == t] for t in bare["machine_type"]]
     want = [-np.log(p[n, ks].max()) for n, ks in enumerate(section)]
     np.testing.assert_allclose(bare["score_idprob"].astype(float), want, rtol=1e-5)
+
+
+def test_the_margin_family_learns_the_same_attribute_classes(demo23, tmp_path):
+    # The angular-margin classifier takes RC-MAE fine-tuning's classes: on a 2023-style set the 20 section +
+    # attribute classes (counted by hand above), each with its unit, and idprob reads a clip's own class.
+    from rcmae.score import Detector, evaluate_run
+
+    run = tmp_path / "margin"
+    train.pretrain(demo23, run, preset="margin", progress=False,
+                   overrides=["margin.channels=[4, 8]", "margin.emb_dim=16", "margin.crop_frames=null",
+                              "pretrain.batch_size=8", "pretrain.epochs=1", "data.duration=2.0", "score.knn_k=1"])
+    info = json.loads((run / "run.json").read_text())
+    assert len(info["classes"]) == 20 and ["pump", "00_spd_104_bg_A"] in info["classes"]
+    assert {tuple(u) for u in info["class_units"]} == {(t, "00") for t in ("fan", "gearbox", "pump", "slider",
+                                                                            "valve")}
+    det = Detector.load(run)
+    assert det.units == [(t, "00") for t in ("fan", "gearbox", "pump", "slider", "valve")]
+    evaluate_run(run, scorer="idprob", progress=False)
+    scores = pd.read_csv(run / "eval" / "scores.csv", dtype=str)
+    from rcmae.datasets import compute_logmels
+
+    x, kept, _ = compute_logmels(list(scores["path"]), det.logmel, det.cfg.data.sample_rate, det.cfg.data.duration,
+                                 progress=False, transform=det.stats.apply)
+    p = det.class_probs(x).double().numpy()
+    assert p.shape == (len(kept), 20)
+    own = [det.class_index[(t, f"00_{parse_attributes(q)}")] for t, q in zip(scores["machine_type"], scores["path"],
+                                                                             strict=True)]
+    np.testing.assert_allclose(scores["score_idprob"].astype(float), -np.log(p[np.arange(len(p)), own]), rtol=1e-5)

@@ -243,7 +243,8 @@ def _prepare_bank(data: Path, out: Path, seed: int, backend: str = "procedural",
     return str(bank), f"{backend} bank {bank} (built in {record['wall_s']:.0f} s)"
 
 
-def _stat(values: list[float]) -> dict:
+def seed_stat(values: list[float | None]) -> dict:
+    """``{"mean", "std", "n"}`` of the values that exist (``None`` skipped): the sample std over seeds, 0 for one."""
     arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
     if arr.size == 0:
         return {"mean": None, "std": None, "n": 0}
@@ -270,11 +271,11 @@ def _aggregate(system_records: dict[str, dict]) -> list[dict]:
                 "status": "ok" if len(ok) == len(runs) else "partial",
                 "error": next((r["error"] for r in runs if r["status"] != "ok"), None),
                 "seeds": [r["seed"] for r in ok if name in r["rows"]],
-                "per_type": {t: {m: _stat([x["per_type"].get(t, {}).get(m) for x in res]) for m in ("auc", "pauc")}
+                "per_type": {t: {m: seed_stat([x["per_type"].get(t, {}).get(m) for x in res]) for m in ("auc", "pauc")}
                              for t in types},
-                "average": {m: _stat([x["average"][m] for x in res]) for m in ("auc", "pauc")},
-                "wall_s": _stat([r["wall_s"] for r in ok]),
-                "peak_mib": _stat([r["peak_mib"] for r in ok]),
+                "average": {m: seed_stat([x["average"][m] for x in res]) for m in ("auc", "pauc")},
+                "wall_s": seed_stat([r["wall_s"] for r in ok]),
+                "peak_mib": seed_stat([r["peak_mib"] for r in ok]),
             })
             if any(x.get("official") for x in res):
                 rows[-1].update(_domain_stats(res))
@@ -289,9 +290,9 @@ def _domain_stats(res: list[dict]) -> dict:
     """DCASE 2021+ rows: the official score and its means, and per type source/target AUC and pAUC, over seeds."""
     types = sorted({t for x in res for t in x.get("domain_per_type", {})})
     return {
-        "official": {k: _stat([(x.get("official") or {}).get(k) for x in res]) for k in _OFFICIAL_KEYS},
-        "dcase2021_score": _stat([(x.get("dcase2021") or {}).get("score") for x in res]),
-        "domain_per_type": {t: {m: _stat([x.get("domain_per_type", {}).get(t, {}).get(m) for x in res])
+        "official": {k: seed_stat([(x.get("official") or {}).get(k) for x in res]) for k in _OFFICIAL_KEYS},
+        "dcase2021_score": seed_stat([(x.get("dcase2021") or {}).get("score") for x in res]),
+        "domain_per_type": {t: {m: seed_stat([x.get("domain_per_type", {}).get(t, {}).get(m) for x in res])
                                 for m in ("auc_source", "auc_target", "pauc")} for t in types},
     }
 

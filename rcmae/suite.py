@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rcmae.benchmark import seed_stat
 from rcmae.files import atomic_write_text, read_json, write_json
 
 __all__ = ["SUITES", "SuiteSet", "aggregate_suite", "build_real_slider", "prepare_set", "render_suite",
@@ -155,13 +156,6 @@ def prepare_set(entry: SuiteSet, data_root: str | os.PathLike, real_samples: str
 
 
 # ---------------------------------------------------------------- aggregation
-def _stat(values: list[float]) -> dict:
-    arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
-    if arr.size == 0:
-        return {"mean": None, "std": None, "n": 0}
-    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0, "n": int(arr.size)}
-
-
 def aggregate_suite(benches: dict[str, dict]) -> list[dict]:
     """Suite rows from the sets' ``benchmark.json`` dicts (``{set name: bench}``, in suite order).
 
@@ -197,9 +191,9 @@ def aggregate_suite(benches: dict[str, dict]) -> list[dict]:
             "system": entry["system"],
             "sets": sets,
             "complete": complete,
-            "per_set": {s: {m: _stat([v[m] for v in values[s].values()]) for m in ("auc", "pauc")} for s in sets},
+            "per_set": {s: {m: seed_stat([v[m] for v in values[s].values()]) for m in ("auc", "pauc")} for s in sets},
             "per_seed": per_seed,
-            "mean": {m: _stat([v[m] for v in per_seed.values()]) for m in ("auc", "pauc")},
+            "mean": {m: seed_stat([v[m] for v in per_seed.values()]) for m in ("auc", "pauc")},
         })
     rows.sort(key=lambda r: (not r["complete"], -(r["mean"]["auc"]["mean"] or 0.0), r["row"]))
     return rows

@@ -5,18 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import check_results, write_tiny_dcase
+from conftest import SHORT_OVERRIDES, check_results, write_tiny_dcase
 
 from rcmae import cli
 from rcmae.augment.bank import read_manifest
 
 # One-second clips, a 1-block model, one epoch per stage: the arms' wiring, not their accuracy.
-QUICK = [
-    "model.embed_dim=32", "model.depth=1", "model.heads=2", "model.decoder_embed_dim=32", "model.decoder_depth=1",
-    "model.decoder_heads=2", "model.proj_dim=32", "pretrain.batch_size=8", "finetune.batch_size=8",
-    "pretrain.crop_frames=null", "pretrain.crops_per_clip=1", "data.duration=1.0", "model.n_frames=32",
-    "pretrain.specaugment.time_width=8", "score.recon_masks=2", "pretrain.epochs=1", "finetune.epochs=1",
-]
+QUICK = [*SHORT_OVERRIDES, "pretrain.epochs=1", "finetune.epochs=1"]
 
 
 @pytest.fixture(scope="module")

@@ -5,17 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import write_tiny_dcase
+from conftest import SHORT_OVERRIDES, write_tiny_dcase
 from sklearn.metrics import roc_curve
 
 from rcmae import cli, figures, score, train
 
-QUICK = [
-    "model.embed_dim=32", "model.depth=1", "model.heads=2", "model.decoder_embed_dim=32", "model.decoder_depth=1",
-    "model.decoder_heads=2", "model.proj_dim=32", "pretrain.batch_size=8", "finetune.batch_size=8",
-    "pretrain.crop_frames=null", "pretrain.crops_per_clip=1", "data.duration=1.0", "model.n_frames=32",
-    "pretrain.specaugment.time_width=8", "score.recon_masks=2", "pretrain.epochs=2", "finetune.epochs=2",
-]
+QUICK = [*SHORT_OVERRIDES, "pretrain.epochs=2", "finetune.epochs=2"]
 
 
 @pytest.fixture(scope="module")

@@ -400,16 +400,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         raise ValueError("--out is required: the folder for benchmark.json and table.md")
     if not args.data:
         raise ValueError("give --data DIR (one data set) or --suite NAME (a suite of sets; --suite list shows them)")
-    out = benchmark.run_benchmark(
-        data=Path(args.data),
-        out=Path(args.out),
-        systems=[s for s in args.systems.split(",") if s],
-        preset=args.preset,
-        repeat=args.repeat,
-        overrides=args.set,
-        rescore=args.rescore,
-        **_benchmark_aug(args),
-    )
+    out = benchmark.run_benchmark(data=Path(args.data), out=Path(args.out), **_benchmark_common(args))
     print((Path(out) / "table.md").read_text())
     return 0
 
@@ -424,21 +415,16 @@ def _cmd_benchmark_suite(args: argparse.Namespace) -> int:
         raise ValueError("--data and --suite exclude each other: a suite brings its own data sets")
     if not args.out:
         raise ValueError("--out is required: the folder for suite.json, suite.md and sets/<set>/")
-    out = suite.run_suite(
-        args.suite,
-        out=Path(args.out),
-        systems=[s for s in args.systems.split(",") if s],
-        preset=args.preset,
-        repeat=args.repeat,
-        overrides=args.set,
-        data_root=args.suite_data,
-        real_samples=args.real_samples,
-        rescore=args.rescore,
-        report_only=args.report_only,
-        **_benchmark_aug(args),
-    )
+    out = suite.run_suite(args.suite, out=Path(args.out), data_root=args.suite_data, real_samples=args.real_samples,
+                          report_only=args.report_only, **_benchmark_common(args))
     print((Path(out) / "suite.md").read_text())
     return 0
+
+
+def _benchmark_common(args: argparse.Namespace) -> dict:
+    """What ``rcmae benchmark`` passes alike to one data set and to a suite: systems, preset, seeds, overrides."""
+    return {"systems": [s for s in args.systems.split(",") if s], "preset": args.preset, "repeat": args.repeat,
+            "overrides": args.set, "rescore": args.rescore, **_benchmark_aug(args)}
 
 
 def _benchmark_aug(args: argparse.Namespace) -> dict:

@@ -16,7 +16,7 @@ from rcmae.augment.pseudo import PseudoClassAugment, parse_pseudo_classes, pseud
 from rcmae.config import ConfigError, load_config
 from rcmae.export import Bundle, export_run
 from rcmae.score import Detector
-from rcmae.scorers.idprob import idprob_from_logits, unit_probs
+from rcmae.scorers.idprob import class_logp, unit_probs
 
 F, FMIN, FMAX = 128, 50.0, 8000.0
 
@@ -103,27 +103,32 @@ def _softmax(row: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
-def test_idprob_from_logits_matches_a_hand_computed_softmax():
+def _idprob(logits: torch.Tensor, unit: torch.Tensor, k: int, mode: str = "identity") -> np.ndarray:
+    # -log p(own class) as the scorer takes it from class_logp.
+    return -class_logp(logits, k, mode).gather(1, unit[:, None])[:, 0].numpy()
+
+
+def test_class_logp_matches_a_hand_computed_softmax():
     logits = torch.tensor([[1.0, 0.5, -1.0, 2.0, 0.0, 0.3], [0.2, 0.1, 3.0, -2.0, 1.0, 1.5]])
     unit = torch.tensor([1, 2])
     # K = 2: classes (unit 0: 0, 1), (unit 1: 2, 3), (unit 2: 4, 5).
-    ident = idprob_from_logits(logits, unit, 2, "identity").numpy()
-    marg = idprob_from_logits(logits, unit, 2, "marginal").numpy()
+    ident = _idprob(logits, unit, 2, "identity")
+    marg = _idprob(logits, unit, 2, "marginal")
     for b, u in enumerate(unit.tolist()):
         p = _softmax(logits[b].double().numpy())
         assert math.isclose(ident[b], -math.log(p[2 * u]), rel_tol=1e-12)
         assert math.isclose(marg[b], -math.log(p[2 * u] + p[2 * u + 1]), rel_tol=1e-12)
     # K = 1 is the paper's -log p(own ID); the two modes agree.
-    plain = idprob_from_logits(logits, torch.tensor([3, 0]), 1, "identity").numpy()
+    plain = _idprob(logits, torch.tensor([3, 0]), 1, "identity")
     assert np.allclose(plain, [-math.log(_softmax(logits[0].double().numpy())[3]),
                                -math.log(_softmax(logits[1].double().numpy())[0])])
-    assert np.allclose(plain, idprob_from_logits(logits, torch.tensor([3, 0]), 1, "marginal").numpy())
+    assert np.allclose(plain, _idprob(logits, torch.tensor([3, 0]), 1, "marginal"))
     probs = unit_probs(logits, 2).numpy()
     for b in range(2):
         p = _softmax(logits[b].double().numpy())
         assert np.allclose(probs[b], [p[0] + p[1], p[2] + p[3], p[4] + p[5]], atol=1e-6)
     with pytest.raises(ValueError, match="multiple of 4"):
-        idprob_from_logits(logits, unit, 4)
+        class_logp(logits, 4)
 
 
 def test_pseudo_class_fine_tuning_trains_k_classes_per_unit_and_scores_the_identity_block(short_run, tmp_path,

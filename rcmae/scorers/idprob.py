@@ -73,28 +73,6 @@ def true_classes(classes: Sequence[tuple[str, str]], class_units: Sequence[tuple
     return out
 
 
-def idprob_from_logits(logits: torch.Tensor, unit: torch.Tensor, n_transforms: int = 1,
-                       mode: str = "identity") -> torch.Tensor:
-    """``-log p`` of each row's own unit from classifier logits ``[B, N * K]``, in float64.
-
-    Args:
-        logits: Classifier logits, ``K = n_transforms`` consecutive classes per unit.
-        unit: The unit index ``[B]`` (``0 .. N - 1``) of each row.
-        n_transforms: ``K`` (1 = plain machine-ID classes, the paper).
-        mode: ``"identity"``: ``-log p(unit, transform 0)``; ``"marginal"``: ``-log sum_k p(unit, k)``.
-    """
-    if logits.shape[-1] % n_transforms:
-        raise ValueError(f"idprob: {logits.shape[-1]} classifier outputs are not a multiple of {n_transforms} "
-                         "pseudo-class transforms")
-    logp = torch.log_softmax(logits.double(), -1).reshape(len(logits), -1, n_transforms)
-    own = logp[torch.arange(len(logits), device=logits.device), unit.to(logits.device)]  # [B, K]
-    if mode == "identity":
-        return -own[:, 0]
-    if mode == "marginal":
-        return -torch.logsumexp(own, -1)
-    raise ValueError(f"idprob: unknown mode {mode!r}; use identity or marginal")
-
-
 def class_logp(logits: torch.Tensor, n_transforms: int = 1, mode: str = "identity") -> torch.Tensor:
     """``log p(class | clip)`` ``[B, C]`` in float64 from logits ``[B, C * K]`` (``K`` pseudo-class transforms).
 

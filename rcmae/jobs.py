@@ -123,6 +123,11 @@ class Job:
         return Path(self.log + ".rc")
 
     @property
+    def pid_path(self) -> Path:
+        """Where the wrapper writes its own ``pid start-time`` when it starts (:func:`_run_exec`)."""
+        return Path(self.log + ".pid")
+
+    @property
     def duration(self) -> float | None:
         if self.started is None:
             return None
@@ -280,6 +285,15 @@ def _job_alive(job: Job) -> bool:
     return True
 
 
+def _read_pid_file(job: Job) -> tuple[int, int] | None:
+    """``(pid, start time)`` the job's wrapper wrote when it started, or None."""
+    try:
+        pid, start = job.pid_path.read_text().split()
+        return int(pid), int(start)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
 def _read_rc(job: Job) -> int | None:
     try:
         return int(job.rc_path.read_text().strip())
@@ -416,8 +430,9 @@ def cpu_slots_default() -> int:
 
 def _spawn(job: Job) -> subprocess.Popen:
     Path(job.log).parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        job.rc_path.unlink()
+    for stale in (job.rc_path, job.pid_path):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
     env = dict(os.environ)
     env["CUDA_VISIBLE_DEVICES"] = job.gpus
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -496,6 +511,12 @@ def refresh(store: JobStore) -> list[Job]:
                 if rc is not None:
                     store.update(job.id, returncode=rc)
             continue
+        if job.pid is None:
+            # The launcher died between spawning the wrapper and recording its pid: the wrapper said it itself.
+            adopted = _read_pid_file(job)
+            if adopted is not None and store.update(job.id, only_if_state="running", pid=adopted[0],
+                                                    pid_start=adopted[1]):
+                job = store.get(job.id)
         if job.pid is None:
             if job.started is not None and now - job.started > _START_GRACE_S:
                 store.update(job.id, only_if_state="running", state="failed", ended=now,
@@ -691,7 +712,17 @@ def _run_runner(db_path: str) -> int:
 
 
 def _run_exec(rc_file: str, command: list[str]) -> int:
-    """Run ``command``, then write its return code atomically to ``rc_file`` (the job wrapper)."""
+    """Run ``command``, then write its return code atomically to ``rc_file`` (the job wrapper).
+
+    First the wrapper writes its own pid and start time beside it (``<log>.pid``), so that a job whose launcher
+    died before recording the pid is still found (:func:`refresh`).
+    """
+    stat = proc_stat(os.getpid())
+    if stat is not None and rc_file.endswith(".rc"):
+        pid_file = rc_file[: -len(".rc")] + ".pid"
+        with open(f"{pid_file}.tmp", "w") as f:
+            f.write(f"{os.getpid()} {stat[1]}\n")
+        os.replace(f"{pid_file}.tmp", pid_file)
     print(f"$ {' '.join(command)}", flush=True)
     try:
         rc = subprocess.call(command)

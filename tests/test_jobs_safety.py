@@ -90,8 +90,10 @@ def test_dead_runner_is_revived_by_the_next_cli_call(tmp_path, capsys):
                                  str(tmp_path / "second")], raw_python=True)
     jobs.ensure_runner(store)
     _wait(store, first.id, states=("running",), timeout=30)
+    # Kill the runner once the job's wrapper runs (claimed is not yet spawned: a job killed before its spawn
+    # never starts, the other test below).
     deadline = time.time() + 10
-    while not _runner_pids(store) and time.time() < deadline:
+    while (not _runner_pids(store) or jobs._read_pid_file(store.get(first.id)) is None) and time.time() < deadline:
         time.sleep(0.05)
     for pid in _runner_pids(store):
         os.kill(pid, signal.SIGKILL)
@@ -172,3 +174,30 @@ def test_kill_marks_job_and_progress_killed(tmp_path, target):
     progress = json.loads((out / "progress.json").read_text())
     assert progress["state"] == "killed" and progress["checkpoint"] == str(ckpt)
     assert end.returncode == (None if target == "group" else -9)
+
+
+def test_a_wrapper_whose_launcher_died_before_recording_its_pid_is_adopted(tmp_path):
+    # The launcher claimed the job (running, no pid) and spawned the wrapper, then died before writing the pid.
+    # Long after the start grace, refresh must find the wrapper by the pid file it wrote, not call it failed.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    store = JobStore(tmp_path / "jobs.sqlite")
+    job = jobs.launch(store, ["-c", "import time; time.sleep(0.5)"], raw_python=True)
+    store.update(job.id, state="running", started=time.time() - 10 * jobs._START_GRACE_S)
+    job = store.get(job.id)
+    Path(job.log).parent.mkdir(parents=True, exist_ok=True)  # as the launcher's spawn does
+    wrapper = subprocess.Popen([sys.executable, "-m", "rcmae.jobs", "_exec", "--rc", str(job.rc_path), "--",
+                                *job.command], stdout=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 30
+    while jobs._read_pid_file(job) is None and time.time() < deadline:
+        time.sleep(0.02)
+    pid, start = jobs._read_pid_file(job)
+    assert pid == wrapper.pid and start == jobs.proc_stat(wrapper.pid)[1]
+    jobs.refresh(store)
+    adopted = store.get(job.id)
+    assert (adopted.state, adopted.pid, adopted.pid_start) == ("running", wrapper.pid, start)
+    wrapper.wait(timeout=30)
+    final = _wait(store, job.id)
+    assert (final.state, final.returncode) == ("done", 0)

@@ -32,10 +32,12 @@ app: $(STAMP)
 	RCMAE_WORKSPACE=$(WORKSPACE) $(BIN)/streamlit run app/main.py --server.address $(HOST) --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
 
 test: $(STAMP) browser
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check rcmae app pages tests bench
+	$(BIN)/lint-imports --no-cache
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

@@ -14,7 +14,7 @@ from pathlib import Path
 import streamlit as st
 
 from rcmae import workbench
-from rcmae.jobs import detect_gpus
+from rcmae.workbench.processes import detect_gpus
 from rcmae.workspace import Workspace
 
 PAGES = Path(__file__).resolve().parent.parent / "pages"

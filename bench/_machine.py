@@ -10,8 +10,8 @@ from pathlib import Path
 
 
 def machine() -> str:
-    """One line: CPU model, cores, memory, GPU (if any), torch version (from ``rcmae.benchmark.machine_info``)."""
-    from rcmae.benchmark import machine_info
+    """One line: CPU model, cores, memory, GPU, torch version (``rcmae.evaluation.benchmark.machine_info``)."""
+    from rcmae.evaluation.benchmark import machine_info
 
     m = machine_info()
     gpu = ", ".join(m["gpu"]) or "no GPU"

@@ -52,7 +52,7 @@ def _timed(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
 
 def bench_procedural(args: argparse.Namespace) -> list[dict]:
     from rcmae.augment.procedural import SOUND_MODELS, ProceduralAugmenter
-    from rcmae.prompts import PAPER_PROMPTS
+    from rcmae.augment.prompts import PAPER_PROMPTS
 
     x = _clip(args.seconds)
     n = x.size
@@ -76,7 +76,7 @@ def bench_audioldm(args: argparse.Namespace) -> list[dict]:
 
     from rcmae.augment.audioldm import AudioLDMAugmenter
     from rcmae.augment.audioldm_testing import build_tiny_pipeline
-    from rcmae.prompts import PAPER_PROMPTS
+    from rcmae.augment.prompts import PAPER_PROMPTS
 
     x = _clip(args.seconds)
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,9 +19,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rcmae.data import index_dataset, load_waveforms  # noqa: E402
+from rcmae.data.index import index_dataset  # noqa: E402
+from rcmae.data.loading import load_waveforms
 from rcmae.files import read_json  # noqa: E402
-from rcmae.score import Detector  # noqa: E402
+from rcmae.scorers.detector import Detector  # noqa: E402
 
 
 def main() -> None:

@@ -25,10 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _machine import header, write_result  # noqa: E402
 
-from rcmae import demo, export, train  # noqa: E402
-from rcmae.audio import load_audio  # noqa: E402
-from rcmae.data import index_dataset  # noqa: E402
-from rcmae.score import Detector  # noqa: E402
+from rcmae.data import demo  # noqa: E402
+from rcmae.data.audio import load_audio  # noqa: E402
+from rcmae.data.index import index_dataset  # noqa: E402
+from rcmae.deploy import bundle as export_bundle
+from rcmae.deploy import export
+from rcmae.scorers.detector import Detector  # noqa: E402
+from rcmae.training import stages as train
 
 BATCH = 16
 
@@ -76,7 +79,7 @@ def main() -> None:
         t0 = time.perf_counter()
         path = export.export_run(run, tmp / f"{scorer}-{fmt}", format=fmt, scorer=scorer, examples=0)
         export_s = time.perf_counter() - t0
-        bundle = export.Bundle(path)
+        bundle = export_bundle.Bundle(path)
         ref = det.score_waveforms(waves, types, ids, scorer)
         got = bundle.score_waveforms(waves, types, ids)
         err = float(np.max(np.abs(got - ref)) / np.max(np.abs(ref)))
@@ -104,7 +107,7 @@ def main() -> None:
             "Per unit, `frame_pca` carries the top 32 of the 640 eigenvectors of the 5-frame context vectors "
             "(0.16 MiB) and `frame_maha` all of them (3.1 MiB). `maha` and `stats_maha` carry their Ledoit-Wolf "
             "precision as a multiple of the identity plus a correction of rank (training clips - 1) "
-            "(`rcmae.scorers.graph.compress_precisions`), so they grow with the clips per unit up to the full "
+            "(`rcmae.deploy.graph.compress_precisions`), so they grow with the clips per unit up to the full "
             "matrix (`stats_maha`: 768 x 768, 4.5 MiB) once a unit has as many clips as dimensions.\n\n"
             f"The machine was shared: 1-minute load average {load_before:.1f} before and {load_after:.1f} after on "
             "its 2 cores, so the speeds are lower bounds.\n")

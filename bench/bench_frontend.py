@@ -1,4 +1,4 @@
-"""Front-end speed: rcmae.features.LogMel (batched, torch) vs librosa clip by clip, same clips, same run.
+"""Front-end speed: rcmae.data.features.LogMel (batched, torch) vs librosa clip by clip, same clips, same run.
 
     python bench/bench_frontend.py [--clips 64] [--batch 32] [--device cpu|cuda]
 """
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from _machine import header, write_result
 
-from rcmae.features import LogMel, LogMelConfig
+from rcmae.data.features import LogMel, LogMelConfig
 
 
 def main() -> None:

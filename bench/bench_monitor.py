@@ -27,7 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _machine import header, write_result  # noqa: E402
 
-from rcmae import demo, export, monitor, train  # noqa: E402
+from rcmae.data import demo  # noqa: E402
+from rcmae.deploy import export, monitor
+from rcmae.training import stages as train
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import header, write_result  # noqa: E402
 
-from rcmae import reproduce  # noqa: E402
+from rcmae.evaluation import reproduce  # noqa: E402
 
 
 def main() -> None:

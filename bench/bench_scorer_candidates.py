@@ -3,7 +3,7 @@
 For each data set (``bench/scorer_sets.py`` or any DCASE-layout folder) the log-mels of the tiny preset
 (128 mels, hop 512, per-band normalisation with the training clips) are computed once and cached; then each
 candidate is fitted per unit on the normal training clips and scores the test clips. AUC/pAUC come from
-``rcmae.metrics.evaluate_scores`` (per ID, mean per type, mean over types).
+``rcmae.evaluation.metrics.evaluate_scores`` (per ID, mean per type, mean over types).
 
 Usage: ``python bench/bench_scorer_candidates.py --data NAME=FOLDER [...] --cache DIR``
 """
@@ -19,12 +19,12 @@ import pandas as pd
 import torch
 from sklearn.covariance import ledoit_wolf
 
-from rcmae import config as rconfig
-from rcmae.data import index_dataset
-from rcmae.datasets import compute_logmels
-from rcmae.features import LogMel
-from rcmae.metrics import evaluate_scores
-from rcmae.model import clip_stats
+from rcmae.data.datasets import compute_logmels
+from rcmae.data.features import LogMel
+from rcmae.data.index import index_dataset
+from rcmae.evaluation.metrics import evaluate_scores
+from rcmae.models.rcmae import clip_stats
+from rcmae.run import config as rconfig
 from rcmae.scorers.frames import FrameGaussian, band_stats, context_frames
 
 

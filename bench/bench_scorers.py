@@ -1,7 +1,7 @@
 """Every scorer of trained runs, set by set: AUC/pAUC, ensemble variants, fit time and clips/s (issue 9).
 
 For each ``NAME=RUN`` (a trained run folder, e.g. ``tiny`` on a ``bench/scorer_sets.py`` set) it refits the
-thresholds (``rcmae.score.fit_run``, timed per scorer), evaluates every scorer on the run's labelled test
+thresholds (``rcmae.scorers.detector.fit_run``, timed per scorer), evaluates every scorer on the run's labelled test
 clips, re-scores the ``ensemble`` with other member lists (members z-scored per unit with their held-out
 normal training scores, equal weights), and times each scorer on the test log-mels (embedding included,
 log-mel excluded). Writes a markdown report.
@@ -18,11 +18,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rcmae import score
-from rcmae.data import index_dataset
-from rcmae.datasets import compute_logmels
-from rcmae.metrics import evaluate_scores
-from rcmae.train import load_train_data, read_run_json
+from rcmae import scorers as score_scorers
+from rcmae.data.datasets import compute_logmels
+from rcmae.data.index import index_dataset
+from rcmae.evaluation.metrics import evaluate_scores
+from rcmae.run.folder import read_run_json
+from rcmae.run.trainset import load_train_data
+from rcmae.scorers import detector as score
 
 ENSEMBLES = [["knn", "maha"], ["maha", "frame_pca"], ["maha", "stats_maha"], ["maha", "stats_maha", "frame_pca"],
              ["knn_norm", "maha", "frame_pca"], ["stats_maha", "frame_pca"], ["knn", "stats_maha", "frame_pca"],
@@ -55,7 +57,7 @@ def one_run(name: str, run: Path) -> tuple[list[dict], list[dict]]:
         det._families[s].fit(normal)
         try:
             det._scores(train.x, types, ids, s, paths)
-        except score.ScoringError as err:
+        except score_scorers.ScoringError as err:
             print(f"{name}: {s} held-out scores failed: {err}")
         fit_s = time.time() - t0
         det._memo.clear()

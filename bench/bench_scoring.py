@@ -1,4 +1,4 @@
-"""Scoring speed: clips/s and real-time factor of rcmae.score.Detector for 10 s clips, per preset and scorer.
+"""Scoring speed: clips/s and real-time factor of rcmae.scorers.Detector for 10 s clips, per preset and scorer.
 
     python bench/bench_scoring.py [--presets tiny,paper] [--clips 16] [--device cpu|cuda] [--threads N]
 
@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from _machine import header
 
-from rcmae.config import load_config
-from rcmae.features import FeatureStats
-from rcmae.model import RCMAE, count_parameters
-from rcmae.score import Detector
+from rcmae.data.features import FeatureStats
+from rcmae.models.rcmae import RCMAE, count_parameters
+from rcmae.run.config import load_config
+from rcmae.scorers.detector import Detector
 
 RESULTS = Path(__file__).parent / "results" / "speed.md"
 N_CLASSES = 4

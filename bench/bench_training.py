@@ -3,7 +3,7 @@
     python bench/bench_training.py [--presets tiny,paper] [--steps 3] [--device cpu|cuda] [--threads N]
                                    [--grid-frames 80,160,320,640] [--grid-batch 8,16,32]
 
-Each step is the real ``training_step`` of rcmae.train's PretrainModule / FinetuneModule (pairs by
+Each step is the real ``training_step`` of rcmae.training's PretrainModule / FinetuneModule (pairs by
 SpecAugment, masking, both branches, losses) plus backward and an optimizer step, outside the
 Lightning Trainer loop. Part 1: both stages per preset (paper preset at a small batch on CPU).
 Part 2 (tiny preset, pretraining): step time over clip length (tokens) x batch size. Writes the
@@ -20,10 +20,10 @@ import torch
 from _machine import header
 from bench_scoring import RESULTS, update_section
 
-from rcmae.config import load_config
-from rcmae.datasets import PairSource
-from rcmae.model import RCMAE, count_parameters
-from rcmae.train import FinetuneModule, PretrainModule
+from rcmae.models.rcmae import RCMAE, count_parameters
+from rcmae.run.config import load_config
+from rcmae.training.modules import FinetuneModule, PretrainModule
+from rcmae.training.pairs import PairSource
 
 N_CLASSES = 4
 

@@ -28,8 +28,10 @@ import torch  # noqa: E402
 from sklearn.neighbors import NearestNeighbors  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
-from rcmae import data, demo, metrics  # noqa: E402
-from rcmae.features import LogMel  # noqa: E402
+from rcmae import data  # noqa: E402
+from rcmae.data import demo
+from rcmae.data.features import LogMel  # noqa: E402
+from rcmae.evaluation import metrics
 
 
 def clip_features(index: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:

@@ -2,7 +2,7 @@
 
     python bench/generalization.py SUITE_OUT [--default-row rcmae:maha] [--note TEXT ...]
 
-The tables are rendered by rcmae.suite.render_suite from suite.json (nothing is typed by hand); below them,
+The tables are rendered by rcmae.evaluation.suite.render_suite from suite.json (nothing is typed by hand); below them,
 the issue-9 targets are checked for the default row against `ae`: suite-mean AUC and pAUC margins of at least
 0.04, and a win on the near-identical and domain-shift sets alone.
 """
@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from rcmae.suite import render_suite
+from rcmae.evaluation.suite import render_suite
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_MARGIN = 0.04

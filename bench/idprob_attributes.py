@@ -31,11 +31,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rcmae import config as rconfig  # noqa: E402
-from rcmae import train  # noqa: E402
-from rcmae.data import index_dataset  # noqa: E402
+from rcmae.data.index import index_dataset  # noqa: E402
+from rcmae.evaluation.evaluate import evaluate_run  # noqa: E402
 from rcmae.files import write_json  # noqa: E402
-from rcmae.score import evaluate_run  # noqa: E402
+from rcmae.run import config as rconfig  # noqa: E402
+from rcmae.training import stages as train  # noqa: E402
 
 
 def eval_style_copy(dev: Path, root: Path, seed: int = 0) -> Path:

@@ -38,9 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from idprob_study import test_logmels  # noqa: E402
 
-from rcmae import score, train  # noqa: E402
+from rcmae.evaluation.metrics import evaluate_scores  # noqa: E402
 from rcmae.files import read_json, write_json  # noqa: E402
-from rcmae.metrics import evaluate_scores  # noqa: E402
+from rcmae.scorers import detector as score  # noqa: E402
+from rcmae.training import stages as train
 
 SCORES = ("identity", "marginal", "identity_max", "marginal_max", "identity_type", "marginal_type")
 

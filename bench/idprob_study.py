@@ -3,7 +3,7 @@
 One RC-MAE pretraining per data set (preset ``--preset``, cached in ``WORK/<set>/pretrained``), then one
 fine-tuning per variant (the choices the paper leaves open: lambda_SCL / lambda_CE, tau, augmentation,
 mixup, class-balanced batches, label smoothing, an ArcFace margin, epochs), each scored with ``idprob``
-through :class:`rcmae.score.Detector` on the labelled test clips. Besides AUC/pAUC it records the
+through :class:`rcmae.scorers.Detector` on the labelled test clips. Besides AUC/pAUC it records the
 calibration of the classifier: the median ``p(true ID)`` on normal and on anomalous test clips, the
 fraction of clips with ``p(true ID) > 0.999`` (saturated), and the fraction of test clips whose score ties
 with another's (a float32 ``-log p`` of a saturated softmax is exactly 0).
@@ -29,11 +29,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rcmae import score, train  # noqa: E402
-from rcmae.data import index_dataset  # noqa: E402
-from rcmae.datasets import compute_logmels  # noqa: E402
+from rcmae.data.datasets import compute_logmels  # noqa: E402
+from rcmae.data.index import index_dataset  # noqa: E402
+from rcmae.evaluation.metrics import evaluate_scores  # noqa: E402
 from rcmae.files import read_json, write_json  # noqa: E402
-from rcmae.metrics import evaluate_scores  # noqa: E402
+from rcmae.scorers import detector as score  # noqa: E402
+from rcmae.training import stages as train
 
 VARIANTS: dict[str, list[str]] = {
     "base": [],

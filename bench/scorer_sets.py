@@ -1,6 +1,6 @@
 """Small, unlike data sets for comparing scorers (issue 9): the demo data and two variants made here.
 
-The suite's own generator modes (near-identical units, domain shift) belong to ``rcmae/demo.py`` on the suite
+The suite's own generator modes (near-identical units, domain shift) belong to ``rcmae/data/demo/`` on the suite
 branch; until they land, this script patches the demo generator *in this process only* (never the files of
 the package) to make quick stand-ins:
 
@@ -19,7 +19,9 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from rcmae import demo
+from rcmae.data import demo
+from rcmae.data.demo import plan as demo_plan
+from rcmae.data.demo import units as demo_units
 
 SETS = {
     "demo": {"seed": 0, "types": ("fan", "slider", "valve")},
@@ -48,16 +50,16 @@ def _shifted_plan(orig):
 def make_set(name: str, out: Path) -> Path:
     """Write set ``name`` under ``out`` (the demo generator patched for this call only)."""
     spec = SETS[name]
-    unit, plan = demo._unit, demo.plan_clip
+    unit, plan = demo_units._unit, demo_plan.plan_clip
     try:
         if name == "near":
-            demo._unit = _near_unit(unit)
+            demo_units._unit = _near_unit(unit)
         if name == "shift":
-            demo.plan_clip = _shifted_plan(plan)
+            demo_plan.plan_clip = _shifted_plan(plan)
         return demo.make_demo_data(out, seed=spec["seed"], train_per_id=TRAIN_PER_ID, test_per_id=TEST_PER_ID,
                                    progress=False, machine_types=spec["types"], workers=1)
     finally:
-        demo._unit, demo.plan_clip = unit, plan
+        demo_units._unit, demo_plan.plan_clip = unit, plan
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
     python bench/suite_per_type.py SUITE_OUT --type fan [--results SET:ROW=results.json ...]
 
 For a suite that did not finish: the rows come from the finished runs' record.json files
-(``rcmae.suite.collect_set``); ``--results`` adds a row's results.json for a set from elsewhere, e.g. the AE
+(``rcmae.evaluation.suite.collect_set``); ``--results`` adds a row's results.json for a set from elsewhere, e.g. the AE
 baseline scored on the type alone with the per-type model its unfinished suite run had already saved
 (``rcmae baseline ae`` reuses a model trained with the same settings).
 """
@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from rcmae.suite import SUITES, collect_set
+from rcmae.evaluation.suite import SUITES, collect_set
 
 
 def main() -> None:

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from rcmae import prompts, viz, workbench
+from rcmae import views as viz
+from rcmae import workbench
+from rcmae.augment import prompts
 
 ws = workbench.page_workspace(st.session_state.get("workspace"))
 

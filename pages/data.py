@@ -6,7 +6,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from rcmae import demo, jobs, viz, workbench
+from rcmae import views as viz
+from rcmae import workbench
+from rcmae.data import demo
+from rcmae.workbench import jobs
 
 ws = workbench.page_workspace(st.session_state.get("workspace"))
 store = jobs.JobStore(ws.jobs_db)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from rcmae import jobs, workbench
+from rcmae import workbench
+from rcmae.workbench import jobs
 
 ws = workbench.page_workspace(st.session_state.get("workspace"))
 store = jobs.JobStore(ws.jobs_db)

@@ -8,7 +8,11 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from rcmae import jobs, viz, workbench
+from rcmae import views as viz
+from rcmae import workbench
+from rcmae.workbench import jobs
+from rcmae.workbench import processes as jobs_processes
+from rcmae.workbench import runner as jobs_runner
 
 ws = workbench.page_workspace(st.session_state.get("workspace"))
 store = jobs.JobStore(ws.jobs_db)
@@ -20,7 +24,7 @@ st.write("Jobs run as separate processes: they keep going when the browser close
 
 @st.cache_resource(show_spinner=False)
 def _gpus() -> list[str]:
-    return jobs.detect_gpus()
+    return jobs_processes.detect_gpus()
 
 
 gpus = _gpus()
@@ -111,7 +115,7 @@ def _when(t: float | None) -> str:
 
 @st.fragment(run_every=2.0)
 def _live() -> None:
-    if jobs.revive_runner(store):
+    if jobs_runner.revive_runner(store):
         st.toast("The queue runner had stopped (killed?): restarted it for the queued jobs.")
     jobs.start_ready(store)
     all_jobs = store.list()

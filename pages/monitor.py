@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from rcmae import demo_app, export, jobs, monitor, viz, workbench
+from rcmae import views as viz
+from rcmae import workbench
+from rcmae.deploy import bundle as export
+from rcmae.deploy import demo_app, monitor
+from rcmae.workbench import jobs
 
 ws = workbench.page_workspace(st.session_state.get("workspace"))
 BUNDLES = ws.root / "bundles"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from rcmae import prompts, workbench
+from rcmae import workbench
+from rcmae.augment import llm as prompts_llm
+from rcmae.augment import prompts
 
 ws = workbench.page_workspace(st.session_state.get("workspace"))
 
@@ -85,7 +87,7 @@ with gen_tab:
     use_template = st.checkbox("Use the template generator even if an LLM is configured", value=not has_llm)
     if st.button("Generate", icon=":material/auto_awesome:"):
         try:
-            new, source = prompts.generate_prompts(int(n), seed=int(seed), use_llm=False if use_template else None,
+            new, source = prompts_llm.generate_prompts(int(n), seed=int(seed), use_llm=False if use_template else None,
                                                    existing=library.texts(), settings=ws.settings)
         except ValueError as err:
             st.error(str(err), icon=":material/error:")

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from rcmae import viz, workbench
+from rcmae import views as viz
+from rcmae import workbench
 
 ws = workbench.page_workspace(st.session_state.get("workspace"))
 

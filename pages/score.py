@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from rcmae import score, workbench
+from rcmae import workbench
+from rcmae.scorers import detector as score
 
 ws = workbench.page_workspace(st.session_state.get("workspace"))
 

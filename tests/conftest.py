@@ -68,7 +68,7 @@ def check_results(out: Path, data: Path) -> dict:
     # Imported here: the environment above must be set before anything imports torch.
     from sklearn.metrics import roc_auc_score
 
-    from rcmae.data import index_dataset
+    from rcmae.data.index import index_dataset
 
     res = json.loads((out / "results.json").read_text())
     assert {"system", "data", "per_id", "per_type", "average"} <= set(res)
@@ -145,7 +145,7 @@ SHORT_OVERRIDES = [
 @pytest.fixture(scope="session")
 def short_run(tmp_path_factory) -> tuple[Path, Path]:
     """``(data, run)``: 1-second tiny data and a run pretrained and fine-tuned 1 epoch each (copy before changing)."""
-    from rcmae import train
+    from rcmae.training import stages as train
 
     data = write_tiny_dcase(tmp_path_factory.mktemp("short_run_data"), seconds=1.0, seed=5)
     run = tmp_path_factory.mktemp("short_run") / "run"
@@ -190,8 +190,9 @@ DEMO_RUN_OVERRIDES = [
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory) -> Path:
     """Demo data (fan only: 3 IDs x 6 train + 3/3 test clips) and a run on it: 1 + 1 epochs, evaluated."""
-    from rcmae import demo, train
-    from rcmae.score import evaluate_run
+    from rcmae.data import demo
+    from rcmae.evaluation.evaluate import evaluate_run
+    from rcmae.training import stages as train
 
     root = tmp_path_factory.mktemp("demo_run")
     data = demo.make_demo_data(root / "demo", train_per_id=6, test_per_id=3, progress=False,
@@ -206,6 +207,6 @@ def demo_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_bundle(demo_run, tmp_path_factory) -> Path:
     """The demo run's default scorer exported as a TorchScript bundle."""
-    from rcmae.export import export_run
+    from rcmae.deploy.export import export_run
 
     return export_run(demo_run, tmp_path_factory.mktemp("bundle") / "bundle", format="torchscript")

@@ -224,7 +224,7 @@ def test_jobs_page_refuses_output_outside_workspace(ws, tiny_dcase):
     next(b for b in at.button if b.label == "Launch").click().run()
     assert not at.exception
     assert any("outside the workspace" in e.value for e in at.error)
-    from rcmae import jobs
+    from rcmae.workbench import jobs
 
     assert jobs.JobStore(ws.jobs_db).list() == []
 

@@ -14,11 +14,14 @@ import pytest
 import yaml
 from streamlit.testing.v1 import AppTest
 
-from rcmae import jobs, score, train
-from rcmae.audio import load_audio
 from rcmae.augment.bank import read_manifest
 from rcmae.augment.procedural import ProceduralAugmenter
-from rcmae.metrics import load_results
+from rcmae.data.audio import load_audio
+from rcmae.evaluation import evaluate as score
+from rcmae.evaluation.metrics import load_results
+from rcmae.scorers import detector
+from rcmae.training import stages as train
+from rcmae.workbench import jobs, processes
 from rcmae.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -266,7 +269,7 @@ def test_score_page_shows_the_detectors_numbers(full_ws: Workspace, tiny_dcase: 
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     table = at.dataframe[0].value
-    det = score.Detector.load(full_ws.runs / "tiny-run")
+    det = detector.Detector.load(full_ws.runs / "tiny-run")
     expected = {Path(r["path"]).name: r for r in det.score_paths([folder])}
     assert len(table) == len(expected) == 16  # 2 IDs x (4 normal + 4 anomalous)
     for _, row in table.iterrows():
@@ -278,7 +281,7 @@ def test_score_page_shows_the_detectors_numbers(full_ws: Workspace, tiny_dcase: 
 
 
 def test_score_page_rejects_bad_upload(tmp_path: Path) -> None:
-    from rcmae.workbench import save_uploads
+    from rcmae.workbench.launch import save_uploads
 
     saved, problems = save_uploads([("a.wav", b"x" * 2048), ("notes.txt", b"hi"), ("big.wav", b"0" * 3 * 2**20)],
                                    tmp_path, max_mb=2)
@@ -339,7 +342,7 @@ def test_workbench_helpers(full_ws: Workspace, tmp_path: Path, monkeypatch) -> N
 
 
 def test_prompts_page_generates_with_the_template_and_says_so(tmp_path: Path, monkeypatch) -> None:
-    from rcmae.prompts import template_prompts
+    from rcmae.augment.prompts import template_prompts
 
     for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
         monkeypatch.delenv(var, raising=False)
@@ -385,7 +388,7 @@ def test_jobs_page_cancel_and_resume(tmp_path: Path) -> None:
     next(b for b in at.button if b.label == "Cancel").click()
     at.run()
     end = store.get(sleeper.id)
-    assert end.state == "cancelled" and not jobs._process_group_alive(end.pid)
+    assert end.state == "cancelled" and not processes.process_group_alive(end.pid)
 
 
 def test_audition_audioldm_with_local_weights(full_ws: Workspace, tmp_path: Path) -> None:
@@ -435,7 +438,8 @@ def ws2023(tiny_dcase2023: Path, tmp_path_factory) -> Workspace:
 
 
 def test_results_page_shows_the_dcase2023_protocol(ws2023: Workspace) -> None:
-    from rcmae import viz, workbench
+    from rcmae import views as viz
+    from rcmae import workbench
 
     at = _app(ws2023, "results")
     scorer = at.selectbox[1].value
@@ -474,7 +478,7 @@ def test_results_page_shows_the_dcase2023_protocol(ws2023: Workspace) -> None:
 def test_monitor_page_scores_a_recording_and_exports_and_demos(full_ws: Workspace, tiny_dcase: Path) -> None:
     import soundfile as sf
 
-    from rcmae import monitor
+    from rcmae.deploy import monitor
 
     test = tiny_dcase / "dev_data" / "fan" / "test"
     parts = [sf.read(test / f"{k}_id_00_0000000{n}.wav", dtype="float32")[0]

@@ -15,10 +15,12 @@ import torch
 from conftest import SHORT_OVERRIDES
 from test_metrics import _eval_style_copy
 
-from rcmae import cli, train
-from rcmae.data import class_name, finetune_classes, id_classes, index_dataset, parse_attributes
+from rcmae import cli
+from rcmae.data.index import class_name, finetune_classes, id_classes, index_dataset
+from rcmae.data.names import parse_attributes
 from rcmae.scorers.base import Clips, ScoringError
 from rcmae.scorers.idprob import IdProbScorer, _class_name, true_classes
+from rcmae.training import stages as train
 
 
 def _index(rows: list[tuple[str, str, str, str, str]]) -> pd.DataFrame:
@@ -154,8 +156,10 @@ def demo23(tmp_path_factory) -> Path:
 
 
 def test_2023_demo_run_learns_attribute_classes_and_idprob_reads_them(demo23, tmp_path):
-    from rcmae.score import Detector, evaluate_run
-    from rcmae.train import _model_from_checkpoint, checkpoint_path
+    from rcmae.evaluation.evaluate import evaluate_run
+    from rcmae.run.checkpoint import model_from_checkpoint
+    from rcmae.run.folder import checkpoint_path
+    from rcmae.scorers.detector import Detector
 
     run = tmp_path / "run"
     train.pretrain(demo23, run, epochs=1, overrides=SHORT_OVERRIDES, progress=False)
@@ -166,7 +170,7 @@ def test_2023_demo_run_learns_attribute_classes_and_idprob_reads_them(demo23, tm
     assert ["fan", "00_spd_112_bg_B"] in info["classes"] and ["valve", "00_spd_96_bg_A"] in info["classes"]
     assert {tuple(u) for u in info["class_units"]} == {(t, "00") for t in ("fan", "gearbox", "pump", "slider",
                                                                             "valve")}
-    model, _ = _model_from_checkpoint(checkpoint_path(run, "finetune", "last"))
+    model, _ = model_from_checkpoint(checkpoint_path(run, "finetune", "last"))
     assert model.head.out_features == 20
     # Dev test clips: idprob is -log p of the clip's own attribute class (from its name).
     results = evaluate_run(run, scorer="idprob", progress=False)
@@ -174,7 +178,7 @@ def test_2023_demo_run_learns_attribute_classes_and_idprob_reads_them(demo23, tm
     det = Detector.load(run)
     assert det.units == [(t, "00") for t in ("fan", "gearbox", "pump", "slider", "valve")]
     scores = pd.read_csv(run / "eval" / "scores.csv", dtype=str)
-    from rcmae.datasets import compute_logmels
+    from rcmae.data.datasets import compute_logmels
 
     x, kept, _ = compute_logmels(list(scores["path"]), det.logmel, det.cfg.data.sample_rate, det.cfg.data.duration,
                                  progress=False, transform=det.stats.apply)
@@ -204,7 +208,8 @@ def test_2023_demo_run_learns_attribute_classes_and_idprob_reads_them(demo23, tm
 def test_the_margin_family_learns_the_same_attribute_classes(demo23, tmp_path):
     # The angular-margin classifier takes RC-MAE fine-tuning's classes: on a 2023-style set the 20 section +
     # attribute classes (counted by hand above), each with its unit, and idprob reads a clip's own class.
-    from rcmae.score import Detector, evaluate_run
+    from rcmae.evaluation.evaluate import evaluate_run
+    from rcmae.scorers.detector import Detector
 
     run = tmp_path / "margin"
     train.pretrain(demo23, run, preset="margin", progress=False,
@@ -218,7 +223,7 @@ def test_the_margin_family_learns_the_same_attribute_classes(demo23, tmp_path):
     assert det.units == [(t, "00") for t in ("fan", "gearbox", "pump", "slider", "valve")]
     evaluate_run(run, scorer="idprob", progress=False)
     scores = pd.read_csv(run / "eval" / "scores.csv", dtype=str)
-    from rcmae.datasets import compute_logmels
+    from rcmae.data.datasets import compute_logmels
 
     x, kept, _ = compute_logmels(list(scores["path"]), det.logmel, det.cfg.data.sample_rate, det.cfg.data.duration,
                                  progress=False, transform=det.stats.apply)

@@ -1,4 +1,4 @@
-"""rcmae.audio: reading, channel choice, resampling, pad/crop, errors, atomic writes, clip checks."""
+"""rcmae.data.audio: reading, channel choice, resampling, pad/crop, errors, atomic writes, clip checks."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from rcmae.audio import AudioError, audio_info, check_clip, fix_length, load_audio, write_wav
+from rcmae.data.audio import AudioError, audio_info, check_clip, fix_length, load_audio, write_wav
 
 SR = 16000
 

@@ -257,9 +257,9 @@ def test_audioldm2_pipeline_runs_the_same_loop(tmp_path, clip):
 
 
 def test_cli_augment_audioldm_end_to_end(tiny_pipeline_dir, augmenter, tmp_path, capsys):
-    from rcmae.audio import load_audio
     from rcmae.augment.bank import read_manifest
     from rcmae.cli import main
+    from rcmae.data.audio import load_audio
 
     data = write_tiny_dcase(tmp_path / "data", seconds=2.0)
     bank = tmp_path / "bank"

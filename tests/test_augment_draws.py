@@ -9,9 +9,11 @@ import pytest
 import torch
 from conftest import write_tiny_dcase
 
-from rcmae import train
 from rcmae.augment.bank import BankPairs, build_bank, copy_index, read_manifest
-from rcmae.datasets import PairSource, draw_copies, make_generator
+from rcmae.data.datasets import make_generator
+from rcmae.run import trainset as train
+from rcmae.training import stages
+from rcmae.training.pairs import PairSource, draw_copies
 
 TINY = [
     "model.embed_dim=32", "model.depth=1", "model.heads=2", "model.decoder_embed_dim=32", "model.decoder_depth=1",
@@ -68,7 +70,7 @@ def test_bank_holds_k_copies_each_with_its_own_prompt_seed_and_order(short_bank)
 
 def test_pretraining_records_the_draw_and_replay_reproduces_it(short_bank, tmp_path):
     data, bank = short_bank
-    run = train.pretrain(data, tmp_path / "a", aug=str(bank), overrides=TINY + ["seed=3"], epochs=3,
+    run = stages.pretrain(data, tmp_path / "a", aug=str(bank), overrides=TINY + ["seed=3"], epochs=3,
                          progress=False, fit_scores=False)
     draws = train.read_augment_draws(run)
     copies = json.loads((run / train.COPIES_FILE).read_text())
@@ -83,10 +85,10 @@ def test_pretraining_records_the_draw_and_replay_reproduces_it(short_bank, tmp_p
         assert copy_index(path) == draws[0][i] and BankPairs(bank)[clip["source"]][draws[0][i]].as_posix() == path
 
     # Another seed draws otherwise, unless it replays the first run's draw.
-    other = train.pretrain(data, tmp_path / "b", aug=str(bank), overrides=TINY + ["seed=4"], epochs=3,
+    other = stages.pretrain(data, tmp_path / "b", aug=str(bank), overrides=TINY + ["seed=4"], epochs=3,
                            progress=False, fit_scores=False)
     assert any(not np.array_equal(train.read_augment_draws(other)[e], draws[e]) for e in draws)
-    replay = train.pretrain(data, tmp_path / "c", aug=str(bank), overrides=TINY + ["seed=4"], epochs=3,
+    replay = stages.pretrain(data, tmp_path / "c", aug=str(bank), overrides=TINY + ["seed=4"], epochs=3,
                             progress=False, fit_scores=False, replay=run)
     assert all(np.array_equal(train.read_augment_draws(replay)[e], draws[e]) for e in draws)
 

@@ -16,7 +16,7 @@ from rcmae import cli
 from rcmae.augment import bank as bank_mod
 from rcmae.augment.bank import MANIFEST_COLUMNS, BankError, BankPairs, build_bank, read_manifest
 from rcmae.augment.procedural import ProceduralAugmenter
-from rcmae.prompts import PAPER_PROMPTS, PromptLibrary
+from rcmae.augment.prompts import PAPER_PROMPTS, PromptLibrary
 
 OLD_NS = 1_000_000_000 * 10**9  # a fixed past mtime: a rewritten file would get a new one
 

@@ -13,11 +13,11 @@ import pytest
 import torch
 from torch import nn
 
-from rcmae.baselines import run_baseline
-from rcmae.baselines.ae import AEConfig, DenseAE, clip_scores, train_ae, vectorize
-from rcmae.baselines.knn import clip_statistics, knn_scores
-from rcmae.data import index_dataset
-from rcmae.features import LogMel
+from rcmae.data.features import LogMel
+from rcmae.data.index import index_dataset
+from rcmae.evaluation.baselines import run_baseline
+from rcmae.evaluation.baselines.ae import AEConfig, DenseAE, clip_scores, train_ae, vectorize
+from rcmae.evaluation.baselines.knn import clip_statistics, knn_scores
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import check_results, write_tiny_dcase  # noqa: E402

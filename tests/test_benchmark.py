@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import check_results
 
-from rcmae.benchmark import SYSTEMS, _aggregate, _split_overrides, render_table, run_benchmark
+from rcmae.evaluation.benchmark import SYSTEMS, _aggregate, _split_overrides, render_table, run_benchmark
 
 TINY = ["pretrain.epochs=1", "finetune.epochs=1", "ae.epochs=1"]
 
@@ -157,20 +157,21 @@ def test_nopretrain_checkpoint_is_read_back_by_the_trainer(tiny_dcase, tmp_path)
     # that fine-tuning reads back, and the same seed gives the same weights.
     import torch
 
-    from rcmae import train
-    from rcmae.train import _model_from_checkpoint, checkpoint_path
+    from rcmae.run.checkpoint import model_from_checkpoint
+    from rcmae.run.folder import checkpoint_path
+    from rcmae.training import stages as train
 
     small = ["model.embed_dim=32", "model.depth=1", "model.heads=2", "model.decoder_embed_dim=32",
              "model.decoder_depth=1", "model.decoder_heads=2", "model.proj_dim=32", "pretrain.batch_size=8", "seed=3"]
     saved = []
     for name in ("a", "b"):
         train.pretrain(tiny_dcase, tmp_path / name, epochs=0, overrides=small, progress=False, fit_scores=False)
-        model, meta = _model_from_checkpoint(checkpoint_path(tmp_path / name, "pretrain", "last"))
+        model, meta = model_from_checkpoint(checkpoint_path(tmp_path / name, "pretrain", "last"))
         assert meta["stage"] == "pretrain"
         saved.append(model.state_dict())
     assert all(torch.equal(saved[0][k], saved[1][k]) for k in saved[0])
     train.pretrain(tiny_dcase, tmp_path / "trained", epochs=1, overrides=small, progress=False, fit_scores=False)
-    trained, _ = _model_from_checkpoint(checkpoint_path(tmp_path / "trained", "pretrain", "last"))
+    trained, _ = model_from_checkpoint(checkpoint_path(tmp_path / "trained", "pretrain", "last"))
     assert not torch.equal(trained.state_dict()["proj.weight"], saved[0]["proj.weight"])
     train.finetune(tmp_path / "a", epochs=1, progress=False, fit_scores=False)
     assert checkpoint_path(tmp_path / "a", "finetune", "last").is_file()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from rcmae import jobs
+from rcmae.workbench import jobs
 from rcmae.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]

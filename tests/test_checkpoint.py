@@ -10,8 +10,10 @@ import pytest
 import torch
 from conftest import write_tiny_dcase
 
-from rcmae import checkpoint, cli, train
-from rcmae.checkpoint import CheckpointError, load_checkpoint
+from rcmae import cli
+from rcmae.run import checkpoint
+from rcmae.run import folder as train
+from rcmae.run.checkpoint import CheckpointError, load_checkpoint
 
 pytestmark = pytest.mark.reliability  # bad-input cases of the fault-injection suite (issue 11)
 
@@ -134,7 +136,7 @@ def test_score_page_shows_one_line_for_hostile_run(run_dir, tmp_path, monkeypatc
 
 
 def test_ae_baseline_ignores_hostile_model_cache(tmp_path, capsys):
-    from rcmae.baselines import ae
+    from rcmae.evaluation.baselines import ae
 
     data = write_tiny_dcase(tmp_path / "d", seconds=1.0, seed=2)
     out = tmp_path / "ae"
@@ -142,7 +144,7 @@ def test_ae_baseline_ignores_hostile_model_cache(tmp_path, capsys):
     marker = tmp_path / "pwned"
     for mtype in ("fan", "valve"):
         write_hostile(out / "models" / f"model_{mtype}.pt", marker)
-    from rcmae.data import index_dataset
+    from rcmae.data.index import index_dataset
 
     ae.run_ae(index_dataset(data), out, epochs=1, progress=False)
     assert not marker.exists()

@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 import yaml
 
-from rcmae.config import (
+from rcmae.models.rcmae import RCMAE, count_parameters
+from rcmae.run.config import (
     ConfigError,
     PretrainConfig,
     RunConfig,
@@ -17,7 +18,6 @@ from rcmae.config import (
     load_config,
     save_config,
 )
-from rcmae.model import RCMAE, count_parameters
 
 
 @pytest.mark.parametrize("preset", ["tiny", "paper", "paper-light", "audiomae"])

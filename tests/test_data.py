@@ -12,18 +12,18 @@ import pytest
 import soundfile as sf
 
 from rcmae import cli
-from rcmae.data import (
+from rcmae.data.index import (
     COLUMNS,
     DatasetLayoutError,
     attribute_classes,
     count_table,
     id_classes,
     index_dataset,
-    load_waveforms,
-    parse_name,
     split_index,
 )
-from rcmae.data import domain_counts as data_domain_counts
+from rcmae.data.index import domain_counts as data_domain_counts
+from rcmae.data.loading import load_waveforms
+from rcmae.data.names import parse_name
 
 
 def _touch(root: Path, *rels: str) -> None:

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from test_metrics import _evaluator_2023
 
-from rcmae import train
-from rcmae.baselines import run_baseline
-from rcmae.benchmark import run_benchmark
-from rcmae.data import index_dataset
-from rcmae.score import evaluate_run
+from rcmae.data.index import index_dataset
+from rcmae.evaluation.baselines import run_baseline
+from rcmae.evaluation.benchmark import run_benchmark
+from rcmae.evaluation.evaluate import evaluate_run
+from rcmae.training import stages as train
 
 # A 1-block model on 1-second clips: seconds per stage.
 SHORT = [

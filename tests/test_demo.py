@@ -16,7 +16,9 @@ import soundfile as sf
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from rcmae import cli, demo
+from rcmae import cli
+from rcmae.data import demo
+from rcmae.data.demo import generate as demo_generate
 
 # Independent of rcmae.data: the official DCASE 2020 dev file-name pattern.
 NAME = re.compile(r"^(normal|anomaly)_id_(\d\d)_(\d{8})\.wav$")
@@ -128,7 +130,7 @@ def test_cli_if_missing_is_a_no_op(small_set, capsys):
 
 def test_interrupted_run_resumes_to_the_same_bytes(tmp_path, monkeypatch):
     ref = _digests(demo.make_demo_data(tmp_path / "ref", progress=False, machine_types=["valve"], workers=1, **SMALL))
-    real = demo.write_wav
+    real = demo_generate.write_wav
     calls = {"n": 0}
 
     def dying_write(path, y, sample_rate=16000):
@@ -137,7 +139,7 @@ def test_interrupted_run_resumes_to_the_same_bytes(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(path, y, sample_rate)
 
-    monkeypatch.setattr(demo, "write_wav", dying_write)
+    monkeypatch.setattr(demo_generate, "write_wav", dying_write)
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         demo.make_demo_data(out, progress=False, machine_types=["valve"], workers=1, **SMALL)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from rcmae.audio import load_audio
-from rcmae.export import Bundle
+from rcmae.data.audio import load_audio
+from rcmae.deploy.bundle import Bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 gradio_client = pytest.importorskip("gradio_client", reason="gradio_client is in requirements.txt")

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rcmae import cli, data, demo
+from rcmae import cli, data
+from rcmae.data import demo
 
 # sha256 of files written by `make_demo_data(out, seed=0, train_per_id=1, test_per_id=1,
 # machine_types=["fan", "valve"], workers=1)`, computed with the generator as it was BEFORE the modes were added

@@ -15,12 +15,14 @@ import pytest
 import yaml
 
 from rcmae import cli
-from rcmae.audio import load_audio
-from rcmae.export import Bundle, ExportError, export_run
-from rcmae.metrics import load_results
-from rcmae.score import Detector
+from rcmae.data.audio import load_audio
+from rcmae.deploy.bundle import Bundle
+from rcmae.deploy.export import ExportError, export_run
+from rcmae.deploy.graph.build import BUILDERS, build_graph
+from rcmae.deploy.graph.heads import ExportContext
+from rcmae.evaluation.metrics import load_results
 from rcmae.scorers import SCORERS, Scorer, ScoringError
-from rcmae.scorers.graph import BUILDERS, ExportContext, build_graph
+from rcmae.scorers.detector import Detector
 
 
 @pytest.fixture(scope="module")

@@ -9,19 +9,16 @@ import pytest
 import torch
 from conftest import SHORT_OVERRIDES
 
-from rcmae import train
-from rcmae.audio import load_audio
-from rcmae.data import index_dataset
-from rcmae.export import Bundle, export_run
-from rcmae.score import Detector
+from rcmae.data.audio import load_audio
+from rcmae.data.index import index_dataset
+from rcmae.deploy.bundle import Bundle
+from rcmae.deploy.export import export_run
+from rcmae.deploy.graph.gaussian import GaussianBanks, band_stats_graph, compress_precisions
+from rcmae.deploy.graph.heads import context_frames_graph
+from rcmae.deploy.graph.knn import Banks
 from rcmae.scorers import band_stats, context_frames, fit_gaussian, mahalanobis
-from rcmae.scorers.graph import (
-    Banks,
-    GaussianBanks,
-    band_stats_graph,
-    compress_precisions,
-    context_frames_graph,
-)
+from rcmae.scorers.detector import Detector
+from rcmae.training import stages as train
 
 # Every scorer whose references are kept per domain, in one ensemble (the ONNX test exports them all at once).
 DOMAIN_AWARE = ["knn", "knn_joint", "maha", "stats_maha", "frame_pca", "frame_maha"]

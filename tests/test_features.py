@@ -1,4 +1,4 @@
-"""rcmae.features against librosa (the reference front-end) and numpy statistics."""
+"""rcmae.data.features against librosa (the reference front-end) and numpy statistics."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from rcmae.features import FeatureStats, LogMel, LogMelConfig, compute_stats
+from rcmae.data.features import FeatureStats, LogMel, LogMelConfig, compute_stats
 
 SR = 16000
 

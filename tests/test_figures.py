@@ -8,7 +8,10 @@ import pytest
 from conftest import SHORT_OVERRIDES, write_tiny_dcase
 from sklearn.metrics import roc_curve
 
-from rcmae import cli, figures, score, train
+from rcmae import cli
+from rcmae.evaluation import evaluate as score
+from rcmae.evaluation import figures
+from rcmae.training import stages as train
 
 QUICK = [*SHORT_OVERRIDES, "pretrain.epochs=2", "finetune.epochs=2"]
 

@@ -12,11 +12,12 @@ import pytest
 import soundfile as sf
 from conftest import SHORT_OVERRIDES, SR
 
-from rcmae import cli, train
-from rcmae.audio import load_audio
-from rcmae.config import load_config
-from rcmae.inputs import check_labelled_test, clip_windows
-from rcmae.score import Detector
+from rcmae import cli
+from rcmae.data.audio import load_audio
+from rcmae.data.checks import check_labelled_test, clip_windows
+from rcmae.run import trainset as train
+from rcmae.run.config import load_config
+from rcmae.scorers.detector import Detector
 
 pytestmark = pytest.mark.reliability  # bad-input cases of the fault-injection suite (issue 11)
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from rcmae import jobs
-from rcmae.jobs import Job, JobStore
+from rcmae.workbench import jobs
+from rcmae.workbench import processes as jobs_processes
+from rcmae.workbench.jobs import Job, JobStore
 
 
 def _wait(store: JobStore, job_id: int, states=("done", "failed", "cancelled", "killed"),
@@ -37,7 +38,7 @@ def test_real_rcmae_job_goes_queued_running_done(tmp_path: Path, tiny_dcase: Pat
     (started,) = jobs.start_ready(store, gpus=[])
     assert started.id == job.id and started.state == "running" and started.pid is not None
     # The pid start time matches /proc, which is how a restarted app tells the job from a reused pid.
-    stat = jobs.proc_stat(started.pid)
+    stat = jobs_processes.proc_stat(started.pid)
     assert stat is None or stat[1] == started.pid_start
     done = _wait(store, job.id)
     assert (done.state, done.returncode) == ("done", 0), jobs.tail_log(done, 50)
@@ -78,9 +79,9 @@ def test_cancel_kills_the_process_group(tmp_path: Path) -> None:
         time.sleep(0.05)
     running = store.get(job.id)
     assert running.state == "running" and store.get(queued.id).state == "queued"  # one CPU job at a time
-    assert jobs._process_group_alive(running.pid)
+    assert jobs_processes.process_group_alive(running.pid)
     assert jobs.cancel(store, job.id).state == "cancelled"
-    assert not jobs._process_group_alive(running.pid)
+    assert not jobs_processes.process_group_alive(running.pid)
     assert jobs.cancel(store, queued.id).state == "cancelled"
     jobs.refresh(store)
     assert [j.state for j in store.list()] == ["cancelled", "cancelled"]

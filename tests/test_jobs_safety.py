@@ -11,8 +11,10 @@ import psutil
 import pytest
 from test_jobs import _wait
 
-from rcmae import cli, jobs, workbench
-from rcmae.jobs import JobStore
+from rcmae import cli, workbench
+from rcmae.workbench import jobs, processes
+from rcmae.workbench import runner as jobs_runner
+from rcmae.workbench.jobs import JobStore
 
 pytestmark = pytest.mark.reliability  # bad-input cases of the fault-injection suite (issue 11)
 
@@ -25,7 +27,7 @@ def _group_gone(pgid: int | None, timeout: float = 10.0) -> bool:
         return True
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if not jobs._process_group_alive(pgid):
+        if not processes.process_group_alive(pgid):
             return True
         time.sleep(0.05)
     return False
@@ -88,18 +90,18 @@ def test_dead_runner_is_revived_by_the_next_cli_call(tmp_path, capsys):
     first = jobs.launch(store, ["-c", "import time; time.sleep(1.0)"], raw_python=True)
     second = jobs.launch(store, ["-c", "import pathlib, sys; pathlib.Path(sys.argv[1]).write_text('ok')",
                                  str(tmp_path / "second")], raw_python=True)
-    jobs.ensure_runner(store)
+    jobs_runner.ensure_runner(store)
     _wait(store, first.id, states=("running",), timeout=30)
     # Kill the runner once the job's wrapper runs (claimed is not yet spawned: a job killed before its spawn
     # never starts, the other test below).
     deadline = time.time() + 10
-    while (not _runner_pids(store) or jobs._read_pid_file(store.get(first.id)) is None) and time.time() < deadline:
+    while (not _runner_pids(store) or processes.read_pid_file(store.get(first.id)) is None) and time.time() < deadline:
         time.sleep(0.05)
     for pid in _runner_pids(store):
         os.kill(pid, signal.SIGKILL)
     assert _wait(store, first.id).state == "done"
     time.sleep(1.0)
-    assert store.get(second.id).state == "queued" and not jobs.runner_alive(store)
+    assert store.get(second.id).state == "queued" and not jobs_runner.runner_alive(store)
     assert cli.main(["jobs", "--workspace", str(tmp_path), "list"]) == 0
     assert "queue runner was not running" in capsys.readouterr().err
     assert _wait(store, second.id, timeout=60).state == "done"
@@ -188,13 +190,13 @@ def test_a_wrapper_whose_launcher_died_before_recording_its_pid_is_adopted(tmp_p
     store.update(job.id, state="running", started=time.time() - 10 * jobs._START_GRACE_S)
     job = store.get(job.id)
     Path(job.log).parent.mkdir(parents=True, exist_ok=True)  # as the launcher's spawn does
-    wrapper = subprocess.Popen([sys.executable, "-m", "rcmae.jobs", "_exec", "--rc", str(job.rc_path), "--",
-                                *job.command], stdout=subprocess.DEVNULL, start_new_session=True)
+    wrapper = subprocess.Popen([sys.executable, "-m", "rcmae.workbench.runner", "_exec", "--rc", str(job.rc_path),
+                                "--", *job.command], stdout=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 30
-    while jobs._read_pid_file(job) is None and time.time() < deadline:
+    while processes.read_pid_file(job) is None and time.time() < deadline:
         time.sleep(0.02)
-    pid, start = jobs._read_pid_file(job)
-    assert pid == wrapper.pid and start == jobs.proc_stat(wrapper.pid)[1]
+    pid, start = processes.read_pid_file(job)
+    assert pid == wrapper.pid and start == processes.proc_stat(wrapper.pid)[1]
     jobs.refresh(store)
     adopted = store.get(job.id)
     assert (adopted.state, adopted.pid, adopted.pid_start) == ("running", wrapper.pid, start)

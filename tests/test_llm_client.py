@@ -11,7 +11,8 @@ import openai  # noqa: F401  (imported up front: the deadline test times the net
 import pytest
 
 from rcmae import cli
-from rcmae.prompts import PromptGenerationError, PromptLibrary, generate_prompts, redact_url
+from rcmae.augment.llm import PromptGenerationError, generate_prompts, redact_url
+from rcmae.augment.prompts import PromptLibrary
 
 pytestmark = pytest.mark.reliability  # bad-input cases of the fault-injection suite (issue 11)
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rcmae.losses import finetune_loss, info_nce, masked_mse, pretrain_loss, supcon, variance_covariance
+from rcmae.models.losses import finetune_loss, info_nce, masked_mse, pretrain_loss, supcon, variance_covariance
 
 DT = torch.float64
 

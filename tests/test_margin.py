@@ -12,20 +12,14 @@ import soundfile as sf
 import torch
 import torch.nn.functional as nnf
 
-from rcmae import train
-from rcmae.config import config_to_dict, load_config
-from rcmae.features import LogMel, LogMelConfig
-from rcmae.losses import (
-    adacos_scale,
-    arcface_logits,
-    cosine_logits,
-    finetune_loss,
-    mixup,
-    mixup_cross_entropy,
-)
-from rcmae.margin import MarginConfig, STgramNet, Tgram
-from rcmae.score import Detector, evaluate_run
-from rcmae.train import balanced_indices
+from rcmae.data.features import LogMel, LogMelConfig
+from rcmae.evaluation.evaluate import evaluate_run
+from rcmae.models.losses import adacos_scale, arcface_logits, cosine_logits, finetune_loss, mixup, mixup_cross_entropy
+from rcmae.models.margin import MarginConfig, STgramNet, Tgram
+from rcmae.run.config import config_to_dict, load_config
+from rcmae.scorers.detector import Detector
+from rcmae.training import stages as train
+from rcmae.training.modules import balanced_indices
 
 
 # ------------------------------------------------------------------------------------------- pure functions
@@ -210,7 +204,7 @@ def test_margin_run_scores_equal_a_direct_recomputation(margin_run, tiny_dcase, 
 
 
 def test_a_margin_run_is_refused_by_export_with_one_line(margin_run, tmp_path):
-    from rcmae.export import ExportError, export_run
+    from rcmae.deploy.export import ExportError, export_run
 
     with pytest.raises(ExportError, match="margin family cannot be exported"):
         export_run(margin_run, tmp_path / "bundle", scorer="knn", examples=0)

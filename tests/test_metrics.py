@@ -1,4 +1,4 @@
-"""rcmae.metrics against sklearn, brute-force pair counts and hand-computed tables."""
+"""rcmae.evaluation.metrics against sklearn, brute-force pair counts and hand-computed tables."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from scipy.stats import hmean
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
-from rcmae.metrics import auc_pauc, decision_metrics, evaluate_scores, load_results, write_results
+from rcmae.evaluation.metrics import auc_pauc, decision_metrics, evaluate_scores, load_results, write_results
 
 
 def _pair_count_auc(y, s):
@@ -219,7 +219,7 @@ def _eval_style_copy(dev: Path, root: Path, gt_root: Path, seed: int) -> None:
     """A 2023 evaluation-style copy of ``dev``'s test clips: shuffled bare names ``section_00_NNNN.wav`` plus
     the evaluator's ground_truth_{data,domain,attributes} CSVs in the official formats."""
     rng = np.random.default_rng(seed)
-    from rcmae.data import index_dataset
+    from rcmae.data.index import index_dataset
 
     index = index_dataset(dev)
     for (mtype, section), group in index[index["split"] == "test"].groupby(["machine_type", "section"]):
@@ -241,7 +241,7 @@ def _eval_style_copy(dev: Path, root: Path, gt_root: Path, seed: int) -> None:
 
 
 def test_official_2023_evaluator_reads_our_csvs_and_agrees(tiny_dcase2023, tmp_path):
-    from rcmae.data import index_dataset
+    from rcmae.data.index import index_dataset
 
     gt_root = tmp_path / "evaluator"
     _eval_style_copy(tiny_dcase2023, tmp_path / "eval", gt_root, seed=4)

@@ -14,8 +14,8 @@ import soundfile as sf
 from scipy.stats import hmean
 from sklearn.metrics import confusion_matrix, roc_auc_score
 
-from rcmae.data import index_dataset
-from rcmae.metrics import evaluate_scores, is_dcase2021_clip, write_results
+from rcmae.data.index import index_dataset
+from rcmae.evaluation.metrics import evaluate_scores, is_dcase2021_clip, write_results
 
 
 def _write_2021(root: Path) -> Path:
@@ -130,8 +130,8 @@ def test_2022_and_later_names_get_section_files_only(tmp_path):
 def test_rcmae_evaluate_writes_the_2021_files_of_a_2021_layout(tmp_path):
     from conftest import SHORT_OVERRIDES
 
-    from rcmae import train
-    from rcmae.score import evaluate_run
+    from rcmae.evaluation.evaluate import evaluate_run
+    from rcmae.training import stages as train
 
     data = _write_2021(tmp_path / "d21")
     run = tmp_path / "run"

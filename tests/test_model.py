@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from rcmae.model import (
+from rcmae.models.rcmae import (
     PRESETS,
     RCMAE,
     ModelConfig,
@@ -196,7 +196,7 @@ def test_paper_preset_parameter_count():
     assert count_parameters(m) == 42_997_072 + 512 * 41 + 41
     assert m.config.n_classes == 41
     # paper-light: the same with MAE's light decoder (width 256, depth 4, 8 heads).
-    from rcmae.config import load_config
+    from rcmae.run.config import load_config
 
     assert load_config("paper").model == c
     light = load_config("paper-light").model

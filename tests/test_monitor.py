@@ -11,9 +11,9 @@ import pytest
 import soundfile as sf
 
 from rcmae import cli
-from rcmae.audio import load_audio
-from rcmae.monitor import MonitorError, find_events, open_scorer, sliding_windows, stream_samples
-from rcmae.score import Detector
+from rcmae.data.audio import load_audio
+from rcmae.deploy.monitor import MonitorError, find_events, open_scorer, sliding_windows, stream_samples
+from rcmae.scorers.detector import Detector
 
 
 def test_sliding_windows_match_direct_slicing():
@@ -99,7 +99,7 @@ def test_monitor_finds_both_anomalies_at_the_right_times(demo_run, demo_bundle, 
     assert series["threshold"].eq(thr).all()
     # --run scores the same windows through the Detector: the same series.
     scorer = open_scorer(run=demo_run)
-    from rcmae.monitor import monitor_recording
+    from rcmae.deploy.monitor import monitor_recording
 
     via_run = monitor_recording(scorer, path, "fan", "00", hop=5.0, progress=False)
     np.testing.assert_allclose(via_run.series["score"], series["score"].iloc[::5], rtol=1e-5)
@@ -110,7 +110,7 @@ def test_monitor_reports_bad_input(demo_bundle, tmp_path):
     with pytest.raises(MonitorError, match="pass exactly one of --bundle BUNDLE or --run RUN"):
         open_scorer()
     scorer = open_scorer(bundle=demo_bundle)
-    from rcmae.monitor import monitor_recording, resolve_unit
+    from rcmae.deploy.monitor import monitor_recording, resolve_unit
 
     with pytest.raises(MonitorError, match="cannot tell which machine it records; pass --machine-type"):
         resolve_unit(scorer, tmp_path / "x.wav", None, None)

@@ -8,7 +8,7 @@ import yaml
 
 from rcmae import cli
 from rcmae.augment import bank
-from rcmae.prompts import PromptLibrary
+from rcmae.augment.prompts import PromptLibrary
 
 # Table 1 ("Samples of retrieved prompts from ChatGPT"), typed from the paper, one string per row.
 TABLE_1 = [

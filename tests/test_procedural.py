@@ -14,7 +14,7 @@ from scipy import signal
 
 from rcmae.augment import procedural
 from rcmae.augment.procedural import SOUND_MODELS, ProceduralAugmenter, parse_prompt
-from rcmae.prompts import PAPER_PROMPTS
+from rcmae.augment.prompts import PAPER_PROMPTS
 
 SR = 16000
 N = 10 * SR

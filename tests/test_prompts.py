@@ -17,17 +17,9 @@ import pytest
 import yaml
 
 from rcmae import cli
+from rcmae.augment.llm import PromptGenerationError, generate_prompts
 from rcmae.augment.procedural import parse_prompt
-from rcmae.prompts import (
-    MAX_LEN,
-    MIN_LEN,
-    PAPER_PROMPTS,
-    PromptGenerationError,
-    PromptLibrary,
-    PromptLibraryError,
-    generate_prompts,
-    template_prompts,
-)
+from rcmae.augment.prompts import MAX_LEN, MIN_LEN, PAPER_PROMPTS, PromptLibrary, PromptLibraryError, template_prompts
 
 SECRET = "sk-test-NEVER-ON-DISK-4242"
 
@@ -270,7 +262,7 @@ def test_cli_list_add_remove_and_template_generate(tmp_path, capsys, monkeypatch
 
 def test_main_needs_no_cli_parser(tmp_path, capsys):
     args = argparse.Namespace(library=str(tmp_path / "x.yaml"), action="list")
-    from rcmae.prompts import main
+    from rcmae.cli.augment import _cmd_prompts as main
 
     assert main(args) == 0
     assert Path(tmp_path / "x.yaml").is_file() and PAPER_PROMPTS[5] in capsys.readouterr().out

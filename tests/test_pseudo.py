@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from rcmae import train
-from rcmae.audio import load_audio
 from rcmae.augment.pseudo import PseudoClassAugment, parse_pseudo_classes, pseudo_labels, source_bins
-from rcmae.config import ConfigError, load_config
-from rcmae.export import Bundle, export_run
-from rcmae.score import Detector
+from rcmae.data.audio import load_audio
+from rcmae.deploy.bundle import Bundle
+from rcmae.deploy.export import export_run
+from rcmae.run.config import ConfigError, load_config
+from rcmae.scorers.detector import Detector
 from rcmae.scorers.idprob import class_logp, unit_probs
+from rcmae.training import modules, stages
 
 F, FMIN, FMAX = 128, 50.0, 8000.0
 
@@ -137,15 +138,15 @@ def test_pseudo_class_fine_tuning_trains_k_classes_per_unit_and_scores_the_ident
     run = tmp_path / "run"
     shutil.copytree(done, run, ignore=shutil.ignore_patterns("finetune-*", "eval", "embeddings", "thresholds.json"))
     seen = []
-    real_loss = train.finetune_loss
+    real_loss = modules.finetune_loss
 
     def spy(z, logits, labels, **kw):
         seen.append(labels.clone())
         return real_loss(z, logits, labels, **kw)
 
-    monkeypatch.setattr(train, "finetune_loss", spy)
+    monkeypatch.setattr(modules, "finetune_loss", spy)
     specs = ["speed:1.05", "tilt:3"]
-    train.finetune(run, epochs=1, progress=False,
+    stages.finetune(run, epochs=1, progress=False,
                    overrides=[f"finetune.pseudo_classes=[{','.join(specs)}]", "score.idprob_windows=max"])
     det = Detector.load(run)
     n, k = len(det.classes), 3
@@ -176,7 +177,7 @@ def test_pseudo_class_fine_tuning_trains_k_classes_per_unit_and_scores_the_ident
 
 
 def test_idprob_preset_is_tiny_with_pseudo_classes():
-    from rcmae.config import config_to_dict
+    from rcmae.run.config import config_to_dict
 
     tiny, pre = config_to_dict(load_config("tiny")), config_to_dict(load_config("idprob"))
     specs = pre["finetune"].pop("pseudo_classes")

@@ -23,8 +23,11 @@ import pytest
 import torch
 from conftest import SHORT_OVERRIDES
 
-from rcmae import cli, jobs, train, workbench
-from rcmae.checkpoint import load_checkpoint
+from rcmae import cli, workbench
+from rcmae.run import folder as train
+from rcmae.run.checkpoint import load_checkpoint
+from rcmae.training import stages
+from rcmae.workbench import jobs, runner
 
 pytestmark = pytest.mark.reliability
 
@@ -46,9 +49,9 @@ class KillAt(Callback):
 
 stage, data, run, STEP, epochs = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 if stage == "pretrain":
-    train.pretrain(data, run, epochs=epochs, overrides=sys.argv[6:], progress=False, callbacks=[KillAt()])
+    stages.pretrain(data, run, epochs=epochs, overrides=sys.argv[6:], progress=False, callbacks=[KillAt()])
 else:
-    train.finetune(run, epochs=epochs, progress=False, callbacks=[KillAt()])
+    stages.finetune(run, epochs=epochs, progress=False, callbacks=[KillAt()])
 """
 
 
@@ -67,10 +70,10 @@ def reference(short_run, tmp_path_factory) -> dict[str, Path]:
     data, _ = short_run
     root = tmp_path_factory.mktemp("reliability_ref")
     pre = root / "pre"
-    train.pretrain(data, pre, epochs=EPOCHS, overrides=SHORT_OVERRIDES, progress=False)
+    stages.pretrain(data, pre, epochs=EPOCHS, overrides=SHORT_OVERRIDES, progress=False)
     fin = root / "fin"
     shutil.copytree(pre, fin)
-    train.finetune(fin, epochs=EPOCHS, progress=False)
+    stages.finetune(fin, epochs=EPOCHS, progress=False)
     return {"data": data, "pre": pre, "fin": fin}
 
 
@@ -86,7 +89,7 @@ def test_sigkill_pretrain_then_resume_is_bit_identical(reference, tmp_path, seed
     run = tmp_path / "run"
     assert _kill_run("pretrain", reference["data"], run, step) == -signal.SIGKILL
     resume = train.checkpoint_path(run, "pretrain", "last").is_file()
-    train.pretrain(reference["data"], run, epochs=EPOCHS, overrides=SHORT_OVERRIDES, progress=False, resume=resume)
+    stages.pretrain(reference["data"], run, epochs=EPOCHS, overrides=SHORT_OVERRIDES, progress=False, resume=resume)
     assert _same_weights(train.checkpoint_path(run, "pretrain"), train.checkpoint_path(reference["pre"], "pretrain"))
 
 
@@ -97,7 +100,7 @@ def test_sigkill_finetune_then_resume_is_bit_identical(reference, tmp_path, seed
     shutil.copytree(reference["pre"], run)
     assert _kill_run("finetune", reference["data"], run, step) == -signal.SIGKILL
     resume = train.checkpoint_path(run, "finetune", "last").is_file()
-    train.finetune(run, epochs=EPOCHS, progress=False, resume=resume)
+    stages.finetune(run, epochs=EPOCHS, progress=False, resume=resume)
     assert _same_weights(train.checkpoint_path(run, "finetune"), train.checkpoint_path(reference["fin"], "finetune"))
 
 
@@ -158,7 +161,7 @@ def test_sigkill_queued_pretrain_job_then_resume_is_bit_identical(reference, tmp
     if killed.state == "killed":  # it could have finished inside the delay: then there is nothing to resume
         assert str(ckpt) in killed.note
         again = workbench.relaunch(store, killed, resume=True)
-        jobs.run_queue(store, wait=True, poll_s=0.1)
+        runner.run_queue(store, wait=True, poll_s=0.1)
         assert store.get(again.id).state == "done", jobs.tail_log(store.get(again.id), 20)
     assert _same_weights(ckpt, train.checkpoint_path(reference["pre"], "pretrain"))
 
@@ -225,7 +228,7 @@ def test_damaged_eval_file_is_one_line_on_the_results_page(evaluated, tmp_path, 
 @pytest.mark.parametrize("how", ["torn", "empty"])
 @pytest.mark.parametrize("name", PROGRESS_FILES)
 def test_damaged_progress_files_do_not_break_the_jobs_page(evaluated, tmp_path, name, how):
-    from rcmae import viz
+    from rcmae import views as viz
 
     run = tmp_path / "run"
     shutil.copytree(evaluated, run)
@@ -285,7 +288,7 @@ def test_damaged_job_database_is_one_line(tmp_path, capsys, how):
 
 @pytest.mark.parametrize("how", ["torn", "empty"])
 def test_damaged_prompt_library_is_one_line(tmp_path, how):
-    from rcmae.prompts import PromptLibrary, PromptLibraryError
+    from rcmae.augment.prompts import PromptLibrary, PromptLibraryError
 
     lib = PromptLibrary(tmp_path / "prompts.yaml")
     lib.add("Add the steady rhythmic thumping of a stamping press in a car parts factory")
@@ -320,7 +323,7 @@ def test_eight_processes_racing_on_the_job_database(tmp_path):
         ids += [int(i) for i in out.split()]
     store = jobs.JobStore(db)
     assert sorted(ids) == list(range(1, 49))  # every insert landed, each with its own id
-    jobs.run_queue(store, wait=True, poll_s=0.1)
+    runner.run_queue(store, wait=True, poll_s=0.1)
     final = {j.id: j for j in store.list()}
     assert set(final) == set(ids)
     assert all(j.state in ("done", "cancelled") for j in final.values()), {j.state for j in final.values()}

@@ -16,9 +16,10 @@ import pytest
 import soundfile as sf
 from conftest import SHORT_OVERRIDES, write_tiny_dcase
 
-from rcmae import cli, reproduce
+from rcmae import cli
 from rcmae.augment.bank import read_manifest
-from rcmae.reproduce import Archive, ChecksumError, OfflineError
+from rcmae.evaluation import reproduce
+from rcmae.evaluation.reproduce.fetch import Archive, ChecksumError, OfflineError
 
 QUICK = [*SHORT_OVERRIDES, "pretrain.epochs=1", "finetune.epochs=1"]
 

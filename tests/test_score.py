@@ -11,14 +11,12 @@ import pytest
 import scipy.stats
 import torch
 
-from rcmae import cli, train
-from rcmae.audio import load_audio
-from rcmae.datasets import make_generator
-from rcmae.score import (
-    _RECON_SEED,
-    Detector,
+from rcmae import cli
+from rcmae.data.audio import load_audio
+from rcmae.data.datasets import make_generator
+from rcmae.evaluation.evaluate import evaluate_run
+from rcmae.scorers import (
     ScoringError,
-    evaluate_run,
     fit_gaussian,
     fit_threshold,
     joint_features,
@@ -27,6 +25,8 @@ from rcmae.score import (
     mahalanobis,
     topk_mean,
 )
+from rcmae.scorers.detector import _RECON_SEED, Detector
+from rcmae.training import stages as train
 
 TINY = [
     "model.embed_dim=32", "model.depth=1", "model.heads=2", "model.decoder_embed_dim=32", "model.decoder_depth=1",

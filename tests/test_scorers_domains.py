@@ -9,7 +9,7 @@ import torch
 from sklearn.covariance import LedoitWolf
 from sklearn.neighbors import NearestNeighbors
 
-from rcmae.config import ScoreConfig
+from rcmae.run.config import ScoreConfig
 from rcmae.scorers import Clips, JointKnnScorer, KnnScorer, MahaScorer, NormalSet, joint_features
 from rcmae.scorers.domains import domain_banks, path_domains
 

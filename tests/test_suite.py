@@ -13,7 +13,8 @@ import pytest
 import soundfile as sf
 from sklearn.metrics import roc_auc_score
 
-from rcmae import cli, suite
+from rcmae import cli
+from rcmae.evaluation import suite
 
 
 def _set_average(folder: Path) -> tuple[float, float]:

@@ -14,10 +14,16 @@ from conftest import write_tiny_dcase
 from lightning.pytorch.callbacks import Callback
 from sklearn.metrics import roc_auc_score
 
-from rcmae import cli, train
-from rcmae.config import load_config
-from rcmae.data import DatasetLayoutError, id_classes, index_dataset
-from rcmae.score import Detector, evaluate_run
+from rcmae import cli
+from rcmae.data.index import DatasetLayoutError, id_classes, index_dataset
+from rcmae.evaluation.evaluate import evaluate_run
+from rcmae.models import losses
+from rcmae.run import folder as run_folder
+from rcmae.run import trainset
+from rcmae.run.config import load_config
+from rcmae.scorers.detector import Detector
+from rcmae.training import loop, modules, pairs
+from rcmae.training import stages as train
 
 # A 1-block, 32-wide model: seconds per stage on one CPU thread.
 TINY = [
@@ -57,7 +63,7 @@ def test_run_folder_is_complete(trained, tiny_dcase):
         assert (run / name).is_file(), name
     for stage in ("pretrain", "finetune"):
         for which in ("last", "best"):
-            assert train.checkpoint_path(run, stage, which).is_file()
+            assert run_folder.checkpoint_path(run, stage, which).is_file()
     assert load_config(run / "config.yaml") == load_config("tiny", TINY + ["pretrain.epochs=2", "finetune.epochs=2"])
     info = json.loads((run / "run.json").read_text())
     assert [tuple(c) for c in info["classes"]] == id_classes(index_dataset(tiny_dcase))
@@ -90,7 +96,7 @@ def test_metrics_csv_records_every_step(trained):
     assert np.allclose(fin["loss"], fin["supcon"] + fin["ce"], atol=1e-5)
     # The rate each step used: tiny's linear warm-up (1 epoch = 3 steps here), then cosine to zero.
     cfg = load_config(run / "config.yaml")
-    f = train._lr_lambda(3, 6, "cosine")
+    f = loop.lr_lambda(3, 6, "cosine")
     assert np.allclose(fin["lr"], [cfg.finetune.lr * f(s - 1) for s in fin["step"]])
     assert np.allclose(fin["lr"] / cfg.finetune.lr, [1 / 3, 2 / 3, 1, 1, 0.75, 0.25])
 
@@ -129,15 +135,15 @@ def test_resume_matches_uninterrupted_run(short_data, tmp_path):
     with pytest.raises(RuntimeError, match="simulated crash"):
         train.pretrain(short_data, cut, overrides=ov, progress=False, callbacks=[_Crash(2)], fit_scores=False)
     assert json.loads((cut / "progress.json").read_text())["state"] == "failed"
-    half = _weights(train.checkpoint_path(cut, "pretrain"))
-    assert any(not torch.equal(half[k], v) for k, v in _weights(train.checkpoint_path(full, "pretrain")).items())
+    half = _weights(run_folder.checkpoint_path(cut, "pretrain"))
+    assert any(not torch.equal(half[k], v) for k, v in _weights(run_folder.checkpoint_path(full, "pretrain")).items())
     train.pretrain(short_data, cut, overrides=ov, resume=True, progress=False, fit_scores=False)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train.finetune(cut, progress=False, callbacks=[_Crash(1)], fit_scores=False)
     train.finetune(cut, resume=True, progress=False, fit_scores=False)
 
     for stage in ("pretrain", "finetune"):
-        a, b = _weights(train.checkpoint_path(full, stage)), _weights(train.checkpoint_path(cut, stage))
+        a, b = _weights(run_folder.checkpoint_path(full, stage)), _weights(run_folder.checkpoint_path(cut, stage))
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(a[k], b[k]), (stage, k)
@@ -147,7 +153,7 @@ def test_resume_matches_uninterrupted_run(short_data, tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(short_data, tmp_path, monkeypatch):
-    real = train.pretrain_loss
+    real = losses.pretrain_loss
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -157,15 +163,15 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(short_data, tmp_pa
             parts["loss"] = parts["loss"] * float("nan")
         return parts
 
-    monkeypatch.setattr(train, "pretrain_loss", poisoned)
+    monkeypatch.setattr(modules, "pretrain_loss", poisoned)
     run = tmp_path / "nan"
-    with pytest.raises(train.TrainingDiverged) as err:
+    with pytest.raises(loop.TrainingDiverged) as err:
         train.pretrain(short_data, run, overrides=SHORT + ["pretrain.epochs=3"], progress=False)
     message = str(err.value)
     assert "non-finite loss at epoch 2" in message and "pretrain.lr" in message and "\n" not in message
-    state = _weights(train.checkpoint_path(run, "pretrain"))
+    state = _weights(run_folder.checkpoint_path(run, "pretrain"))
     assert all(torch.isfinite(v).all() for v in state.values())
-    ckpt = torch.load(train.checkpoint_path(run, "pretrain"), map_location="cpu", weights_only=True)
+    ckpt = torch.load(run_folder.checkpoint_path(run, "pretrain"), map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 0 and ckpt["global_step"] == 3
     assert json.loads((run / "progress.json").read_text())["state"] == "failed"
     calls["n"] = 0
@@ -184,12 +190,12 @@ def test_bad_input_one_line(short_data, tmp_path, capsys):
 
     run = train.pretrain(short_data, tmp_path / "r1", overrides=SHORT + ["pretrain.epochs=1"], progress=False,
                          fit_scores=False)
-    with pytest.raises(train.RunFolderError, match="already holds a trained run; pass --resume"):
+    with pytest.raises(run_folder.RunFolderError, match="already holds a trained run; pass --resume"):
         train.pretrain(short_data, run, overrides=SHORT, progress=False)
-    with pytest.raises(train.RunFolderError, match=r"another preset \(model.embed_dim: checkpoint 32 vs now 64"):
+    with pytest.raises(run_folder.RunFolderError, match=r"another preset \(model.embed_dim: checkpoint 32 vs now 64"):
         train.pretrain(short_data, run, preset="tiny", resume=True, progress=False,
                        overrides=["data.duration=1.0", "model.n_frames=32", "pretrain.crop_frames=null"])
-    with pytest.raises(train.RunFolderError, match="nothing to resume"):
+    with pytest.raises(run_folder.RunFolderError, match="nothing to resume"):
         train.finetune(run, resume=True, progress=False)
 
 
@@ -220,7 +226,7 @@ def test_single_machine_id_falls_back_to_knn(tmp_path, capsys):
     train.finetune(run, epochs=1, progress=False)
     out = capsys.readouterr().out
     assert "single machine ID (fan id 00)" in out and "falls back to knn" in out
-    assert not train.checkpoint_path(run, "finetune").exists()
+    assert not run_folder.checkpoint_path(run, "finetune").exists()
     det = Detector.load(run)
     assert det.scorers == ["knn", "recon", "knn_joint", "maha", "recon_topk", "knn_norm", "stats_knn", "stats_maha",
                            "frame_pca", "frame_maha", "ensemble"]
@@ -237,38 +243,39 @@ def test_single_machine_id_falls_back_to_knn(tmp_path, capsys):
 def test_trainer_options_without_gpu():
     if torch.cuda.is_available():
         pytest.skip("checks the CPU defaults; this machine has a GPU")
-    assert train.trainer_options() == {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "precision": "32-true",
+    assert loop.trainer_options() == {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "precision": "32-true",
                                        "strategy": "auto"}
-    opts = train.trainer_options(devices="2", accelerator="cpu")
+    opts = loop.trainer_options(devices="2", accelerator="cpu")
     assert opts["strategy"] == "ddp" and opts["devices"] == 2
-    assert train.trainer_options(num_nodes=2, accelerator="cpu")["strategy"] == "ddp"
+    assert loop.trainer_options(num_nodes=2, accelerator="cpu")["strategy"] == "ddp"
     with pytest.raises(ValueError, match="no CUDA GPU is visible"):
-        train.trainer_options(accelerator="gpu")
+        loop.trainer_options(accelerator="gpu")
 
 
 def test_lr_schedule_is_warmup_then_cosine():
-    f = train._lr_lambda(warmup_steps=4, total_steps=14, schedule="cosine")
+    f = loop.lr_lambda(warmup_steps=4, total_steps=14, schedule="cosine")
     assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     for s in range(4, 14):
         assert f(s) == pytest.approx(0.5 * (1 + math.cos(math.pi * (s - 4) / 10)))
-    assert train._lr_lambda(0, 10, "constant")(7) == 1.0
+    assert loop.lr_lambda(0, 10, "constant")(7) == 1.0
 
 
 def test_bank_twins_come_from_the_bank(short_data, tmp_path):
     from rcmae.augment.bank import build_bank
-    from rcmae.datasets import PairSource, make_generator
-    from rcmae.features import LogMel
+    from rcmae.data.datasets import make_generator
+    from rcmae.data.features import LogMel
+    from rcmae.training.pairs import PairSource
 
     bank = tmp_path / "bank"
     build_bank(short_data, bank, backend="procedural", per_clip=1, seed=0, limit=6, progress=False)
     cfg = load_config("tiny", SHORT)
-    data, stats = train.load_train_data(short_data, cfg, progress=False)
-    twins = train.load_bank_twins(bank, data, cfg, stats, progress=False)
+    data, stats = trainset.load_train_data(short_data, cfg, progress=False)
+    twins = pairs.load_bank_twins(bank, data, cfg, stats, progress=False)
     assert len(twins) == 6 and all(v.shape == (1, 128, 32) for v in twins.values())
     manifest = pd.read_csv(bank / "manifest.csv")
     i = next(iter(twins))
     row = manifest[manifest["source"].map(lambda p: str(Path(p).resolve())) == str(Path(data.paths[i]).resolve())]
-    from rcmae.audio import load_audio
+    from rcmae.data.audio import load_audio
 
     wave = load_audio(bank / row["output"].iloc[0], duration=1.0)
     expected = stats.apply(LogMel(cfg.features)(wave)).float()
@@ -293,7 +300,8 @@ def test_resume_extends_a_finished_run_to_more_epochs(short_data, tmp_path):
     full = train.pretrain(short_data, tmp_path / "full", epochs=4, overrides=ov, progress=False, fit_scores=False)
     part = train.pretrain(short_data, tmp_path / "part", epochs=2, overrides=ov, progress=False, fit_scores=False)
     train.pretrain(short_data, part, epochs=4, overrides=ov, resume=True, progress=False, fit_scores=False)
-    a, b = _weights(train.checkpoint_path(full, "pretrain")), _weights(train.checkpoint_path(part, "pretrain"))
+    a = _weights(run_folder.checkpoint_path(full, "pretrain"))
+    b = _weights(run_folder.checkpoint_path(part, "pretrain"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((part / "run.json").read_text())["stages"]["pretrain"]["resumed"] is True
 

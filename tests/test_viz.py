@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import roc_curve
 from sklearn.neighbors import KNeighborsClassifier
 
-from rcmae import viz
+from rcmae import views as viz
 
 RESULTS = {
     "system": "rcmae", "data": "d",
@@ -140,7 +140,7 @@ def test_loss_figure_and_spectrogram(tmp_path) -> None:
 
 
 def test_loss_figure_reads_rcmae_metrics(tmp_path) -> None:
-    # rcmae.train's layout: a stage and a kind column; per-epoch rows repeat the last step and are skipped.
+    # rcmae.training's layout: a stage and a kind column; per-epoch rows repeat the last step and are skipped.
     csv = tmp_path / "metrics.csv"
     csv.write_text("stage,kind,epoch,step,loss,mae,supcon,lr\n"
                    "pretrain,step,0,1,2.0,1.5,,0.1\npretrain,step,0,2,1.8,1.2,,0.1\npretrain,epoch,0,2,1.8,1.2,,\n"
@@ -170,7 +170,7 @@ def _domain_scores(seed: int = 3) -> pd.DataFrame:
 
 
 def test_domain_roc_areas_are_the_official_aucs():
-    from rcmae.metrics import evaluate_scores
+    from rcmae.evaluation.metrics import evaluate_scores
 
     table = _domain_scores()
     res = evaluate_scores(table, system="t", data="d")
@@ -185,7 +185,7 @@ def test_domain_roc_areas_are_the_official_aucs():
 
 
 def test_section_and_official_tables_show_the_json():
-    from rcmae.metrics import evaluate_scores
+    from rcmae.evaluation.metrics import evaluate_scores
 
     table = _domain_scores().assign(decision=lambda t: (t["score"] > 1.0).astype(int))
     res = evaluate_scores(table, system="t", data="d")

@@ -322,7 +322,7 @@ class AudioLDMAugmenter:
             shape = getattr(audio, "shape", type(audio).__name__)
             raise AudioLDMInputError(f"audio: expected a non-empty 1-D numpy waveform at 16 kHz, got {shape}")
         if not np.issubdtype(audio.dtype, np.floating) or not np.all(np.isfinite(audio)):
-            raise AudioLDMInputError("audio: expected finite float samples (load it with rcmae.audio.load_audio)")
+            raise AudioLDMInputError("audio: expected finite float samples (load it with rcmae.data.audio.load_audio)")
         if not isinstance(prompt, str) or not prompt.strip():
             raise AudioLDMInputError(f"prompt: expected a non-empty string, got {prompt!r}")
         if negative_prompt is not None and not isinstance(negative_prompt, str):

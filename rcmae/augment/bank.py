@@ -100,7 +100,7 @@ def load_prompt_source(prompts: str | os.PathLike | None) -> tuple[list[str], li
     ``None`` gives the paper's six Table 1 prompts (word for word). A YAML prompt library (``prompts: [...]``),
     a YAML list of strings, or a text file with one prompt per line (``#`` comments) are accepted.
     """
-    from rcmae.prompts import PAPER_PROMPTS, PromptLibrary
+    from rcmae.augment.prompts import PAPER_PROMPTS, PromptLibrary
 
     if prompts is None:
         return list(PAPER_PROMPTS), None, None
@@ -133,8 +133,8 @@ def load_prompt_source(prompts: str | os.PathLike | None) -> tuple[list[str], li
 # ---------------------------------------------------------------- planning
 def _plan(data: Path, per_clip: int, limit: int | None) -> tuple[str, list[_Job]]:
     """Every (training clip, k) of the data set, in a fixed order, with its output name."""
-    from rcmae.data import index_dataset, split_index
-    from rcmae.inputs import drop_train_anomalies
+    from rcmae.data.checks import drop_train_anomalies
+    from rcmae.data.index import index_dataset, split_index
 
     index = drop_train_anomalies(index_dataset(data, strict=False), data)  # normal clips only, said
     train = split_index(index, "train")
@@ -339,7 +339,7 @@ def build_bank(
     Returns:
         A multi-line summary: counts written / already done / skipped, time, and each bad clip with its reason.
     """
-    from rcmae.audio import load_audio, write_wav
+    from rcmae.data.audio import load_audio, write_wav
 
     if backend not in BACKENDS:
         raise BankError(f"backend={backend!r}: use one of {', '.join(BACKENDS)}")

@@ -3,7 +3,7 @@
 One module per family: ``idprob`` (the paper's classifier score), ``knn`` (``knn``, ``knn_joint``, the per-unit
 normalised ``knn_norm`` and ``stats_knn``), ``maha`` (``maha``, ``stats_maha``), ``recon`` (``recon``,
 ``recon_topk``) and ``ensemble``; ``frames`` holds the training-free features (band statistics, context frames).
-:class:`rcmae.score.Detector` composes them; thresholds come from :func:`fit_unit_thresholds` of held-out normal
+:class:`rcmae.scorers.Detector` composes them; thresholds come from :func:`fit_unit_thresholds` of held-out normal
 training scores. numpy and torch only.
 """
 
@@ -34,8 +34,18 @@ SCORERS = ("idprob", "knn", "recon", "knn_joint", "maha", "recon_topk", "knn_nor
            "frame_pca", "frame_maha", "ensemble")
 
 __all__ = [
+    "Detector", "fit_run",
     "RECON_SEED", "SCORERS", "Clips", "EnsembleScorer", "FrameGaussian", "FrameModels", "FrameScorer", "IdProbScorer",
     "JointKnnScorer", "KnnScorer", "MahaScorer", "NormKnnScorer", "NormalSet", "ReconScorer", "ReconTopkScorer",
     "Scorer", "ScoringError", "StatsMahaScorer", "band_stats", "context_frames", "fit_gaussian", "fit_threshold",
     "fit_unit_thresholds", "joint_features", "knn_distances", "knn_euclidean", "mahalanobis", "topk_mean", "zscore",
 ]
+
+
+def __getattr__(name: str):
+    # Detector (and fit_run) load a whole run: imported on first use, so the scorer families stay light.
+    if name in ("Detector", "fit_run"):
+        from rcmae.scorers import detector
+
+        return getattr(detector, name)
+    raise AttributeError(f"module 'rcmae.scorers' has no attribute {name!r}")

@@ -151,7 +151,7 @@ class Scorer(ABC):
     setting takes effect without refitting.
 
     Args:
-        cfg: The run's score configuration (``rcmae.config.ScoreConfig``).
+        cfg: The run's score configuration (``rcmae.run.config.ScoreConfig``).
         run: The run folder (named in error messages).
     """
 

@@ -1,6 +1,6 @@
 """Training-free features of a log-mel and a per-unit Gaussian over them (no network involved).
 
-- :func:`band_stats`: a clip's per-band level statistics over time, richer than ``rcmae.model.clip_stats``:
+- :func:`band_stats`: a clip's per-band level statistics over time, richer than ``rcmae.models.rcmae.clip_stats``:
   mean, std, 10th/50th/90th percentiles and the mean absolute frame-to-frame change (temporal modulation).
 - :func:`context_frames`: the DCASE 2020 AE baseline's input vectors, ``n`` consecutive frames concatenated.
 - :class:`FrameGaussian`: mean and covariance of a unit's normal context frames. It scores a clip by the mean

@@ -69,7 +69,8 @@ def joint_features(z: np.ndarray, stats: np.ndarray, mean: np.ndarray, std: np.n
     """The ``knn_joint`` space: ``[z / |z|, weight * (stats - mean) / std / sqrt(dim)]``.
 
     Both blocks have a comparable (unit-order) norm, so neither drowns the other; ``stats`` are the
-    per-band mean/std log-mel of a clip (``rcmae.model.clip_stats``), ``mean``/``std`` those of the training clips.
+    per-band mean/std log-mel of a clip (``rcmae.models.rcmae.clip_stats``), ``mean``/``std`` those of the
+    training clips.
     """
     z = np.asarray(z, dtype=np.float64)
     zn = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)

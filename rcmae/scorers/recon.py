@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from rcmae.datasets import make_generator
+from rcmae.data.datasets import make_generator
 from rcmae.scorers.base import Clips, Scorer
 
 # Fixed stream for the recon masks: a clip gets the same masks wherever and however it is scored.

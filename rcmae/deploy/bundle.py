@@ -1,0 +1,174 @@
+"""A detector bundle on disk: loading it, its loaders, model card and README."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rcmae.files import read_json
+
+LOADER_TORCHSCRIPT = '''
+import json, pathlib
+import torch
+
+def load_detector(bundle):
+    bundle = pathlib.Path(bundle)
+    meta = json.loads((bundle / "detector.json").read_text())
+    model = torch.jit.load(str(bundle / meta["model_file"]), map_location="cpu").eval()
+    units = {(u["machine_type"], u["machine_id"]): u for u in meta["units"]}
+
+    def score(wave, machine_type, machine_id):
+        """wave: 1-D float32 samples at meta["sample_rate"]; returns (score, threshold, is_anomalous)."""
+        unit = units[(machine_type, machine_id)]
+        x = torch.zeros(1, meta["clip_samples"])
+        w = torch.as_tensor(wave, dtype=torch.float32)[: meta["clip_samples"]]
+        x[0, : w.numel()] = w
+        with torch.no_grad():
+            s = float(model(x, torch.tensor([unit["index"]]))[0][0])
+        thr = unit["threshold"]
+        return s, thr, thr is not None and s > thr
+
+    return meta, score
+'''
+
+LOADER_ONNX = '''
+import json, pathlib
+import numpy as np
+import onnxruntime
+
+def load_detector(bundle):
+    bundle = pathlib.Path(bundle)
+    meta = json.loads((bundle / "detector.json").read_text())
+    session = onnxruntime.InferenceSession(str(bundle / meta["model_file"]), providers=["CPUExecutionProvider"])
+    units = {(u["machine_type"], u["machine_id"]): u for u in meta["units"]}
+
+    def score(wave, machine_type, machine_id):
+        """wave: 1-D float32 samples at meta["sample_rate"]; returns (score, threshold, is_anomalous)."""
+        unit = units[(machine_type, machine_id)]
+        x = np.zeros((1, meta["clip_samples"]), dtype=np.float32)
+        w = np.asarray(wave, dtype=np.float32)[: meta["clip_samples"]]
+        x[0, : w.size] = w
+        s = float(session.run(["score"], {"wave": x, "unit": np.array([unit["index"]], dtype=np.int64)})[0][0])
+        thr = unit["threshold"]
+        return s, thr, thr is not None and s > thr
+
+    return meta, score
+'''
+
+
+# ------------------------------------------------------------------------------------------ loading
+class Bundle:
+    """An exported bundle, loaded for scoring (TorchScript with torch, ONNX with onnxruntime).
+
+    Args:
+        path: The bundle folder.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        meta_path = self.path / "detector.json"
+        if not meta_path.is_file():
+            raise ExportError(f"{self.path}: not an rcmae bundle (no detector.json); make one with `rcmae export`")
+        self.meta = read_json(meta_path)
+        if self.meta.get("version") != BUNDLE_VERSION:
+            raise ExportError(f"{meta_path}: bundle version {self.meta.get('version')} is not {BUNDLE_VERSION}; "
+                              "re-export it with this rcmae")
+        model_path = self.path / self.meta["model_file"]
+        if not model_path.is_file():
+            raise ExportError(f"{model_path}: the bundle's model file is missing; re-export the bundle")
+        self.format = self.meta["format"]
+        if self.format == "onnx":
+            import onnxruntime
+
+            self._session = onnxruntime.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+            self._model = None
+        else:
+            self._model = torch.jit.load(str(model_path), map_location="cpu").eval()
+        self.sample_rate = int(self.meta["sample_rate"])
+        self.clip_samples = int(self.meta["clip_samples"])
+        self.scorer = self.meta["scorer"]
+        self.units = [(u["machine_type"], u["machine_id"]) for u in self.meta["units"]]
+        self._unit = {(u["machine_type"], u["machine_id"]): u for u in self.meta["units"]}
+        ex = self.path / "examples" / "examples.json"
+        self.examples = read_json(ex) if ex.is_file() else []
+
+    def unit_index(self, machine_type: str, machine_id: str) -> int:
+        """The model's unit input for a machine; one clear line when the bundle does not know it."""
+        unit = self._unit.get((str(machine_type), str(machine_id)))
+        if unit is None:
+            known = ", ".join(f"{t}/{i}" for t, i in self.units)
+            raise ExportError(f"machine {machine_type} id {machine_id} is not in the bundle {self.path} (known: "
+                              f"{known}); pass the right --machine-type/--machine-id")
+        return int(unit["index"])
+
+    def threshold(self, machine_type: str, machine_id: str) -> float | None:
+        """The unit's decision threshold (``None`` when none was fitted)."""
+        return self._unit[(str(machine_type), str(machine_id))]["threshold"]
+
+    def fit_length(self, wave: np.ndarray) -> np.ndarray:
+        """Zero-pad or cut a 1-D waveform to the bundle's clip length (as ``rcmae.data.audio.load_audio`` does)."""
+        wave = np.asarray(wave, dtype=np.float32)
+        return np.pad(wave[: self.clip_samples], (0, max(0, self.clip_samples - wave.size)))
+
+    def run(self, waves: np.ndarray, units: Sequence[int]) -> dict[str, np.ndarray]:
+        """Raw model outputs ``{"score", "embedding", "logmel"}`` for waves ``[B, clip_samples]``."""
+        waves = np.ascontiguousarray(waves, dtype=np.float32)
+        unit = np.asarray(units, dtype=np.int64)
+        if waves.ndim != 2 or waves.shape[1] != self.clip_samples:
+            raise ExportError(f"bundle input must be [B, {self.clip_samples}] samples, got {waves.shape}")
+        if self._model is not None:
+            with torch.no_grad():
+                res = self._model(torch.from_numpy(waves), torch.from_numpy(unit))
+            return {k: v.numpy() for k, v in zip(OUTPUTS, res, strict=True)}
+        res = self._session.run(list(OUTPUTS), {"wave": waves, "unit": unit})
+        return dict(zip(OUTPUTS, res, strict=True))
+
+    def score_waveforms(self, waves: np.ndarray, machine_types: Sequence[str],
+                        machine_ids: Sequence[str]) -> np.ndarray:
+        """Scores ``[B]`` of waves ``[B, clip_samples]`` (``Detector.score_waveforms``'s signature)."""
+        units = [self.unit_index(t, i) for t, i in zip(machine_types, machine_ids, strict=True)]
+        return self.run(waves, units)["score"].astype(np.float64)
+
+    def score(self, wave: np.ndarray, machine_type: str, machine_id: str) -> dict:
+        """One clip: ``{"score", "threshold", "decision", "embedding", "logmel"}``."""
+        out = self.run(self.fit_length(wave)[None], [self.unit_index(machine_type, machine_id)])
+        s = float(out["score"][0])
+        thr = self.threshold(machine_type, machine_id)
+        return {"machine_type": str(machine_type), "machine_id": str(machine_id), "scorer": self.scorer,
+                "score": s, "threshold": thr,
+                "decision": None if thr is None else ("anomaly" if s > thr else "normal"),
+                "embedding": out["embedding"][0], "logmel": out["logmel"][0]}
+
+    def nearest_examples(self, embedding: np.ndarray, machine_type: str, machine_id: str, k: int = 3) -> list[dict]:
+        """The bundle's example clips of a unit, nearest first (cosine distance of the embeddings)."""
+        rows = [r for r in self.examples if (r["machine_type"], r["machine_id"]) == (machine_type, machine_id)]
+        if not rows:
+            return []
+        z = np.asarray([r["embedding"] for r in rows], dtype=np.float64)
+        q = np.asarray(embedding, dtype=np.float64)
+        d = 1.0 - (z / np.linalg.norm(z, axis=1, keepdims=True)) @ (q / max(np.linalg.norm(q), 1e-12))
+        order = np.argsort(d, kind="stable")[:k]
+        return [{**rows[o], "path": str(self.path / rows[o]["file"]), "distance": float(d[o])} for o in order]
+
+
+def list_bundles(folder: str | os.PathLike) -> list[Path]:
+    """Bundle folders (those with a ``detector.json``) directly inside ``folder``, newest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if (p / "detector.json").is_file()]
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+BUNDLE_VERSION = 1
+FORMATS = ("torchscript", "onnx")
+MODEL_FILES = {"torchscript": "detector.pt", "onnx": "detector.onnx"}
+OUTPUTS = ("score", "embedding", "logmel")
+
+
+class ExportError(ValueError):
+    """A run or scorer that cannot be exported, or a folder that is not a bundle; one line."""

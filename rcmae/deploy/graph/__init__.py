@@ -1,0 +1,81 @@
+"""Export graphs: each fitted scorer as a torch module of arrays (traced to TorchScript or ONNX)."""
+
+from rcmae.deploy.graph.build import (
+    BUILDERS,
+    build_ensemble,
+    build_frames,
+    build_graph,
+    build_idprob,
+    build_knn,
+    build_knn_joint,
+    build_maha,
+    build_norm_knn,
+    build_recon,
+    build_recon_topk,
+    build_stats_maha,
+)
+from rcmae.deploy.graph.features import (
+    WindowEmbedder,
+    band_stats_graph,
+    context_frames_graph,
+)
+from rcmae.deploy.graph.gaussian import (
+    FLAT_RTOL,
+    GaussianBanks,
+    MahaGraph,
+    StatsMahaGraph,
+    compress_precisions,
+    fit_bank_gaussians,
+)
+from rcmae.deploy.graph.heads import (
+    EnsembleGraph,
+    ExportContext,
+    FrameGraph,
+    IdProbGraph,
+    ReconGraph,
+)
+from rcmae.deploy.graph.knn import (
+    BankKnn,
+    Banks,
+    JointKnnGraph,
+    JointSpace,
+    KnnGraph,
+    NormKnnGraph,
+    mean_k_smallest,
+)
+
+__all__ = [
+    "band_stats_graph",
+    "WindowEmbedder",
+    "context_frames_graph",
+    "mean_k_smallest",
+    "Banks",
+    "BankKnn",
+    "KnnGraph",
+    "JointSpace",
+    "JointKnnGraph",
+    "NormKnnGraph",
+    "fit_bank_gaussians",
+    "FLAT_RTOL",
+    "compress_precisions",
+    "GaussianBanks",
+    "MahaGraph",
+    "StatsMahaGraph",
+    "ExportContext",
+    "FrameGraph",
+    "IdProbGraph",
+    "ReconGraph",
+    "EnsembleGraph",
+    "build_knn",
+    "build_knn_joint",
+    "build_maha",
+    "build_stats_maha",
+    "build_norm_knn",
+    "build_frames",
+    "build_idprob",
+    "build_recon",
+    "build_recon_topk",
+    "build_ensemble",
+    "BUILDERS",
+    "build_graph",
+]

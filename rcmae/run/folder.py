@@ -1,0 +1,104 @@
+"""The run folder contract: paths, run.json, progress.json and the provenance every stage records."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import math
+import os
+import platform
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import rcmae
+from rcmae.files import read_json, write_json
+
+STAGES = ("pretrain", "finetune")
+METRIC_COLUMNS = [
+    "stage", "kind", "epoch", "step", "loss", "mae", "info_nce", "vcr", "variance", "covariance", "supcon", "ce",
+    "lr",
+]
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be used as asked (missing, already trained, other preset)."""
+
+
+# ------------------------------------------------------------------------------------------------ run folder
+def run_paths(run: str | os.PathLike) -> dict[str, Path]:
+    """The files of a run folder by role."""
+    run = Path(run)
+    return {
+        "config": run / "config.yaml",
+        "run_json": run / "run.json",
+        "stats": run / "stats.json",
+        "checkpoints": run / "checkpoints",
+        "metrics": run / "metrics.csv",
+        "progress": run / "progress.json",
+        "thresholds": run / "thresholds.json",
+        "embeddings": run / "embeddings",
+        "eval": run / "eval",
+    }
+
+
+def checkpoint_path(run: str | os.PathLike, stage: str, which: str = "last") -> Path:
+    """``run/checkpoints/<stage>-<which>.ckpt``."""
+    return Path(run) / "checkpoints" / f"{stage}-{which}.ckpt"
+
+
+def read_run_json(run: str | os.PathLike) -> dict:
+    """``run.json`` of a run folder (one clear line when the folder is not a run)."""
+    path = Path(run) / "run.json"
+    if not path.is_file():
+        raise RunFolderError(f"{run}: not an rcmae run folder (no run.json); pretrain one with `rcmae pretrain`")
+    return read_json(path)
+
+
+def update_run_json(run: str | os.PathLike, **fields: object) -> dict:
+    """Merge ``fields`` into ``run.json`` (atomic rewrite)."""
+    path = Path(run) / "run.json"
+    info = read_json(path) if path.is_file() else {}
+    info.update(fields)
+    write_json(path, info)
+    return info
+
+
+def current_git_commit() -> str | None:
+    """The commit of the rcmae source tree, when it is a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(Path(rcmae.__file__).resolve().parent), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def package_versions() -> dict[str, str]:
+    """Versions recorded in run.json (lightning's read from its metadata: this module never imports it)."""
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": importlib.metadata.version("lightning"),
+        "rcmae": rcmae.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def write_progress(run: str | os.PathLike, **fields: object) -> None:
+    """Atomically write ``progress.json`` (``stage, epoch, epochs, step, steps, loss, state, updated``)."""
+    record = {"stage": None, "epoch": 0, "epochs": 0, "step": 0, "steps": 0, "loss": None, "state": "running"}
+    record.update(fields)
+    loss = record.get("loss")
+    if loss is not None and not math.isfinite(float(loss)):
+        record["loss"] = None
+    record["updated"] = utc_now()
+    write_json(Path(run) / "progress.json", record)

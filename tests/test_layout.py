@@ -53,9 +53,9 @@ def test_every_name_the_docs_show_imports(doc, name):
 
 
 def test_old_module_paths_keep_every_public_name():
-    # tests/data/legacy_names.json: the public top-level names of every rcmae 0.1 module (read from its source
+    # tests/fixtures/legacy_names.json: the public top-level names of every rcmae 0.1 module (read from its source
     # before the move). Each still resolves through the old path.
-    old = json.loads((ROOT / "tests" / "data" / "legacy_names.json").read_text())
+    old = json.loads((ROOT / "tests" / "fixtures" / "legacy_names.json").read_text())
     missing = [f"{mod}.{name}" for mod, names in old.items() for name in names
                if not hasattr(importlib.import_module(mod), name)]
     assert missing == []
@@ -63,15 +63,15 @@ def test_old_module_paths_keep_every_public_name():
 
 
 def test_old_paths_are_the_new_objects():
+    import rcmae.audio
+    import rcmae.score
+    import rcmae.train
+
     from rcmae.data import audio
     from rcmae.evaluation.evaluate import evaluate_run
     from rcmae.run.folder import read_run_json
     from rcmae.scorers.detector import Detector, fit_run
     from rcmae.training.stages import pretrain
-
-    import rcmae.audio
-    import rcmae.score
-    import rcmae.train
 
     assert rcmae.audio is audio  # a moved module is the very module: monkeypatching one patches the other
     assert rcmae.score.Detector is Detector and rcmae.score.fit_run is fit_run

@@ -40,7 +40,7 @@ ENV = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONUNBUFFER
 _KILL_AT = """
 import os, signal, sys
 from lightning.pytorch.callbacks import Callback
-from rcmae import train
+from rcmae.training import stages
 
 class KillAt(Callback):
     def on_train_batch_end(self, trainer, *args):
@@ -306,7 +306,7 @@ def test_eight_processes_racing_on_the_job_database(tmp_path):
     db = tmp_path / "jobs.sqlite"
     jobs.JobStore(db)
     code = (
-        "import sys, random; from rcmae import jobs\n"
+        "import sys, random; from rcmae.workbench import jobs\n"
         "store = jobs.JobStore(sys.argv[1]); rnd = random.Random(int(sys.argv[2]))\n"
         "mine = [jobs.launch(store, ['-c', 'pass'], raw_python=True).id for _ in range(6)]\n"
         "for _ in range(4):\n"

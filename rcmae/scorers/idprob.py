@@ -26,7 +26,8 @@ from rcmae.scorers.base import Clips, Scorer, ScoringError
 
 
 def _class_name(section: str, attributes: str) -> str:
-    # rcmae.data.class_name (scorers import numpy and torch only; tests/test_idprob_classes.py keeps them equal).
+    # rcmae.data.class_name (scorers import numpy and torch only); tests/training/test_attribute_classes.py
+    # keeps the two equal.
     attributes = str(attributes or "")
     return str(section) if not attributes or attributes.lower() == "noattribute" else f"{section}_{attributes}"
 

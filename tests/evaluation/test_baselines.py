@@ -19,7 +19,7 @@ from rcmae.evaluation.baselines import run_baseline
 from rcmae.evaluation.baselines.ae import AEConfig, DenseAE, clip_scores, train_ae, vectorize
 from rcmae.evaluation.baselines.knn import clip_statistics, knn_scores
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))
 from conftest import check_results, write_tiny_dcase  # noqa: E402
 
 

@@ -30,7 +30,7 @@ from rcmae.scorers import (
     zscore,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _imports(path: Path) -> set[str]:

@@ -94,7 +94,7 @@ def test_prompts_page_adds_table_1_to_an_older_library(tmp_path, monkeypatch):
 
     from rcmae.workspace import Workspace
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     ws = Workspace(tmp_path / "ws")
     ws.root.mkdir(parents=True)
     ws.prompts.write_text(yaml.safe_dump({"prompts": [{"id": "p1", "text": TABLE_1[0], "tags": []}]}))

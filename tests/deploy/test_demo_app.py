@@ -15,7 +15,7 @@ import pytest
 from rcmae.data.audio import load_audio
 from rcmae.deploy.bundle import Bundle
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 gradio_client = pytest.importorskip("gradio_client", reason="gradio_client is in requirements.txt")
 
 

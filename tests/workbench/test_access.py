@@ -19,7 +19,7 @@ from streamlit.testing.v1 import AppTest
 from rcmae import workbench
 from rcmae.workspace import Workspace
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.reliability  # hostile-input cases of the fault-injection suite (issue 11)
 

@@ -24,7 +24,7 @@ from rcmae.training import stages as train
 from rcmae.workbench import jobs, processes
 from rcmae.workspace import Workspace
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PAGES = ["home", "data", "prompts", "audition", "jobs", "results", "score", "monitor"]
 # A 1-block model: the whole pretrain + finetune + evaluate takes seconds on one CPU thread.
 TINY = ["model.embed_dim=32", "model.depth=1", "model.heads=2", "model.decoder_embed_dim=32", "model.decoder_depth=1",

@@ -20,7 +20,7 @@ import pytest
 from rcmae.workbench import jobs
 from rcmae.workspace import Workspace
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "test-output" / "browser"
 IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'

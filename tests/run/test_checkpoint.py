@@ -127,7 +127,7 @@ def test_score_page_shows_one_line_for_hostile_run(run_dir, tmp_path, monkeypatc
     shutil.copytree(run_dir, run)
     marker = tmp_path / "pwned"
     write_hostile(train.checkpoint_path(run, "finetune", "last"), marker)
-    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "score.py"), default_timeout=60)
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[2] / "pages" / "score.py"), default_timeout=60)
     at.session_state["workspace"] = str(ws)
     at.run()
     assert not at.exception

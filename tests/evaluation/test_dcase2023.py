@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_metrics import _evaluator_2023
+from evaluator_reference import _evaluator_2023
 
 from rcmae.data.index import index_dataset
 from rcmae.evaluation.baselines import run_baseline
@@ -137,7 +137,7 @@ def _evaluator_auc_only(folder: Path, data: Path) -> float:
 
 
 def test_unlabelled_eval_set_gets_submission_files_then_ground_truth_scores_it(run23, tiny_dcase2023, tmp_path):
-    from test_metrics import _eval_style_copy
+    from evaluator_reference import _eval_style_copy
 
     run = tmp_path / "run"
     shutil.copytree(run23[0], run)

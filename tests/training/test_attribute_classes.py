@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import SHORT_OVERRIDES
-from test_metrics import _eval_style_copy
+from evaluator_reference import _eval_style_copy
 
 from rcmae import cli
 from rcmae.data.index import class_name, finetune_classes, id_classes, index_dataset

@@ -27,6 +27,8 @@ browser:
 	  else echo "chromium missing: run 'sudo apt-get install chromium' for the browser test (it is skipped until then)"; fi; }
 
 app: $(STAMP)
+	$(BIN)/rcmae demo-data $(WORKSPACE)/data/quick-demo --train-per-id 20 --test-per-id 10 --if-missing --quiet \
+		--recording $(WORKSPACE)/recordings/demo_fan_id_00.wav
 	$(BIN)/rcmae demo-data $(WORKSPACE)/data/demo --if-missing
 	@echo "rcmae workbench: open http://$(HOST):$(PORT) (Ctrl+C stops it)"
 	RCMAE_WORKSPACE=$(WORKSPACE) $(BIN)/streamlit run app/main.py --server.address $(HOST) --server.port $(PORT) --server.headless true --browser.gatherUsageStats false

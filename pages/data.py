@@ -15,6 +15,8 @@ ws = workbench.page_workspace(st.session_state.get("workspace"))
 store = jobs.JobStore(ws.jobs_db)
 
 st.title("Data")
+if "flash_data" in st.session_state:  # set before a rerun: shown once, after it
+    st.success(st.session_state.pop("flash_data"), icon=":material/check_circle:")
 
 datasets = workbench.list_datasets(ws)
 demo_jobs = [j for j in store.list(["queued", "running"]) if j.kind == "demo-data"]
@@ -38,7 +40,7 @@ if not (ws.demo_data / "demo.json").is_file() and not demo_jobs:
             f"{test}+{test} test clips per ID.", icon=":material/info:")
     if st.button("Create the demo data", type="primary", icon=":material/add_circle:"):
         job = workbench.launch_demo_data(ws, store)
-        st.success(f"Demo data job {job.id} started; this page updates when it is done.")
+        st.session_state["flash_data"] = f"Demo data job {job.id} started; this page updates when it is done."
         st.rerun()
 
 options = [str(p) for p in datasets] + ["another folder…"]

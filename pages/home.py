@@ -23,16 +23,65 @@ c4.metric("Jobs running", len(store.list(["running"])))
 
 st.subheader("Quick demo run")
 s = workbench.quick_demo_settings()
-data_note = ("trains on the demo data set of this workspace" if (ws.demo_data / "demo.json").is_file() else
-             f"creates a small synthetic factory data set ({s['train_per_id']} training and {s['test_per_id']}+"
-             f"{s['test_per_id']} test clips per machine ID)")
-st.write(f"One click {data_note}, pretrains the tiny RC-MAE for {s['pretrain_epochs']} epochs, fine-tunes it for "
-         f"{s['finetune_epochs']}, and evaluates it: chained background jobs that finish in minutes on a CPU. "
-         "Follow them on **Jobs**; the run then appears on **Results**.")
-if st.button("Start the quick demo run", type="primary", icon=":material/rocket_launch:"):
+data = workbench.quick_demo_data(ws)
+lo, hi = workbench.QUICK_DEMO_SECONDS
+data_note = (f"the small demo set `{data.relative_to(ws.root)}`" if (data / "demo.json").is_file() else
+             f"a small synthetic factory data set it writes first ({s['train_per_id']} training and "
+             f"{s['test_per_id']}+{s['test_per_id']} test clips per machine ID)")
+st.write(f"One click fits rcmae's default detector on {data_note} and evaluates it: **about {lo}-{hi} seconds on "
+         "2 CPU cores**. The default detector needs no training (an ensemble of two models of the log-mel's band "
+         "statistics and frames; README, *What to expect*), so you see per-machine AUC/pAUC, ROC curves and "
+         "scores at once. Training RC-MAE on the same data is the button below it.")
+chain = workbench.quick_demo_chain(ws, store)
+busy = any(j.state in ("queued", "running") for j in chain)
+if st.button("Start the quick demo run", type="primary", icon=":material/rocket_launch:", disabled=busy,
+             help="a chain is running: wait for it, or cancel it on Jobs" if busy else None):
     chain = workbench.quick_demo(ws, store)
-    st.success(f"Queued jobs {', '.join(str(j.id) for j in chain)}; the run goes to `{chain[-1].out}`. "
-               "Follow them on **Jobs** (sidebar).")
+    st.session_state["flash_home"] = (f"Queued jobs {', '.join(str(j.id) for j in chain)}; the run goes to "
+                                      f"`{chain[-1].out}`.")
+    st.rerun()
+if st.button("Train RC-MAE on the same data", icon=":material/model_training:", disabled=busy,
+             help=(f"pretrain ({s['pretrain_epochs']} epochs) -> fine-tune ({s['finetune_epochs']}) -> evaluate, "
+                   "the tiny preset: several minutes on 2 CPU cores, progress on Jobs")):
+    chain = workbench.train_demo(ws, store)
+    st.session_state["flash_home"] = (f"Queued jobs {', '.join(str(j.id) for j in chain)}; the run goes to "
+                                      f"`{chain[-1].out}`.")
+    st.rerun()
+if busy and st.session_state.get("flash_home"):  # what was queued, while it runs
+    st.success(st.session_state["flash_home"], icon=":material/check_circle:")
+elif not busy:
+    st.session_state.pop("flash_home", None)
+
+
+@st.fragment(run_every=2.0)
+def _chain_status() -> None:
+    jobs.refresh(store)
+    current = workbench.quick_demo_chain(ws, store)
+    if not current:
+        return
+    for line in workbench.chain_lines(current):
+        st.write(line)
+    if any(j.state in ("queued", "running") for j in current):
+        eta = workbench.chain_eta(current, store.list(["done"]))
+        if eta:
+            st.caption(eta)
+        return
+    if busy:
+        st.rerun()  # the chain just ended: redraw the whole page (buttons enabled again, counts, links)
+    if all(j.state == "done" for j in current):
+        st.success("Done. Next: read the per-machine AUC/pAUC, ROC curves and embeddings on **Results**, score "
+                   "your own clips on **Score**, or follow the 3-minute demo recording on **Monitor**.",
+                   icon=":material/task_alt:")
+        c1, c2, c3 = st.columns(3)
+        c1.page_link("../pages/results.py", label="Results", icon=":material/monitoring:")
+        c2.page_link("../pages/score.py", label="Score", icon=":material/rule:")
+        c3.page_link("../pages/monitor.py", label="Monitor", icon=":material/timeline:")
+    else:
+        bad = next(j for j in current if j.state != "done")
+        st.error(f"Job {bad.id} ({bad.name}) ended {bad.state}: its log is on **Jobs**.", icon=":material/error:")
+
+
+_chain_status()
 
 st.subheader("This machine")
 if status["datasets"]:

@@ -33,21 +33,26 @@ runs = workbench.list_runs(ws)
 
 with st.expander("Launch a job", expanded=not store.list()):
     kind = st.selectbox("Kind", workbench.JOB_KINDS,
-                        help="pretrain: self-supervised RC-MAE; finetune: machine-ID classes; "
+                        help="fit: the training-free default detector, in seconds; pretrain: self-supervised RC-MAE; "
+                             "finetune: machine-ID classes; "
                              "evaluate: test AUC/pAUC; augment: build a procedural/AudioLDM bank; "
                              "benchmark: RC-MAE vs baselines; reproduce: the paper's DCASE 2020 Tables 3 and 4 "
                              "(GPU machine).")
     c1, c2 = st.columns(2)
     data = run = out = None
-    if kind in ("pretrain", "augment", "benchmark", "reproduce"):
+    if kind in ("fit", "pretrain", "augment", "benchmark", "reproduce"):
         if not datasets:
             st.info("No data set yet: create the demo data on **Data** (or launch a demo-data job).",
                     icon=":material/info:")
         data = c1.selectbox("Data set", [str(p) for p in datasets]) if datasets else None
-        parent = {"pretrain": ws.runs, "augment": ws.banks, "benchmark": ws.benchmarks,
+        parent = {"fit": ws.runs, "pretrain": ws.runs, "augment": ws.banks, "benchmark": ws.benchmarks,
                   "reproduce": ws.benchmarks}[kind]
-        default = workbench.new_name(parent, Path(data).name if data else kind)
-        out = c2.text_input("Output name", default, help=f"a folder under {parent}")
+        # The suggested name is made once per (kind, data set): the page reruns every few seconds, and a default
+        # that changed with the clock would throw away what the user typed.
+        name_key = f"out_name_{kind}_{Path(data).name if data else ''}"
+        if name_key not in st.session_state:
+            st.session_state[name_key] = workbench.new_name(parent, Path(data).name if data else kind)
+        out = c2.text_input("Output name", key=name_key, help=f"a folder under {parent}")
         out = (parent, out)
     elif kind in ("finetune", "evaluate"):
         if not runs:
@@ -124,7 +129,8 @@ def _live() -> None:
         return
     rows = [{"id": j.id, "name": j.name, "state": j.state, "device": f"GPU {j.gpus}" if j.gpus else "CPU",
              "started": _when(j.started), "duration": f"{j.duration:.0f} s" if j.duration is not None else "",
-             "returncode": j.returncode, "note": j.note} for j in reversed(all_jobs)]
+             "returncode": "" if j.returncode is None else str(j.returncode), "note": j.note or ""}
+            for j in reversed(all_jobs)]
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
     ids = [j.id for j in reversed(all_jobs)]
     current = st.session_state.get("job_id")
@@ -141,10 +147,7 @@ def _live() -> None:
             language="bash")
     progress = workbench.read_progress(job.out)
     if progress and progress.get("stage") == job.kind:
-        label = (f"{progress.get('stage') or ''} epoch {progress.get('epoch')}/{progress.get('epochs')}, "
-                 f"step {progress.get('step')}/{progress.get('steps')}"
-                 + (f", loss {progress['loss']:.4f}" if progress.get("loss") is not None else ""))
-        st.progress(workbench.progress_fraction(progress), text=label)
+        st.progress(workbench.progress_fraction(progress), text=workbench.progress_label(progress))
     metrics = Path(job.out) / "metrics.csv" if job.out else None
     if metrics is not None and metrics.is_file():
         try:
@@ -159,7 +162,9 @@ def _live() -> None:
                  icon=":material/error:")
     if job.state == "killed":
         st.warning(f"Job {job.id} was {job.note or 'killed'}.", icon=":material/warning:")
-    st.text_area("Log (end)", jobs.tail_log(job, 40), height=260, key=f"log_{job.id}_{job.state}")
+    # Newest line first: the box opens on what the job does now.
+    st.text_area("Log (newest line first)", "\n".join(reversed(jobs.tail_log(job, 40).splitlines())), height=260,
+                 key=f"log_{job.id}_{job.state}")
     c1, c2, c3 = st.columns(3)
     if job.state in ("queued", "running") and c1.button("Cancel", icon=":material/stop_circle:"):
         jobs.cancel(store, job.id)

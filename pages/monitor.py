@@ -46,13 +46,22 @@ with tab_monitor:
     except (ValueError, FileNotFoundError) as err:
         st.error(str(err), icon=":material/error:")
         st.stop()
+    recordings = workbench.list_recordings(ws)
+    if recordings and "monitor_path" not in st.session_state:
+        # The demo recording (make app writes it): something to monitor right away.
+        st.session_state["monitor_path"] = str(recordings[0].relative_to(ws.root))
     recording = st.text_input("Recording (.wav/.flac, any length) on this machine",
-                              placeholder="data/line3/recording.wav", key="monitor_path",
-                              help="A path inside the workspace (or an allowed folder).")
+                              placeholder="recordings/demo_fan_id_00.wav", key="monitor_path",
+                              help="A path inside the workspace (or an allowed folder). "
+                                   + (f"Recordings here: {', '.join(p.name for p in recordings)}."
+                                      if recordings else ""))
     upload = st.file_uploader(f"... or upload one (up to {workbench.UPLOAD_LIMIT_MB:g} MB)", type=["wav"])
     c1, c2, c3, c4 = st.columns(4)
     machines = [f"{t}/{i}" for t, i in scorer.units]
-    machine = c1.selectbox("Machine", machines)
+    guess = workbench.guess_machine(scorer, recording or (upload.name if upload is not None else ""))
+    machine = c1.selectbox("Machine", machines, index=machines.index(guess) if guess in machines else 0,
+                           help="preselected from the recording's folders and name (<type>/..., id_XX) when they "
+                                "tell")
     hop = c2.number_input("Hop (s)", min_value=0.1, max_value=60.0, value=1.0, step=0.5)
     min_duration = c3.number_input("Shortest event (s)", min_value=0.0, max_value=600.0, value=1.0, step=0.5)
     threshold = c4.number_input("Threshold (empty: the machine's fitted one)", value=None, format="%.4f",
@@ -82,7 +91,16 @@ with tab_monitor:
             st.error(str(err), icon=":material/error:")
 
     res = st.session_state.get("monitor_result")
-    if res is not None:
+    if res is not None and len(res.series) == 1:
+        # One window: no curve to draw and no stretch to time; say what the one score means.
+        row = res.series.iloc[0]
+        verdict = "above" if row["score"] > res.threshold else "at or below"
+        st.info(f"**{res.path.name}** is one window long ({res.duration:.1f} s): score {row['score']:.4f} is "
+                f"{verdict} the threshold {res.threshold:.4f} ({res.scorer}, {res.machine_type}/{res.machine_id}). "
+                "Monitoring shows a score over time for recordings longer than one window "
+                f"({scorer.clip_samples / scorer.sample_rate:g} s); for single clips the **Score** page is the tool.",
+                icon=":material/info:")
+    elif res is not None:
         st.write(f"**{res.path.name}**: {res.duration:.1f} s, {len(res.series)} windows, **{len(res.events)} "
                  f"event(s)** above the threshold {res.threshold:.4f} ({res.scorer}, {res.machine_type}/"
                  f"{res.machine_id}). Files: " + ", ".join(f"`{p}`" for p in res.files.values()))
@@ -109,7 +127,10 @@ with tab_deploy:
         run = c1.selectbox("Run", runs, format_func=lambda p: p.name, key="export_run")
         fmt = c2.radio("Format", ["torchscript", "onnx"], horizontal=True,
                        help="TorchScript loads with torch alone; ONNX with onnxruntime alone.")
-        name = c3.text_input("Bundle name", value=workbench.new_name(BUNDLES, f"{run.name}-{fmt}"))
+        name_key = f"bundle_name_{run.name}_{fmt}"
+        if name_key not in st.session_state:  # made once: a rerun must not replace what the user typed
+            st.session_state[name_key] = workbench.new_name(BUNDLES, f"{run.name}-{fmt}")
+        name = c3.text_input("Bundle name", key=name_key)
         if st.button("Export", icon=":material/inventory_2:"):
             try:
                 out = workbench.resolve_path(ws, name, under=BUNDLES)  # stays in the workspace (or allowed roots)
@@ -138,3 +159,14 @@ with tab_deploy:
     live = [j for j in jobs.refresh(store) if j.kind == "demo-app" and j.state in ("queued", "running")]
     for j in live:
         st.markdown(f"Demo app **{j.name}** (job #{j.id}, {j.state}): {demo_app.demo_link(list(j.argv))}")
+
+    @st.fragment(run_every=2.0)
+    def _export_watch() -> None:
+        # A finished export shows its bundle without a reload: rerun the page when the bundle list changes.
+        exporting = [j for j in jobs.refresh(store) if j.kind == "export" and j.state in ("queued", "running")]
+        for j in exporting:
+            st.caption(f"Export job #{j.id} ({j.name}) is {j.state}…")
+        if len(export.list_bundles(BUNDLES)) != len(bundles):
+            st.rerun()
+
+    _export_watch()

@@ -11,6 +11,8 @@ from rcmae.augment import prompts
 ws = workbench.page_workspace(st.session_state.get("workspace"))
 
 st.title("Prompts")
+if "flash_prompts" in st.session_state:  # a confirmation set before a rerun: shown once, after it
+    st.success(st.session_state.pop("flash_prompts"), icon=":material/check_circle:")
 st.write("Text prompts steer the augmentation backends (AudioLDM, or the procedural factory-noise models) "
          "towards factory noise. A new library starts with the paper's Table 1 prompts, word for word "
          "(tags `paper`, `table1`).")
@@ -32,7 +34,7 @@ missing = len(prompts.TABLE1_PROMPTS) - len({prompts.normalize(p["text"]) for p 
                                             & {prompts.normalize(t) for t in prompts.TABLE1_PROMPTS})
 if missing and st.button(f"Add the paper's Table 1 prompts ({missing} missing)", icon=":material/library_add:"):
     added = library.add_table1()
-    st.success(f"Added {len(added)} Table 1 prompt(s).")
+    st.session_state["flash_prompts"] = f"Added {len(added)} Table 1 prompt(s)."
     st.rerun()
 
 add_tab, edit_tab, gen_tab, hist_tab = st.tabs(["Add", "Edit or delete", "Generate", "History"])
@@ -47,7 +49,7 @@ with add_tab, st.form("add_prompt", clear_on_submit=True):
         except ValueError as err:
             st.error(str(err), icon=":material/error:")
         else:
-            st.success(f"Added {item['id']}.")
+            st.session_state["flash_prompts"] = f"Added {item['id']}."
             st.rerun()
 
 with edit_tab:
@@ -106,7 +108,7 @@ with gen_tab:
                 except ValueError as err:
                     st.warning(str(err))
             del st.session_state["generated"]
-            st.success(f"Added {', '.join(added) or 'nothing'}.")
+            st.session_state["flash_prompts"] = f"Added {', '.join(added) or 'nothing'}."
             st.rerun()
 
 with hist_tab:

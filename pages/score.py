@@ -35,19 +35,25 @@ scorer = c2.selectbox("Scorer", detector.scorers, index=detector.scorers.index(d
 for note in detector.notes:
     st.caption(note)
 
-source = st.radio("Clips", ["upload", "a folder on this machine"], horizontal=True)
+source = st.radio("Clips", ["upload", "a folder on this machine"], horizontal=True, key="score_source")
 paths, problems = [], []
-classes = [f"{t}/{i}" for t, i in detector.units]
+types = sorted({t for t, _ in detector.units})
+ids = sorted({i for _, i in detector.units})
+c1, c2 = st.columns(2)
 if source == "upload":
     files = st.file_uploader(f"WAV clips (up to {workbench.UPLOAD_LIMIT_MB:g} MB each)", type=["wav"],
-                             accept_multiple_files=True)
-    machine = st.selectbox("Machine (type/ID) of the uploaded clips", ["(from the file names)", *classes],
-                           help="Uploaded file names rarely carry the machine type; pick the machine they come from.")
+                             accept_multiple_files=True, key="score_upload")
+    # An upload keeps its file name, not its folders: the machine type is chosen here (the run's first by default).
+    mtype = c1.selectbox("Machine type of the clips", types, key="score_type")
+    mid = c2.selectbox("Machine ID", ["(from each file name)", *ids], key="score_id",
+                       help="DCASE names carry the ID (normal_id_02_..., section_00_...); pick one for other names")
     if files:
         paths, problems = workbench.save_uploads([(f.name, f.getvalue()) for f in files], ws.root / "uploads")
 else:
-    folder = st.text_input("Folder with .wav clips", placeholder="/data/dev_data/fan/test", key="score_folder")
-    machine = "(from the file names)"
+    folder = st.text_input("Folder with .wav clips", placeholder="data/demo/dev_data/fan/test", key="score_folder")
+    mtype = c1.selectbox("Machine type", ["(from the folders)", *types], key="score_type_folder",
+                         help="a DCASE folder names it: <type>/test/*.wav")
+    mid = c2.selectbox("Machine ID", ["(from each file name)", *ids], key="score_id_folder")
     if folder:
         try:
             chosen = workbench.resolve_path(ws, folder)
@@ -62,13 +68,16 @@ for name, why in problems:
     st.error(f"{name}: {why}", icon=":material/error:")
 
 if paths and st.button("Score", type="primary", icon=":material/rule:"):
-    mtype, mid = (None, None) if machine.startswith("(") else machine.split("/", 1)
+    mtype = None if mtype.startswith("(") else mtype
+    mid = None if mid.startswith("(") else mid
+    bar = st.progress(0.0, text="Scoring…")
     try:
-        with st.spinner("Scoring…"):
-            rows = detector.score_paths(paths, scorer=scorer, machine_type=mtype, machine_id=mid)
+        rows = workbench.score_with_progress(detector, paths, scorer, mtype, mid,
+                                             lambda k, n: bar.progress(k / max(n, 1), text=f"Scoring clip {k}/{n}"))
     except ValueError as err:  # e.g. a folder without .wav files
         st.error(str(err), icon=":material/error:")
         rows = []
+    bar.empty()
     st.session_state["score_rows"] = rows
 
 rows = st.session_state.get("score_rows")

@@ -44,9 +44,13 @@ def per_type_table(results: dict) -> pd.DataFrame:
     rows = [{"machine_type": t, "AUC": v["auc"], "pAUC": v["pauc"], "AUC hmean": v.get("auc_hmean"),
              "pAUC hmean": v.get("pauc_hmean")} for t, v in results.get("per_type", {}).items()]
     avg = results.get("average", {})
-    rows.append({"machine_type": "Average", "AUC": avg.get("auc"), "pAUC": avg.get("pauc"), "AUC hmean": None,
-                 "pAUC hmean": None})
-    return pd.DataFrame(rows, columns=["machine_type", "AUC", "pAUC", "AUC hmean", "pAUC hmean"])
+    table = pd.DataFrame(rows, columns=["machine_type", "AUC", "pAUC", "AUC hmean", "pAUC hmean"])
+    # The Average row has no harmonic means (they are per type): blank cells, not "None".
+    for col in ("AUC hmean", "pAUC hmean"):
+        table[col] = [f"{v:.4f}" if v is not None and v == v else "" for v in table[col]]
+    average = pd.DataFrame([{"machine_type": "Average", "AUC": avg.get("auc"), "pAUC": avg.get("pauc"),
+                             "AUC hmean": "", "pAUC hmean": ""}])
+    return pd.concat([table, average], ignore_index=True) if len(table) else average
 
 
 def compare_table(results: Sequence[dict], names: Sequence[str] | None = None) -> pd.DataFrame:

@@ -102,7 +102,9 @@ def test_results_tables_equal_json() -> None:
     mean = t[(t.machine_type == "valve") & (t.machine_id == "mean")].iloc[0]
     assert (mean.AUC, mean.pAUC) == (0.55, 0.50)
     pt = viz.per_type_table(RESULTS).set_index("machine_type")
-    assert pt.loc["fan", "AUC hmean"] == 0.857 and pt.loc["Average", "pAUC"] == 0.58
+    assert pt.loc["fan", "AUC hmean"] == "0.8570" and pt.loc["Average", "pAUC"] == 0.58
+    # No "None" in a table: the Average row has no per-ID harmonic means, and shows blank cells.
+    assert pt.loc["Average", "AUC hmean"] == "" and not pt.astype(str).isin(["None", "nan"]).any().any()
     other = {"system": "ae", "per_type": {"fan": {"auc": 0.6, "pauc": 0.52}}, "average": {"auc": 0.6, "pauc": 0.52}}
     cmp = viz.compare_table([RESULTS, other, RESULTS]).set_index("machine_type")
     assert cmp.loc["valve", "rcmae AUC"] == 0.55 and np.isnan(cmp.loc["valve", "ae AUC"])

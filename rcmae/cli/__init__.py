@@ -12,7 +12,7 @@ from rcmae.cli.data import add_demo_data, add_index
 from rcmae.cli.deploy import add_demo_app, add_export, add_monitor
 from rcmae.cli.evaluation import add_baseline, add_benchmark, add_figures, add_reproduce
 from rcmae.cli.jobs import add_jobs
-from rcmae.cli.score import add_evaluate, add_score
+from rcmae.cli.score import add_evaluate, add_fit, add_score
 from rcmae.cli.train import add_finetune, add_pretrain
 
 
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (
         add_demo_data,
         add_index,
+        add_fit,
         add_pretrain,
         add_finetune,
         add_evaluate,

@@ -47,12 +47,13 @@ def add_trainer_flags(p: argparse.ArgumentParser) -> None:
 
 # ---------------------------------------------------------------- pretrain / finetune
 def fit_scorers_after_training(run: Path) -> None:
-    """Fit thresholds and train embeddings of a freshly trained run (first process only under DDP).
+    """Fit the default scorer of a freshly trained run (first process only under DDP), so it can score at once.
 
-    Training never imports scoring (the run folder is the contract): the orchestration calls it here.
+    Training never imports scoring (the run folder is the contract): the orchestration calls it here. The other
+    scorers are fitted on first use (``rcmae evaluate`` fits them all), each only when its inputs changed.
     """
     if any(int(os.environ.get(var, 0)) != 0 for var in ("RANK", "LOCAL_RANK", "NODE_RANK")):
         return
-    from rcmae.scorers.detector import fit_run
+    from rcmae.scorers.detector import Detector
 
-    fit_run(run)
+    Detector.load(run)  # fits the default scorer (and an ensemble's members) where not current

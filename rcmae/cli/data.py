@@ -12,6 +12,14 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
     from rcmae.data import demo
 
     out = Path(args.out)
+    if args.recording:
+        from rcmae.data.demo.recording import make_demo_recording
+
+        rec = Path(args.recording)
+        if not (args.if_missing and rec.is_file()):
+            make_demo_recording(rec, seconds=args.recording_seconds, seed=args.seed)
+            print(f"demo recording ({args.recording_seconds:g} s, anomalies listed in {rec.with_suffix('.csv')}) "
+                  f"written to {rec}")
     if args.if_missing and demo.is_demo_data(out):
         print(f"demo data already at {out}")
         return 0
@@ -49,6 +57,10 @@ def add_demo_data(sub) -> None:
         help="target-domain training clips per ID/section in the domain-shift and 2023 modes (default 3); "
         "--train-per-id then counts the source ones",
     )
+    p.add_argument("--recording", default=None, metavar="WAV",
+                   help="also write a long recording of demo fan ID 00 with anomalous stretches (for rcmae monitor "
+                   "and the Monitor page) and its truth table WAV.csv")
+    p.add_argument("--recording-seconds", type=float, default=180.0, help="its length (default 180 s)")
     p.set_defaults(func=_cmd_demo_data)
 
 

@@ -1,4 +1,4 @@
-"""`rcmae evaluate` and `rcmae score`."""
+"""`rcmae fit`, `rcmae evaluate` and `rcmae score`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,25 @@ import sys
 from pathlib import Path
 
 
-# ---------------------------------------------------------------- evaluate / score
+# ---------------------------------------------------------------- fit / evaluate / score
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from rcmae.scorers.training_free import fit_training_free
+
+    run = fit_training_free(Path(args.data), Path(args.out), preset=args.preset, overrides=args.set)
+    print(f"training-free run in {run}; next: rcmae evaluate --run {run}")
+    return 0
+
+
+def add_fit(sub) -> None:
+    p = sub.add_parser("fit", help="a detector in seconds, no training: fit the training-free scorers on a data "
+                                   "folder (the tiny default's ensemble)")
+    p.add_argument("--data", required=True, help="DCASE-layout data folder")
+    p.add_argument("--out", required=True, help="run folder to write (evaluate, score, export and monitor read it)")
+    p.add_argument("--preset", default="tiny", help="config preset: front-end and score settings (default tiny)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+    p.set_defaults(func=_cmd_fit)
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from rcmae.evaluation import evaluate as score
 
@@ -54,7 +72,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
     else:
         for r in rows:
             if r.get("error"):
-                print(f"{r['path']}: skipped ({r['error']})")
+                hint = " with --machine-type and --machine-id" if "which machine" in r["error"] else ""
+                print(f"{r['path']}: skipped ({r['error']}{hint})")
             elif r["threshold"] is None:
                 print(f"{r['path']}: score {r['score']:.4f}  ({r['scorer']}; no threshold fitted)")
             else:

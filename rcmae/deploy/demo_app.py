@@ -1,6 +1,7 @@
 """``rcmae demo-app BUNDLE``: a Gradio page for stakeholders over an exported bundle.
 
-Upload a clip or record one from the microphone, pick the machine, press **Score**: the page shows the
+Upload a clip, record one from the microphone or pick an example, check the machine (the first one is
+preselected), press **Score**: the page shows the
 score against the machine's threshold and the verdict, the clip's log-mel spectrogram (the bundle's own
 front-end output), and the bundle's normal training clips nearest to it (cosine distance of the
 embeddings) to listen to side by side. Those clips travel inside the bundle (``examples/``, written by
@@ -40,7 +41,8 @@ def predict(bundle: Bundle, audio_path: str | None, machine: str | None) -> tupl
         wave = load_audio(audio_path, sample_rate=bundle.sample_rate,
                           duration=bundle.clip_samples / bundle.sample_rate, channel=bundle.meta.get("channel", 0))
     except AudioError as err:
-        raise gr.Error(str(err)) from err
+        # The message names the server's temporary upload file: show the clip's own name instead.
+        raise gr.Error(str(err).replace(str(audio_path), Path(audio_path).name)) from err
     out = bundle.score(wave, mtype, mid)
     thr = out["threshold"]
     result = {"machine_type": mtype, "machine_id": mid, "scorer": out["scorer"], "score": out["score"],
@@ -58,12 +60,23 @@ def predict(bundle: Bundle, audio_path: str | None, machine: str | None) -> tupl
     near = bundle.nearest_examples(out["embedding"], mtype, mid, k=N_NEAREST)
     paths = [n["path"] for n in near] + [None] * (N_NEAREST - len(near))
     if near:
-        lines = [f"{k + 1}. `{Path(n['file']).name}` (cosine distance {n['distance']:.4f}, from `{n['source']}`)"
-                 for k, n in enumerate(near)]
+        lines = [f"{k + 1}. `{Path(n['file']).name}` (cosine distance {n['distance']:.4f}, training clip "
+                 f"`{Path(n['source']).name}`)" for k, n in enumerate(near)]
         near_md = "Nearest normal training clips of this machine, closest first:\n\n" + "\n".join(lines)
     else:
         near_md = "The bundle carries no normal example clips of this machine (export with `--examples 3`)."
     return (result, verdict, fig, *paths, near_md)
+
+
+def example_rows(bundle: Bundle) -> list[list[str]]:
+    """``[[clip path, "type/id"], ...]``: the bundle's first example clip of each machine (the Examples row)."""
+    rows, seen = [], set()
+    for ex in bundle.examples:
+        unit = f"{ex['machine_type']}/{ex['machine_id']}"
+        if unit not in seen and (bundle.path / ex["file"]).is_file():
+            seen.add(unit)
+            rows.append([str(bundle.path / ex["file"]), unit])
+    return rows
 
 
 def build_app(bundle: str | os.PathLike | Bundle):
@@ -83,8 +96,11 @@ def build_app(bundle: str | os.PathLike | Bundle):
         with gr.Row():
             with gr.Column():
                 audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Clip")
-                machine = gr.Dropdown(machines, value=machines[0] if len(machines) == 1 else None, label="Machine")
+                machine = gr.Dropdown(machines, value=machines[0], label="Machine")
                 button = gr.Button("Score", variant="primary")
+                examples = example_rows(b)
+                if examples:
+                    gr.Examples(examples, inputs=[audio, machine], label="Try a normal clip of each machine")
             with gr.Column():
                 verdict = gr.Markdown()
                 result = gr.JSON(label="Result")

@@ -160,6 +160,7 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, format: str = "to
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ExportError(f"{out}: exists and is not empty; pass a new folder or --overwrite")
     det = Detector.load(run)
+    det.ensure_fitted([scorer or det.default_scorer])  # its thresholds and moments travel in the bundle
     if scorer is None:
         scorer = det.default_scorer
         try:

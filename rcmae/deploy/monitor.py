@@ -85,7 +85,8 @@ def open_scorer(bundle: str | os.PathLike | None = None, run: str | os.PathLike 
 
 def resolve_unit(scorer: WindowScorer, path: str | os.PathLike, machine_type: str | None,
                  machine_id: str | None) -> tuple[str, str]:
-    """The machine of a recording: the flags, else the only unit, else ``<type>/.../*id_XX*`` in the path."""
+    """The machine of a recording: the flags, else the only unit, else ``<type>/.../*id_XX*`` in the path (or a
+    ``<type>`` word of the file name, as ``demo_fan_id_00.wav``)."""
     if machine_type and machine_id:
         return str(machine_type), str(machine_id)
     if len(scorer.units) == 1:
@@ -94,7 +95,9 @@ def resolve_unit(scorer: WindowScorer, path: str | os.PathLike, machine_type: st
     m = re.search(r"id_(\d+)", p.name)
     mid = machine_id or (m.group(1) if m else None)
     types = {t for t, _ in scorer.units}
-    mtype = machine_type or next((part for part in reversed(p.parts[:-1]) if part in types), None)
+    words = re.split(r"[_\-. ]+", p.stem)
+    mtype = machine_type or next((part for part in reversed(p.parts[:-1]) if part in types), None) \
+        or next((w for w in words if w in types), None)
     if mtype is None or mid is None or (mtype, mid) not in scorer.units:
         known = ", ".join(f"{t}/{i}" for t, i in scorer.units)
         raise MonitorError(f"{path}: cannot tell which machine it records; pass --machine-type and --machine-id "

@@ -14,7 +14,7 @@ from rcmae.data.index import index_dataset
 from rcmae.data.names import parse_attributes
 from rcmae.evaluation.metrics import evaluate_scores, write_results
 from rcmae.files import atomic_write_text, write_json
-from rcmae.run.folder import read_run_json, update_run_json
+from rcmae.run.folder import read_run_json, update_progress, update_run_json
 from rcmae.scorers import (
     ScoringError,
 )
@@ -60,6 +60,7 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, 
         # evaluation set is a submission: scored and decided, with nothing to measure.
         check_labelled_test(test, data)
     scorers = [det._scorer(scorer)] if scorer else list(det.scorers)
+    det.ensure_fitted(scorers, progress=progress)  # only what is not current: new data, front-end or network
     x, kept, report = compute_logmels(list(test["path"]), det.logmel, det.cfg.data.sample_rate,
                                       det.cfg.data.duration, channel=det.cfg.data.channel, progress=progress,
                                       desc="test log-mels", transform=det.stats.apply)
@@ -76,7 +77,9 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, 
                         + [c for c in ("section", "domain", "attributes") if c in test.columns]].copy()
     skipped: dict[str, str] = {}
     tables: dict[str, pd.DataFrame] = {}
-    for name in scorers:
+    for k, name in enumerate(scorers):
+        update_progress(run, stage="evaluate", state="running", scorer=name, eval_step=k, eval_steps=len(scorers),
+                        clips=len(x))
         try:
             scores = det.score_logmels(x, types, ids, name, attributes)
         except ScoringError as err:
@@ -120,4 +123,5 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, 
     update_run_json(run, evaluated={"data": str(data.resolve()), "scorers": list(results),
                                     "default_scorer": det.default_scorer, "skipped_scorers": skipped,
                                     "average": {k: v["average"] for k, v in results.items()}})
+    update_progress(run, stage="evaluate", state="done", scorer="", eval_step=len(scorers), eval_steps=len(scorers))
     return results

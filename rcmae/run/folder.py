@@ -102,3 +102,16 @@ def write_progress(run: str | os.PathLike, **fields: object) -> None:
         record["loss"] = None
     record["updated"] = utc_now()
     write_json(Path(run) / "progress.json", record)
+
+
+def update_progress(run: str | os.PathLike, **fields: object) -> None:
+    """Merge ``fields`` into ``progress.json`` (what a stage wrote stays: its epochs, steps and loss)."""
+    path = Path(run) / "progress.json"
+    try:
+        record = read_json(path) if path.is_file() else {}
+    except (OSError, ValueError):
+        record = {}  # a torn progress file is only a display: start it again
+    record = record if isinstance(record, dict) else {}
+    record.update(fields)
+    record["updated"] = utc_now()
+    write_json(path, record)

@@ -41,12 +41,34 @@ from rcmae.scorers import (
     ScoringError,
     StatsMahaScorer,
 )
-from rcmae.scorers.fitting import CLIP_FEATURES, fit_detector, load_rows, training_stamp
+from rcmae.scorers.fitting import (
+    CLIP_FEATURES,
+    TRAINING_FREE,
+    fit_detector,
+    load_rows,
+    stale_scorers,
+    with_members,
+)
 from rcmae.scorers.idprob import unit_probs
 
 # The recon scorers' fixed mask stream (kept under its old name).
 _RECON_SEED = RECON_SEED
 _SPACES = ("pretrain", "finetune")
+
+
+def expand_wavs(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """The clips of ``paths``: files as given, folders expanded to the ``.wav`` files below them (sorted)."""
+    files: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() == ".wav" and f.is_file())
+            if not found:
+                raise ScoringError(f"{p}: no .wav files in this folder (or below it); give a folder of clips")
+            files.extend(found)
+        else:
+            files.append(p)
+    return files
 
 
 def _parse_type_id(path: str | os.PathLike) -> tuple[str | None, str | None]:
@@ -85,8 +107,17 @@ class Detector:
                  models: dict[str, RCMAE], thresholds: dict | None = None, references: dict | None = None,
                  device: str | torch.device = "cpu", clipstats: dict | None = None,
                  moments: dict | None = None, bandstats: dict | None = None,
-                 class_units: list[tuple[str, str]] | None = None) -> None:
+                 class_units: list[tuple[str, str]] | None = None, fitted: dict | None = None,
+                 fitted_refs: dict | None = None, failed: dict | None = None) -> None:
         self.run = Path(run)
+        # Per scorer, the stamp it was fitted under (rcmae.scorers.fitting.fit_stamp); per reference, its stamp.
+        self.fitted = dict(fitted or {})
+        self.fitted_refs = dict(fitted_refs or {})
+        # Scorers whose last fit failed, with the reason (too few clips...): an ensemble of them is unavailable.
+        self.failed: dict[str, str] = dict(failed or {})
+        # Fit a scorer on first use when it is not current (Detector.load(fit=False) turns this off).
+        self.autofit = True
+        self._current: set[str] = set()
         # Per-band mean/std log-mel of the normal training clips ({"z", "machine_type", "machine_id", "path"}).
         self.clipstats = clipstats
         # Richer per-band statistics of the same clips (rcmae.scorers.frames.band_stats; stats_knn, stats_maha).
@@ -118,7 +149,7 @@ class Detector:
         self.scorers = [s for s in SCORERS if self._available(s)]
         default = cfg.score.default_scorer
         if default not in self.scorers:
-            fallback = "knn"
+            fallback = "knn" if "knn" in self.scorers else next(iter(self.scorers), "knn")
             self.notes.append(f"default scorer {default} is unavailable for this run "
                               f"({self._why_unavailable(default)}); using {fallback}")
             default = fallback
@@ -141,11 +172,16 @@ class Detector:
         cfg = rconfig.load_config(run / "config.yaml")
         stats = FeatureStats.load(run / "stats.json")
         pre = checkpoint_path(run, "pretrain", "last")
-        if not pre.is_file():
+        if info.get("training_free") and not pre.is_file():
+            models = {}  # made by `rcmae fit`: the training-free scorers only, no network
+        elif not pre.is_file():
             raise RunFolderError(f"{run}: no checkpoints/{pre.name}; pretrain the run first")
-        models = {"pretrain": model_from_checkpoint(pre)[0]}
+        else:
+            models = {"pretrain": model_from_checkpoint(pre)[0]}
         fin = checkpoint_path(run, "finetune", "last")
-        if cfg.family == "margin":
+        if not models:
+            pass
+        elif cfg.family == "margin":
             # One stage: the classifier is the "finetune" (classifier) space; idprob and knn read it there.
             models = {"finetune": models["pretrain"]}
         elif fin.is_file():
@@ -165,18 +201,25 @@ class Detector:
             if rows is not None:  # a damaged file counts as missing: refitted below
                 references[space] = rows
         det = cls(run, cfg, stats, classes, models, thresholds, references, device or "cpu", clipstats, moments,
-                  bandstats, class_units)
-        # Fit once when anything is missing (runs fitted before the joint-space scorers lack clipstats and
-        # moments) or stale (trained again since: the stamp of the training stages changed).
-        # The margin family reads waveforms: it has no log-mel statistics or frame references to refit.
-        log_mel_refs_missing = det.family != "margin" and (
-            clipstats is None or bandstats is None or not (run / "references" / "frames.npz").is_file())
-        if fit and (not thresholds or set(det._spaces_needed()) - set(references) or log_mel_refs_missing
-                    or "moments" not in thr_json
-                    or thr_json.get("fitted_on") != training_stamp(info)):
-            fit_run(run)
-            return cls.load(run, device=device, fit=False)
+                  bandstats, class_units, thr_json.get("fitted"), thr_json.get("references"), thr_json.get("failed"))
+        det.autofit = fit
+        # The default scorer (with an ensemble's members) is fitted at once, so the run is usable; every other
+        # scorer is fitted on first use. A scorer is refitted only when stale: its data, front-end or network
+        # changed since (rcmae.scorers.fitting.fit_stamp); thresholds.json of older runs has no stamps.
+        if fit and stale_scorers(det, [det.default_scorer], info):
+            fit_detector(det, scorers=[det.default_scorer])
+            det = cls.load(run, device=device, fit=False)  # rebuilt on what was fitted (no second fit)
+            det.autofit = True
         return det
+
+    def ensure_fitted(self, scorers: Sequence[str], progress: bool = True) -> None:
+        """Fit ``scorers`` (and an ensemble's members) now where they are not current (:func:`fit_detector`)."""
+        wanted = [s for s in scorers if s not in self._current]
+        if not wanted or not self.autofit:
+            return
+        if stale_scorers(self, wanted):
+            fit_detector(self, scorers=wanted, progress=progress)
+        self._current.update(with_members(self, wanted))
 
     def _spaces_needed(self) -> list[str]:
         return list(self.models)
@@ -211,16 +254,21 @@ class Detector:
     def _why_unavailable(self, scorer: str) -> str:
         if scorer not in SCORERS:
             return f"unknown scorer; choose one of {', '.join(SCORERS)}"
+        if not self.models and scorer not in (*TRAINING_FREE, "ensemble"):
+            return "a training-free run (rcmae fit) has no network; pretrain a run for it"
+        if not self.models and scorer == "ensemble":
+            lacking = [m for m in self.cfg.score.ensemble if m not in TRAINING_FREE]
+            if lacking:
+                return f"its members {', '.join(lacking)} need a network, which a training-free run has not"
         if self.family == "margin" and scorer in ("recon", "recon_topk", "knn_joint", "maha", "stats_knn",
                                                   "stats_maha", "frame_pca", "frame_maha"):
             return ("the margin classifier has no decoder, log-mel statistics or frame space "
                     "(use idprob, knn, knn_norm or ensemble)")
-        if scorer == "ensemble" and self.moments:
-            # Fitted, but some member had too few training clips per machine ID for held-out moments.
-            lacking = [m for m in self.cfg.score.ensemble if m not in self.moments]
+        if scorer == "ensemble":
+            # A member that could not be fitted (e.g. too few training clips per machine ID for held-out moments).
+            lacking = [m for m in self.cfg.score.ensemble if m in self.failed]
             if lacking:
-                return (f"no held-out normal-score moments of {', '.join(lacking)} (too few training clips per "
-                        "machine ID)")
+                return (f"no held-out normal-score moments of {', '.join(lacking)} ({self.failed[lacking[0]]})")
         return self._families[scorer].unavailable()
 
     def _scorer(self, scorer: str | None) -> str:
@@ -342,6 +390,7 @@ class Detector:
         scorer = self._scorer(scorer)
         if len(x) == 0:
             return np.empty(0)
+        self.ensure_fitted([scorer])
         return self._scores(x, machine_types, machine_ids, scorer, attributes=attributes)
 
     def score_waveforms(self, waves: np.ndarray | torch.Tensor, machine_types: Sequence[str],
@@ -375,35 +424,57 @@ class Detector:
             One dict per clip: ``path, machine_type, machine_id, scorer, score, threshold, decision, probs, error``.
         """
         scorer = self._scorer(scorer)
-        files: list[Path] = []
-        for p in paths:
-            p = Path(p)
-            if p.is_dir():
-                found = sorted(f for f in p.rglob("*") if f.suffix.lower() == ".wav" and f.is_file())
-                if not found:
-                    raise ScoringError(f"{p}: no .wav files in this folder (or below it); give a folder of clips")
-                files.extend(found)
-            else:
-                files.append(p)
-        rows = []
-        for p in tqdm(files, desc=f"scoring ({scorer})", unit="clip", disable=not progress):
+        self.ensure_fitted([scorer])
+        files = expand_wavs(paths)
+        rows: list[dict | None] = [None] * len(files)
+        n_clip = int(round(self.cfg.data.duration * self.cfg.data.sample_rate))
+        batch: list[tuple[int, np.ndarray, str, str, str]] = []  # clips of the run's length, scored together
+
+        def flush() -> None:
+            try:
+                x = self.features(np.stack([b[1] for b in batch]))
+                scores = self.score_logmels(x, [b[2] for b in batch], [b[3] for b in batch], scorer,
+                                            [b[4] for b in batch])
+                for (k, _, mtype, mid, _), score, probs in zip(batch, scores, self._probs(x), strict=True):
+                    rows[k] = {**self._row(str(files[k]), mtype, mid, scorer, float(score), probs), "note": None,
+                               "windows": 1}
+            except ScoringError as err:  # every clip of the batch says why (known machines are checked before)
+                for k, _, mtype, mid, _ in batch:
+                    rows[k] = {"path": str(files[k]), "machine_type": mtype, "machine_id": mid, "scorer": scorer,
+                               "score": None, "threshold": None, "decision": None, "probs": None, "note": None,
+                               "error": str(err)}
+            batch.clear()
+
+        for k, p in enumerate(tqdm(files, desc=f"scoring ({scorer})", unit="clip", disable=not progress)):
             mtype, mid = _parse_type_id(p)
             mtype, mid = machine_type or mtype, machine_id or mid
             base = {"path": str(p), "machine_type": mtype, "machine_id": mid, "scorer": scorer, "score": None,
                     "threshold": None, "decision": None, "probs": None, "note": None}
             if not p.exists():
-                rows.append({**base, "error": "no such file; check the path"})
+                rows[k] = {**base, "error": "no such file; check the path"}
                 continue
             if mtype is None or mid is None:
-                rows.append({**base, "error": "machine type/ID not in the path; pass --machine-type and "
-                                              "--machine-id"})
+                rows[k] = {**base, "error": "its machine type/ID is in neither its folders nor its name; say which "
+                                            "machine it records (type and ID)"}
+                continue
+            if (mtype, mid) not in self.units:
+                known = ", ".join(f"{t}/{i}" for t, i in self.units)
+                rows[k] = {**base, "error": f"machine {mtype}/{mid} was not in this run's training data (it knows "
+                                            f"{known}); say which machine it records"}
                 continue
             try:
                 wave = load_audio(p, sample_rate=self.cfg.data.sample_rate, duration=None,
                                   channel=self.cfg.data.channel)
-                rows.append(self._score_whole(wave, str(p), mtype, mid, scorer, parse_attributes(p)))
+                if len(wave) == n_clip:
+                    batch.append((k, wave, mtype, mid, parse_attributes(p)))
+                    if len(batch) == self.cfg.score.batch_size:
+                        flush()
+                else:  # another length: scored window by window, and said so in the note
+                    rows[k] = self._score_whole(wave, str(p), mtype, mid, scorer, parse_attributes(p))
             except (AudioError, ScoringError, FileNotFoundError) as err:
-                rows.append({**base, "error": str(err)})
+                rows[k] = {**base, "error": str(err)}
+        if batch:
+            flush()
         return rows
 
     def score(self, wav_or_path: str | os.PathLike | np.ndarray | torch.Tensor, scorer: str | None = None,
@@ -457,10 +528,14 @@ class _IdentityStats:
         return x
 
 
-def fit_run(run: str | os.PathLike, train: TrainData | None = None, progress: bool = True) -> dict:
-    """Embed the normal training clips and fit per-ID thresholds for every available scorer.
+def fit_run(run: str | os.PathLike, train: TrainData | None = None, progress: bool = True,
+            scorers: Sequence[str] | None = None) -> dict:
+    """Fit held-out thresholds of a run's scorers that are not current (all of them, or ``scorers``).
 
-    Writes ``embeddings/{pretrain,finetune}.npz`` (train rows), ``thresholds.json`` and
-    ``train_scores.csv``. ``train`` passes log-mels already in memory (the end of training).
+    Writes ``embeddings/{pretrain,finetune}.npz`` (train rows), ``references/``, ``thresholds.json`` and
+    ``train_scores.csv``. ``train`` passes log-mels already in memory (the end of training). After a training
+    stage the CLI fits the default scorer only; every other scorer is fitted on first use (``rcmae evaluate``
+    fits them all), and only when its data, front-end or network changed (docs/scorers.md).
     """
-    return fit_detector(Detector.load(run, fit=False), train=train, progress=progress)
+    return fit_detector(Detector.load(run, fit=False), train=train, progress=progress,
+                        scorers=None if scorers is None else list(scorers))

@@ -53,6 +53,69 @@ def mahalanobis(z: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.nd
     return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, precision, d), 0.0))
 
 
+class ShrunkGaussian:
+    """sklearn's Ledoit-Wolf Gaussian of ``z [n, D]``, kept in the clips' own ``n``-dimensional space.
+
+    The Ledoit-Wolf covariance is ``a I + b Xc^T Xc`` (``Xc`` the centred clips): a scaled identity plus a rank
+    ``n - 1`` term. With fewer clips than dimensions (every DCASE unit: tens of clips, hundreds of features) its
+    shrinkage and its inverse need only the ``n x n`` Gram matrix ``Xc Xc^T`` (sklearn's sums, rewritten over
+    clips) and Woodbury's identity, so a fit costs ``O(n^2 D)`` instead of a ``D x D`` inverse: the leave-one-out
+    fits behind held-out scores (one per training clip) take milliseconds. With ``n >= D`` it inverts the
+    covariance as :func:`fit_gaussian` does. Both equal ``fit_gaussian`` + :func:`mahalanobis` to rounding
+    (tests/scorers/test_scorers.py checks against sklearn).
+
+    Args:
+        z: The clips ``[n, D]`` (``n >= 2``).
+        location: The mean distances are taken from (default: the clips' mean); the covariance is always that
+            of the clips around their own mean, as sklearn's estimator.
+    """
+
+    def __init__(self, z: np.ndarray, location: np.ndarray | None = None) -> None:
+        z = np.asarray(z, dtype=np.float64)
+        n, dim = z.shape
+        if n < 2:
+            raise ScoringError("maha: a machine ID needs at least 2 normal training clips for a covariance")
+        own = z.mean(axis=0)
+        self.mean = own if location is None else np.asarray(location, dtype=np.float64)
+        self.precision: np.ndarray | None = None
+        if n >= dim:
+            self.precision = fit_gaussian(z)[1]
+            return
+        x = z - own
+        gram = x @ x.T
+        sq = np.diag(gram).copy()  # squared norms of the centred clips
+        trace = sq.sum() / n  # trace of the empirical covariance
+        mu = trace / dim
+        delta_ = float((gram**2).sum()) / n**2  # sum of squared entries of X^T X / n^2, over clips
+        beta = ((sq**2).sum() / n - delta_) / (dim * n)
+        delta = (delta_ - 2.0 * mu * trace + dim * mu**2) / dim
+        beta = min(beta, delta)
+        shrinkage = 0.0 if beta == 0 else beta / delta
+        self.a, self.b = shrinkage * mu, (1.0 - shrinkage) / n
+        if self.a <= 0.0:  # no shrinkage: singular with n < D; take the dense (pseudo-)inverse path
+            self.precision = fit_gaussian(z)[1]
+            return
+        self.x = x
+        self.kernel = self.a * np.eye(n) + self.b * gram
+
+    def distances(self, q: np.ndarray, mean: np.ndarray | None = None) -> np.ndarray:
+        """Mahalanobis distances of the rows of ``q`` from ``mean`` (default: :attr:`mean`)."""
+        d = np.asarray(q, dtype=np.float64) - (self.mean if mean is None else mean)
+        if self.precision is not None:
+            return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, self.precision, d), 0.0))
+        xd = self.x @ d.T  # [n, B]
+        quad = ((d**2).sum(1) - self.b * (xd * np.linalg.solve(self.kernel, xd)).sum(0)) / self.a
+        return np.sqrt(np.maximum(quad, 0.0))
+
+
+def domain_shrunk_gaussians(z: np.ndarray, banks: list[np.ndarray]) -> list[tuple[np.ndarray, ShrunkGaussian]]:
+    """As :func:`fit_domain_gaussians`: per bank its mean, sharing one within-domain :class:`ShrunkGaussian`."""
+    z = np.asarray(z, dtype=np.float64)
+    means = [z[b].mean(axis=0) for b in banks]
+    shared = ShrunkGaussian(np.concatenate([z[b] - m for b, m in zip(banks, means, strict=True)]))
+    return [(m, shared) for m in means]
+
+
 def unit_mahalanobis(q: np.ndarray, ref: np.ndarray, table: dict, rows: list[np.ndarray], exclude: list[int | None],
                      by_domain: bool, cache: dict, tag: tuple) -> np.ndarray:
     """Per query, the Mahalanobis distance to its unit's Gaussian, or the minimum over its unit's domain Gaussians.
@@ -72,11 +135,12 @@ def unit_mahalanobis(q: np.ndarray, ref: np.ndarray, table: dict, rows: list[np.
         if models is None:
             banks = domain_banks(table, r, e) if by_domain else [r]
             if len(banks) == 1:
-                models = [fit_gaussian(np.delete(ref[r], e, axis=0) if e is not None else ref[r])]
+                g = ShrunkGaussian(np.delete(ref[r], e, axis=0) if e is not None else ref[r])
+                models = [(g.mean, g)]
             else:
-                models = fit_domain_gaussians(ref, banks)
+                models = domain_shrunk_gaussians(ref, banks)
             cache[key] = models
-        out[n] = min(mahalanobis(q[n : n + 1], *m)[0] for m in models)
+        out[n] = min(g.distances(q[n : n + 1], m)[0] for m, g in models)
     return out
 
 

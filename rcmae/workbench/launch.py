@@ -17,7 +17,7 @@ from rcmae.workspace import Workspace
 if TYPE_CHECKING:  # diffusers is heavy: imported only when AudioLDM is actually used
     pass
 
-JOB_KINDS = ("pretrain", "finetune", "evaluate", "augment", "benchmark", "reproduce", "demo-data")
+JOB_KINDS = ("fit", "pretrain", "finetune", "evaluate", "augment", "benchmark", "reproduce", "demo-data")
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "configs"
 UPLOAD_LIMIT_MB = 20.0
 
@@ -91,7 +91,11 @@ def job_argv(kind: str, *, data: str | os.PathLike | None = None, run: str | os.
 
     sets = [f"--set={o}" for o in overrides]
     ep = ["--epochs", str(epochs)] if epochs else []
-    if kind == "pretrain":
+    if kind == "fit":  # the training-free detector (rcmae fit): seconds, no network
+        need(data, "data folder")
+        need(out, "run folder")
+        argv = ["fit", "--data", a(data), "--out", a(out), "--preset", preset, *sets]
+    elif kind == "pretrain":
         need(data, "data folder")
         need(out, "run folder")
         aug_arg = aug if aug == "specaugment" else a(aug)
@@ -147,30 +151,34 @@ def launch_demo_data(ws: Workspace, store: jobs.JobStore) -> jobs.Job:
     return launch_and_start(store, argv, name="demo data")
 
 
-def quick_demo(ws: Workspace, store: jobs.JobStore, gpus: str = "") -> list[jobs.Job]:
-    """The "quick demo run": [demo data ->] pretrain -> fine-tune -> evaluate (tiny preset), chained jobs.
+QUICK_DEMO_SECONDS = (30, 120)  # what the Start page promises on 2 CPU cores (bench/bench_first_run.py measures it)
 
-    Each job waits for the previous one (``after``); the chain stops at the first failure. It trains on the
-    workspace's demo data when that exists, else it first writes a small set to ``<workspace>/data/quick-demo``
-    (:func:`quick_demo_settings`). The run goes to ``<workspace>/runs/quick-demo-<time>``.
-    """
+
+def quick_demo_data(ws: Workspace) -> Path:
+    """The quick demo's data: ``<workspace>/data/quick-demo`` (``make app`` writes it), else the demo set."""
     from rcmae.data.demo.generate import is_demo_data
 
-    s = quick_demo_settings()
-    run = ws.runs / new_name(ws.runs, "quick-demo")
-    chain: list[tuple[list[str], str]] = []
-    if is_demo_data(ws.demo_data):
-        data = ws.demo_data
-    else:
-        data = ws.data / "quick-demo"
-        chain.append((["demo-data", str(data), "--train-per-id", str(s["train_per_id"]), "--test-per-id",
-                       str(s["test_per_id"]), "--if-missing"], "quick demo: data"))
-    chain += [
-        (["pretrain", "--data", str(data), "--out", str(run), "--preset", "tiny", "--epochs",
-          str(s["pretrain_epochs"])], "quick demo: pretrain"),
-        (["finetune", "--run", str(run), "--epochs", str(s["finetune_epochs"])], "quick demo: fine-tune"),
-        (["evaluate", "--run", str(run)], "quick demo: evaluate"),
-    ]
+    small = ws.data / "quick-demo"
+    return small if is_demo_data(small) or not is_demo_data(ws.demo_data) else ws.demo_data
+
+
+def quick_demo_chain(ws: Workspace, store: jobs.JobStore) -> list[jobs.Job]:
+    """The jobs of the newest quick demo or RC-MAE training chain (same ``chain`` name prefix), oldest first."""
+    found = [j for j in store.list() if j.name.startswith(("quick demo:", "train RC-MAE:"))]
+    if not found:
+        return []
+    last = found[-1].name.split(":", 1)[0]
+    tail = []
+    for job in reversed(found):
+        if not job.name.startswith(last + ":"):
+            break
+        tail.append(job)
+        if job.after is None:
+            break
+    return list(reversed(tail))
+
+
+def _chain(store: jobs.JobStore, chain: list[tuple[list[str], str]], gpus: str = "") -> list[jobs.Job]:
     launched: list[jobs.Job] = []
     for argv, name in chain:
         job = jobs.launch(store, argv, gpus=gpus if argv[0] in ("pretrain", "finetune") else "", name=name,
@@ -179,6 +187,49 @@ def quick_demo(ws: Workspace, store: jobs.JobStore, gpus: str = "") -> list[jobs
     jobs.start_ready(store)
     jobs_runner.ensure_runner(store)
     return [store.get(j.id) for j in launched]
+
+
+def quick_demo(ws: Workspace, store: jobs.JobStore, gpus: str = "") -> list[jobs.Job]:
+    """The "quick demo run": [demo data ->] fit the training-free detector -> evaluate, chained jobs (~1 minute).
+
+    The `tiny` default detector is an ensemble of training-free scorers (README, "What to expect"), so the first
+    run needs no training: ``rcmae fit`` then ``rcmae evaluate`` on ``<workspace>/data/quick-demo`` (``make app``
+    writes it; the job writes it first when missing). The run goes to ``<workspace>/runs/quick-demo-<time>``.
+    Training RC-MAE on the same data is :func:`train_demo`.
+    """
+    s = quick_demo_settings()
+    run = ws.runs / new_name(ws.runs, "quick-demo")
+    data = quick_demo_data(ws)
+    chain: list[tuple[list[str], str]] = []
+    if not (data / "demo.json").is_file() or not demo_recording(ws).is_file():
+        # The small set and the long recording for Monitor (--if-missing: only what is not there yet).
+        chain.append((["demo-data", str(data), "--train-per-id", str(s["train_per_id"]), "--test-per-id",
+                       str(s["test_per_id"]), "--if-missing", "--recording", str(demo_recording(ws))],
+                      "quick demo: data"))
+    chain += [
+        (["fit", "--data", str(data), "--out", str(run), "--preset", "tiny"], "quick demo: fit"),
+        (["evaluate", "--run", str(run)], "quick demo: evaluate"),
+    ]
+    return _chain(store, chain, gpus)
+
+
+def train_demo(ws: Workspace, store: jobs.JobStore, gpus: str = "") -> list[jobs.Job]:
+    """RC-MAE on the quick demo's data: pretrain -> fine-tune -> evaluate (tiny preset, the quick epochs)."""
+    s = quick_demo_settings()
+    run = ws.runs / new_name(ws.runs, "rcmae-demo")
+    data = quick_demo_data(ws)
+    chain = [
+        (["pretrain", "--data", str(data), "--out", str(run), "--preset", "tiny", "--epochs",
+          str(s["pretrain_epochs"])], "train RC-MAE: pretrain"),
+        (["finetune", "--run", str(run), "--epochs", str(s["finetune_epochs"])], "train RC-MAE: fine-tune"),
+        (["evaluate", "--run", str(run)], "train RC-MAE: evaluate"),
+    ]
+    return _chain(store, chain, gpus)
+
+
+def demo_recording(ws: Workspace) -> Path:
+    """Where ``make app`` and the quick demo put the long demo recording for Monitor (fan ID 00, 3 minutes)."""
+    return ws.root / "recordings" / "demo_fan_id_00.wav"
 
 
 # ---------------------------------------------------------------- score page

@@ -46,6 +46,26 @@ def list_benchmarks(ws: Workspace) -> list[Path]:
     return sorted(found, key=lambda p: (p / "benchmark.json").stat().st_mtime, reverse=True)
 
 
+def list_recordings(ws: Workspace) -> list[Path]:
+    """Long recordings in ``<workspace>/recordings`` (``make app`` puts the demo recording there), by name."""
+    folder = ws.root / "recordings"
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".wav", ".flac") and p.is_file())
+
+
+def guess_machine(scorer, path: str | os.PathLike) -> str | None:
+    """``"type/id"`` of a recording from its folders and name (``rcmae.deploy.monitor.resolve_unit``), or None."""
+    from rcmae.deploy.monitor import MonitorError, resolve_unit
+
+    if not path:
+        return None
+    try:
+        return "/".join(resolve_unit(scorer, path, None, None))
+    except MonitorError:
+        return None
+
+
 def new_name(parent: Path, stem: str) -> str:
     """``<stem>-<YYYYmmdd-HHMMSS>``, made unique inside ``parent``."""
     base = f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', stem).strip('-') or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -70,16 +90,78 @@ def read_progress(folder: str | os.PathLike | None) -> dict | None:
 
 
 def progress_fraction(progress: dict | None) -> float:
-    """Fraction done of the current stage from ``progress.json`` (steps, else epochs)."""
+    """Fraction done of what the job does now, from ``progress.json``: fitting scorers (``fit_step`` of
+    ``fit_steps``), evaluating (``eval_step`` of ``eval_steps``), else training (steps, else epochs)."""
     if not progress:
         return 0.0
     if progress.get("state") == "done":
         return 1.0
+    if progress.get("state") == "fitting" and progress.get("fit_steps"):
+        return float(min(1.0, max(0.0, (progress.get("fit_step") or 0) / progress["fit_steps"])))
+    if progress.get("stage") == "evaluate" and progress.get("eval_steps"):
+        return float(min(1.0, max(0.0, (progress.get("eval_step") or 0) / progress["eval_steps"])))
     steps, step = progress.get("steps") or 0, progress.get("step") or 0
     if steps:
         return float(min(1.0, max(0.0, step / steps)))
     epochs, epoch = progress.get("epochs") or 0, progress.get("epoch") or 0
     return float(min(1.0, max(0.0, epoch / epochs))) if epochs else 0.0
+
+
+def progress_label(progress: dict | None) -> str:
+    """One line of what a run is doing now: training (epoch, step, loss), fitting scorer k of n, or evaluating."""
+    if not progress:
+        return ""
+    stage = progress.get("stage") or ""
+    if progress.get("state") == "fitting":
+        k, n = (progress.get("fit_step") or 0), (progress.get("fit_steps") or 0)
+        what = progress.get("scorer") or ""
+        return f"{stage}: fitting scorers, {k}/{n}" + (f" ({what})" if what else "")
+    if stage in ("evaluate", "fit"):
+        k, n = progress.get("eval_step") or 0, progress.get("eval_steps") or 0
+        what = progress.get("scorer") or ""
+        done = " done" if progress.get("state") == "done" else ""
+        return (f"{stage}{done}: scorer {k}/{n}" + (f" ({what})" if what else "")) if n else f"{stage}{done}"
+    label = (f"{stage} epoch {progress.get('epoch')}/{progress.get('epochs')}, "
+             f"step {progress.get('step')}/{progress.get('steps')}")
+    return label + (f", loss {progress['loss']:.4f}" if progress.get("loss") is not None else "")
+
+
+def chain_lines(chain: Sequence) -> list[str]:
+    """One markdown line per job of a chain: its state, and what it does now (from its run's progress.json)."""
+    icons = {"done": ":material/check_circle:", "running": ":material/progress_activity:",
+             "queued": ":material/schedule:"}
+    lines = []
+    for job in chain:
+        icon = icons.get(job.state, ":material/error:")
+        took = f" in {job.duration:.0f} s" if job.state == "done" and job.duration is not None else ""
+        now = ""
+        if job.state == "running":
+            label = progress_label(read_progress(job.out)) if job.kind in ("fit", "pretrain", "finetune",
+                                                                           "evaluate") else ""
+            now = f": {label}" if label else f" ({job.duration or 0:.0f} s)"
+        lines.append(f"{icon} {job.name}: {job.state}{took}{now}")
+    return lines
+
+
+def chain_eta(chain: Sequence, history: Sequence = ()) -> str:
+    """The remaining time of a chain: the running job's rate so far, and earlier durations of the queued kinds."""
+    left, known = 0.0, True
+    for job in chain:
+        if job.state == "running":
+            frac = progress_fraction(read_progress(job.out)) if job.kind != "demo-data" else 0.0
+            if frac > 0.05 and job.duration:
+                left += job.duration * (1.0 - frac) / frac
+            else:
+                known = False
+        elif job.state == "queued":
+            past = [j.duration for j in history if j.kind == job.kind and j.state == "done" and j.duration]
+            if past:
+                left += sorted(past)[len(past) // 2]
+            else:
+                known = False
+    if not known or left <= 0:
+        return ""
+    return f"About {left:.0f} s left" if left < 120 else f"About {left / 60:.0f} min left"
 
 
 # ---------------------------------------------------------------- data page
@@ -183,6 +265,22 @@ def benchmark_results(folder: str | os.PathLike) -> tuple[list[dict], str]:
                      "average": {m: r["average"][m]["mean"] for m in ("auc", "pauc")}})
     table = (folder / "table.md").read_text() if (folder / "table.md").is_file() else ""
     return rows, table
+
+
+def score_with_progress(detector, paths: Sequence[str | os.PathLike], scorer: str | None = None,
+                        machine_type: str | None = None, machine_id: str | None = None,
+                        progress: Callable[[int, int], None] | None = None, chunk: int = 64) -> list[dict]:
+    """:meth:`Detector.score_paths` in chunks, calling ``progress(done, total)`` after each (the Score page's bar)."""
+    from rcmae.scorers.detector import expand_wavs
+
+    files = expand_wavs(paths)
+    rows: list[dict] = []
+    for start in range(0, len(files), chunk):
+        rows += detector.score_paths(files[start:start + chunk], scorer=scorer, machine_type=machine_type,
+                                     machine_id=machine_id)
+        if progress is not None:
+            progress(len(rows), len(files))
+    return rows
 
 
 def score_rows_table(rows: Sequence[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -196,3 +196,23 @@ def test_anomalies_are_measurably_different(machine_type):
     auc = roc_auc_score(np.r_[np.zeros(n), np.ones(n)], np.r_[dist[0], dist[1]])
     assert auc >= 0.75, (machine_type, auc)
     assert dist[1].mean() > 1.3 * dist[0].mean(), (machine_type, dist[0].mean(), dist[1].mean())
+
+
+def test_demo_recording_length_truth_and_crossfades(tmp_path):
+    from rcmae.data.audio import audio_info, load_audio
+    from rcmae.data.demo.recording import FADE_S, make_demo_recording
+
+    rec = make_demo_recording(tmp_path / "r.wav", seconds=35, anomalous=(1,))
+    n = 4  # 35 s rounds up to four 10 s clips, joined by three 50 ms crossfades
+    assert audio_info(rec)["frames"] == 4 * 160000 - 3 * int(FADE_S * 16000)
+    truth = (tmp_path / "r.csv").read_text().splitlines()
+    assert truth[0] == "start_s,end_s,label" and len(truth) == 1 + n
+    assert [row.split(",")[2] for row in truth[1:]] == ["normal", "anomaly", "normal", "normal"]
+    assert truth[2].split(",")[:2] == ["9.950", "19.950"]
+    y = load_audio(rec, duration=None)
+    # One steady machine: the level of every clip's middle second is the same within 3 dB (the data set's
+    # clips vary by up to +-6 dB of gain on purpose; a monitored recording does not).
+    levels = [20 * np.log10(np.sqrt(np.mean(y[k * 159200 + 64000 : k * 159200 + 80000] ** 2))) for k in range(n)]
+    assert max(levels) - min(levels) < 3.0
+    # Same arguments, same bytes.
+    assert make_demo_recording(tmp_path / "r2.wav", seconds=35, anomalous=(1,)).read_bytes() == rec.read_bytes()

@@ -119,3 +119,34 @@ def test_monitor_reports_bad_input(demo_bundle, tmp_path):
     # A batch skips the bad file, reports it, and exits 1.
     assert cli.main(["monitor", "--bundle", str(demo_bundle), str(tmp_path / "bad.wav"), "--machine-type", "fan",
                      "--machine-id", "00", "--out", str(tmp_path / "o"), "--quiet"]) == 1
+
+
+def test_demo_recording_is_monitored_with_its_anomalies_found(tmp_path):
+    # The long demo recording (rcmae demo-data --recording) through a training-free run: the monitor's one
+    # event covers the anomalous stretch of the truth table, and no window of normal sound crosses the threshold.
+    import pandas as pd
+
+    from rcmae.data import demo
+    from rcmae.data.demo.recording import make_demo_recording
+    from rcmae.deploy import monitor
+    from rcmae.scorers.training_free import fit_training_free
+
+    data = demo.make_demo_data(tmp_path / "demo", train_per_id=10, test_per_id=2, progress=False,
+                               machine_types=["fan"], workers=1)
+    rec = make_demo_recording(tmp_path / "rec" / "demo_fan_id_00.wav", seconds=60, anomalous=(2, 3))
+    truth = pd.read_csv(rec.with_suffix(".csv"))
+    assert list(truth["label"]) == ["normal", "normal", "anomaly", "anomaly", "normal", "normal"]
+    bad = truth[truth["label"] == "anomaly"]
+    lo, hi = float(bad["start_s"].min()), float(bad["end_s"].max())
+    run = fit_training_free(data, tmp_path / "run", progress=False)
+    scorer = monitor.open_scorer(run=run)
+    assert monitor.resolve_unit(scorer, rec, None, None) == ("fan", "00")  # from the name's words
+    res = monitor.monitor_recording(scorer, rec, "fan", "00", progress=False)
+    assert len(res.events) == 1
+    event = res.events.iloc[0]
+    assert event["start_s"] < hi and event["end_s"] > lo and lo <= event["peak_s"] <= hi
+    s = res.series
+    inside = s[(s["start_s"] >= lo) & (s["end_s"] <= hi)]["score"]
+    outside = s[(s["end_s"] <= lo) | (s["start_s"] >= hi)]["score"]
+    assert len(inside) >= 5 and len(outside) >= 15
+    assert outside.max() < res.threshold < inside.min()

@@ -178,7 +178,9 @@ def test_bad_clips_and_machines(det, run, tiny_dcase, tmp_path, capsys):
         det.score(_clip(tiny_dcase), scorer="foo")
     nameless = tmp_path / "clip.wav"
     nameless.write_bytes(_clip(tiny_dcase).read_bytes())
-    assert "pass --machine-type" in det.score_paths([nameless])[0]["error"]
+    assert "say which machine it records" in det.score_paths([nameless])[0]["error"]
+    assert cli.main(["score", "--run", str(run), str(nameless)]) == 1
+    assert "with --machine-type and --machine-id" in capsys.readouterr().out
     assert det.score_paths([nameless], machine_type="fan", machine_id="02")[0]["score"] == pytest.approx(
         det.score(_clip(tiny_dcase))["score"], rel=1e-6)
 

@@ -71,7 +71,10 @@ def test_run_folder_is_complete(trained, tiny_dcase):
     assert info["n_train"] == 24 and info["skipped"] == []
     assert info["stages"]["pretrain"]["precision"] == "32-true"
     progress = json.loads((run / "progress.json").read_text())
-    assert progress["state"] == "done" and progress["stage"] == "finetune"
+    # The run was evaluated last: progress.json says so, and keeps the fine-tuning stage's steps.
+    assert progress["state"] == "done" and progress["stage"] == "evaluate"
+    assert progress["eval_step"] == progress["eval_steps"] == len(json.loads((run / "run.json").read_text())
+                                                                   ["evaluated"]["scorers"])
     assert progress["step"] == progress["steps"] == 2 * 3  # 24 clips / batch 8 = 3 steps per epoch
     emb = np.load(run / "embeddings" / "finetune.npz")
     assert emb["z"].shape == (24 + 32, 32)

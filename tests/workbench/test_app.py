@@ -233,14 +233,48 @@ def test_start_page_quick_demo_queues_a_chain(tmp_path: Path) -> None:
     assert not at.exception
     store = jobs.JobStore(ws.jobs_db)
     chain = store.list()
-    assert [j.kind for j in chain] == ["demo-data", "pretrain", "finetune", "evaluate"]
-    assert [j.after for j in chain] == [None, chain[0].id, chain[1].id, chain[2].id]
-    run = chain[1].out
-    assert chain[2].out == run and chain[3].out == run and "--preset" in chain[1].argv
+    # No data yet: write the small set (and the demo recording), fit the training-free detector, evaluate it.
+    assert [j.kind for j in chain] == ["demo-data", "fit", "evaluate"]
+    assert [j.after for j in chain] == [None, chain[0].id, chain[1].id]
+    assert "--recording" in chain[0].argv and chain[1].out == chain[2].out and "--preset" in chain[1].argv
+    # While the chain runs, both start buttons are disabled (a second click would queue a second chain).
+    at.run()
+    assert all(b.disabled for b in at.button if "quick demo" in b.label or "Train RC-MAE" in b.label)
     # Cancelling the first job cancels the rest of the chain (nothing else starts).
     jobs.cancel(store, chain[0].id)
     jobs.start_ready(store)
-    assert [j.state for j in store.list()] == ["cancelled"] * 4
+    assert [j.state for j in store.list()] == ["cancelled"] * 3
+    at.run()
+    assert not any(b.disabled for b in at.button if "quick demo" in b.label)
+    assert "ended cancelled" in _texts(at)
+
+
+def test_quick_demo_runs_to_results_and_points_there(tmp_path: Path, monkeypatch) -> None:
+    # The whole quick demo, as a newcomer starts it: small counts keep it to seconds here.
+    for var, value in (("RCMAE_QUICK_TRAIN_PER_ID", "6"), ("RCMAE_QUICK_TEST_PER_ID", "3")):
+        monkeypatch.setenv(var, value)
+    ws = Workspace(tmp_path / "ws")
+    at = _app(ws, "home")
+    next(b for b in at.button if "quick demo" in b.label).click()
+    at.run()
+    store = jobs.JobStore(ws.jobs_db)
+    chain = store.list()
+    for job in chain:
+        end = _wait_job(store, job.id, timeout=300)
+        assert end.state == "done", jobs.tail_log(end)
+    run = Path(chain[-1].out)
+    res = load_results(run / "eval" / "results.json")
+    assert res["system"] == "rcmae-ensemble" and 0.0 <= res["average"]["auc"] <= 1.0
+    assert json.loads((run / "run.json").read_text())["training_free"] is True
+    assert (ws.root / "recordings" / "demo_fan_id_00.wav").is_file()
+    progress = json.loads((run / "progress.json").read_text())
+    assert progress["stage"] == "evaluate" and progress["state"] == "done"
+    at.run()
+    assert "Done. Next:" in _texts(at)
+    assert not at.exception  # a link to a page that is not registered would raise here
+    links = at.get("page_link")
+    assert [e.proto.label for e in links] == ["Results", "Score", "Monitor"]
+    assert all(e.proto.page_script_hash for e in links)  # each resolved to a registered page
 
 
 def test_results_page_tables_equal_results_json(full_ws: Workspace) -> None:

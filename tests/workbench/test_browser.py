@@ -1,7 +1,8 @@
 """End to end in a real browser: Debian's Chromium driven by Playwright against `streamlit run app/main.py`.
 
-Creates the demo data, auditions one augmentation, runs the quick demo job chain to the end, and opens
-Results; screenshots of each step go to test-output/browser/.
+The newcomer's walk: create the demo data, audition one augmentation, start the quick demo on Start and wait
+there until it points to Results, open Results from that link, score a DCASE test folder on Score with no machine
+typed, and monitor the long demo recording on Monitor. Screenshots of each step go to test-output/browser/.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def server(tmp_path: Path):
     ws = Workspace(tmp_path / "workspace")
     port = _free_port()
     env = dict(os.environ, RCMAE_WORKSPACE=str(ws.root), OMP_NUM_THREADS="1",
-               RCMAE_DEMO_TRAIN_PER_ID="2", RCMAE_DEMO_TEST_PER_ID="1",
+               RCMAE_DEMO_TRAIN_PER_ID="4", RCMAE_DEMO_TEST_PER_ID="2",
                RCMAE_QUICK_PRETRAIN_EPOCHS="1", RCMAE_QUICK_FINETUNE_EPOCHS="1")
     log = open(tmp_path / "streamlit.log", "wb")
     proc = subprocess.Popen(
@@ -76,18 +77,6 @@ def server(tmp_path: Path):
         store = jobs.JobStore(ws.jobs_db)
         for job in store.list(["queued", "running"]):
             jobs.cancel(store, job.id)
-
-
-def _wait_jobs(ws: Workspace, n: int, timeout: float) -> list[jobs.Job]:
-    """Wait (reading the job DB, as a restarted app would) until n jobs exist and none is queued or running."""
-    store = jobs.JobStore(ws.jobs_db)
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        all_jobs = jobs.refresh(store)
-        if len(all_jobs) >= n and not any(j.state in ("queued", "running") for j in all_jobs):
-            return all_jobs
-        time.sleep(0.5)
-    raise AssertionError("jobs did not finish: " + "; ".join(f"{j.id} {j.state}" for j in store.list()))
 
 
 def test_workbench_in_chromium(server) -> None:
@@ -129,46 +118,53 @@ def test_workbench_in_chromium(server) -> None:
         page.wait_for_timeout(1000)  # let plotly draw the spectrograms
         page.screenshot(path=str(SHOTS / "3-audition.png"), full_page=True)
 
-        # The quick demo run: four chained background jobs, followed on the Jobs page.
+        # The quick demo from Start: the page follows the chain and, when it is done, points to Results.
         go("Start")
         page.get_by_role("button", name="Start the quick demo run").click()
         expect(page.get_by_text("Queued jobs")).to_be_visible()
-        go("Jobs")
-        finished = _wait_jobs(ws, 4, timeout=300)
-        # The demo data exist now, so the chain trains on them: pretrain -> finetune -> evaluate.
-        assert [(j.kind, j.state) for j in finished[1:]] == [("pretrain", "done"), ("finetune", "done"),
+        expect(page.get_by_text("Done. Next:")).to_be_visible(timeout=300_000)
+        finished = jobs.JobStore(ws.jobs_db).list()
+        # The demo data exist now (Data page), so the chain writes only the demo recording, then fit -> evaluate.
+        assert [(j.kind, j.state) for j in finished[1:]] == [("demo-data", "done"), ("fit", "done"),
                                                              ("evaluate", "done")], jobs.tail_log(finished[-1])
-        page.wait_for_timeout(3000)  # one refresh of the live fragment
-        page.screenshot(path=str(SHOTS / "4-jobs.png"), full_page=True)
-
-        # Results: tables, ROC, histogram and the embedding maps.
-        go("Results")
-        expect(page.get_by_text("Per machine type", exact=True)).to_be_visible()
-        expect(page.locator(".js-plotly-plot")).to_have_count(4, timeout=120_000)
         page.wait_for_selector(IDLE)
+        page.screenshot(path=str(SHOTS / "4-start-done.png"), full_page=True)
+
+        # Results, from the Start page's link: tables, ROC, histogram.
+        page.locator('[data-testid="stPageLink-NavLink"]', has_text="Results").first.click()
+        page.wait_for_selector(IDLE)
+        expect(page.get_by_text("Per machine type", exact=True)).to_be_visible()
+        expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=120_000)
         page.wait_for_timeout(1500)
         page.screenshot(path=str(SHOTS / "5-results.png"), full_page=True)
 
-        # Monitor: a demo test clip scored window by window; the score plot and the segment player render.
+        # Score a standard DCASE test folder: the machine comes from the folders and names, nothing typed.
+        go("Score")
+        page.get_by_text("a folder on this machine").click()
+        page.wait_for_selector(IDLE)
+        box = page.get_by_role("textbox", name="Folder with .wav clips")
+        box.fill("data/demo/dev_data/fan/test")
+        box.press("Enter")
+        page.wait_for_selector(IDLE)
+        page.get_by_role("button", name="Score", exact=True).click()
+        n_clips = len(list((ws.data / "demo" / "dev_data" / "fan" / "test").glob("*.wav")))
+        expect(page.get_by_text(f"{n_clips} clip(s) scored")).to_be_visible(timeout=120_000)
+        expect(page.get_by_text("skipped")).to_have_count(0)
+        page.wait_for_selector(IDLE)
+        page.screenshot(path=str(SHOTS / "6-score.png"), full_page=True)
+
+        # Monitor the long demo recording: prefilled, its machine preselected from the name.
         # (not go(): "Monitor" is also inside the Results link's icon name, "monitoring")
         page.locator('[data-testid="stSidebarNavLink"]').filter(has=page.get_by_text("Monitor", exact=True)).click()
         page.wait_for_selector(IDLE)
         expect(page.get_by_role("tab", name="Monitor a recording")).to_be_visible()
-        clip = sorted((ws.data / "demo" / "dev_data" / "fan" / "test").glob("anomaly_*.wav"))[0]
         box = page.get_by_role("textbox", name="Recording (.wav/.flac, any length) on this machine")
-        box.fill(str(clip.relative_to(ws.root)))
-        box.press("Enter")
-        page.wait_for_selector(IDLE)
-        # The quick demo trains on 2 clips per ID: too few for some scorers' thresholds, so give one.
-        thr = page.get_by_role("spinbutton", name="Threshold (empty: the machine's fitted one)")
-        thr.fill("0")
-        thr.press("Enter")
-        page.wait_for_selector(IDLE)
+        expect(box).to_have_value("recordings/demo_fan_id_00.wav")
         page.get_by_role("button", name="Monitor", exact=True).click()
-        expect(page.get_by_text("1 windows")).to_be_visible(timeout=120_000)
+        expect(page.get_by_text("event(s)")).to_be_visible(timeout=120_000)
         page.wait_for_selector(IDLE)
         expect(page.locator(".js-plotly-plot")).to_have_count(1, timeout=60_000)
         expect(page.locator('[data-testid="stAudio"]')).to_have_count(1)
         page.wait_for_timeout(1000)
-        page.screenshot(path=str(SHOTS / "6-monitor.png"), full_page=True)
+        page.screenshot(path=str(SHOTS / "7-monitor.png"), full_page=True)
         browser.close()

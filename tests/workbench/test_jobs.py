@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -186,3 +187,38 @@ def test_demo_app_jobs_hold_no_cpu_slot() -> None:
     assert [j.id for j in start] == [21]
     start, _ = jobs.plan_starts([_fake(22), dataclasses.replace(demo, id=23)], [_fake(1)], gpus=[], cpu_slots=1)
     assert [j.id for j in start] == [23]
+
+
+# ---------------------------------------------------------------- progress lines (Jobs and Start pages)
+def test_progress_label_and_fraction_for_each_kind_of_work():
+    from rcmae.workbench import progress_fraction, progress_label
+
+    train = {"stage": "pretrain", "epoch": 3, "epochs": 8, "step": 30, "steps": 80, "loss": 0.5, "state": "running"}
+    assert progress_label(train) == "pretrain epoch 3/8, step 30/80, loss 0.5000"
+    assert progress_fraction(train) == pytest.approx(30 / 80)
+    fitting = {**train, "state": "fitting", "fit_step": 1, "fit_steps": 4, "scorer": "frame_pca"}
+    assert progress_label(fitting) == "pretrain: fitting scorers, 1/4 (frame_pca)"
+    assert progress_fraction(fitting) == pytest.approx(0.25)
+    evaluating = {"stage": "evaluate", "state": "running", "eval_step": 2, "eval_steps": 5, "scorer": "knn"}
+    assert progress_label(evaluating) == "evaluate: scorer 2/5 (knn)"
+    assert progress_fraction(evaluating) == pytest.approx(0.4)
+    assert progress_fraction({**evaluating, "state": "done"}) == 1.0
+    assert progress_label(None) == "" and progress_fraction(None) == 0.0
+
+
+def test_chain_eta_from_the_running_rate_and_past_durations(tmp_path):
+    from types import SimpleNamespace as Job
+
+    from rcmae.workbench import chain_eta
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "progress.json").write_text(json.dumps({"stage": "pretrain", "step": 25, "steps": 100,
+                                                   "state": "running"}))
+    running = Job(kind="pretrain", state="running", out=str(run), duration=30.0)
+    queued = Job(kind="evaluate", state="queued", out=None, duration=None)
+    history = [Job(kind="evaluate", state="done", duration=d) for d in (20.0, 40.0, 60.0)]
+    # 25 % in 30 s: 90 s left of it, then the median evaluate (40 s).
+    assert chain_eta([running, queued], history) == "About 2 min left"
+    assert chain_eta([running], history) == "About 90 s left"
+    assert chain_eta([running, queued], []) == ""  # an unknown duration: no guess

@@ -75,3 +75,29 @@ def test_demo_app_binds_to_loopback_by_default():
 
     args = build_parser().parse_args(["demo-app", "B"])
     assert args.host == "127.0.0.1" and args.share is False
+
+
+def test_demo_app_starts_on_a_machine_offers_examples_and_shows_no_server_paths(demo_bundle, tmp_path):
+    import gradio as gr
+
+    from rcmae.deploy.demo_app import build_app, example_rows, predict
+
+    bundle = Bundle(demo_bundle)
+    units = [f"{t}/{i}" for t, i in bundle.units]
+    rows = example_rows(bundle)
+    # One example per machine, each a clip inside the bundle (the Examples row of the page).
+    assert [r[1] for r in rows] == units
+    assert all(Path(r[0]).is_file() and Path(r[0]).is_relative_to(demo_bundle) for r in rows)
+    app = build_app(bundle)
+    dropdown = next(b for b in app.blocks.values() if isinstance(b, gr.Dropdown))
+    assert dropdown.value == units[0]  # scoring right away works: a machine is chosen
+    assert any(isinstance(b, gr.Dataset) for b in app.blocks.values())  # gr.Examples renders as a Dataset
+    # The nearest-clip list names training clips by file name only; a bad upload's error too.
+    out = predict(bundle, rows[0][0], rows[0][1])
+    assert "/" not in out[-1].split("training clip")[-1].split("`")[1]
+    bad = tmp_path / "server" / "tmp" / "upload.wav"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"not audio")
+    with pytest.raises(gr.Error) as err:
+        predict(bundle, str(bad), units[0])
+    assert str(tmp_path) not in str(err.value) and "upload.wav" in str(err.value)

@@ -36,6 +36,9 @@ app: $(STAMP)
 test: $(STAMP) browser
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q
+	# The numeric-equality tests once more on the SSE4.2 kernels every x86-64 CPU runs (torch's MKL), which
+	# differ from this CPU's own: a tolerance that holds only on one kernel fails here (docs/DESIGN.md).
+	MKL_ENABLE_INSTRUCTIONS=SSE4_2 $(BIN)/python -m pytest -q -m numeric -p no:cacheprovider
 
 lint: $(STAMP)
 	$(BIN)/ruff check rcmae app pages tests bench

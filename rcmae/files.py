@@ -43,3 +43,17 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}); delete or regenerate it") from err
+
+
+def check_replaceable(folder: str | os.PathLike, marker: str | tuple[str, ...], what: str,
+                      flag: str = "--overwrite") -> None:
+    """Refuse, in one line, to replace a non-empty ``folder`` that holds none of ``marker`` (what rcmae writes
+    into that kind of folder: a bundle's ``detector.json``, a run's ``run.json``). Replacing deletes the folder;
+    only a folder rcmae made for the same purpose may go."""
+    folder = Path(folder)
+    markers = (marker,) if isinstance(marker, str) else tuple(marker)
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise ValueError(f"{folder}: not a {what} folder; {flag} replaces only a {what}. Choose another folder")
+    if folder.is_dir() and any(folder.iterdir()) and not any((folder / m).is_file() for m in markers):
+        raise ValueError(f"{folder}: not a {what} (no {' or '.join(markers)}); {flag} replaces only a {what}, "
+                         "never other folders. Choose another folder")

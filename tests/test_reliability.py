@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import SHORT_OVERRIDES
@@ -331,3 +332,70 @@ def test_eight_processes_racing_on_the_job_database(tmp_path):
         if j.state == "done":
             # Each job's log has exactly one run: no job was started twice.
             assert jobs.tail_log(j, 100).count("[exit 0]") == 1
+
+
+# ---------------------------------------------------------------- issue 19: flags that cannot destroy, NaN, one writer
+def test_export_overwrite_refuses_a_run_folder_and_any_other_folder(short_run, tmp_path, capsys):
+    _, trained = short_run
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "holiday.jpg").write_bytes(b"\xff\xd8 not a bundle")
+    for target, why in ((run, "is the run folder"), (run / "checkpoints", "inside or around it"),
+                        (other, "not a bundle (no detector.json)")):
+        assert cli.main(["export", "--run", str(run), "--out", str(target), "--overwrite"]) == 2
+        assert why in capsys.readouterr().err
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == before  # nothing deleted
+    assert (other / "holiday.jpg").read_bytes() == b"\xff\xd8 not a bundle"
+    # A bundle may be replaced by a bundle.
+    bundle = tmp_path / "bundle"
+    assert cli.main(["export", "--run", str(run), "--out", str(bundle), "--examples", "0"]) == 0
+    assert cli.main(["export", "--run", str(run), "--out", str(bundle), "--examples", "0", "--overwrite"]) == 0
+
+
+def test_an_overflowing_clip_is_invalid_never_normal(short_run, tmp_path, capsys):
+    import json
+
+    import soundfile as sf
+
+    from rcmae.deploy.monitor import find_events
+
+    data, trained = short_run
+    clip = sorted((data / "dev_data" / "fan" / "test").glob("normal_id_00_*.wav"))[0]
+    loud = tmp_path / "fan" / "test" / clip.name
+    loud.parent.mkdir(parents=True)
+    y, sr = sf.read(clip, dtype="float32")
+    sf.write(loud, y * np.float32(1e20), sr, subtype="FLOAT")  # finite samples whose power overflows float32
+    rc = cli.main(["score", "--run", str(trained), str(loud), "--json"])
+    out = capsys.readouterr().out
+    rows = json.loads(out, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
+    assert rc != 0 and rows[0]["decision"] == "invalid" and rows[0]["score"] is None
+    assert loud.name in rows[0]["error"]
+    # The monitor reports such windows as their own kind of event, whatever their length.
+    ev = find_events([5.0, 6.0, 7.0, 8.0], [0.1, float("nan"), float("inf"), 0.2], threshold=1.0, hop=1.0,
+                     min_duration=5.0)
+    assert ev[["start_s", "end_s", "kind"]].values.tolist() == [[5.5, 7.5, "invalid"]]
+
+
+def test_two_writers_of_one_run_folder_leave_one_intact_run_and_one_clear_error(short_run, tmp_path):
+    import yaml
+
+    data, _ = short_run
+    run = tmp_path / "run"
+    cmds = [[sys.executable, "-m", "rcmae.cli", "pretrain", "--data", str(data), "--out", str(run), "--epochs", "2",
+             *[f"--set={o}" for o in SHORT_OVERRIDES], f"--set=seed={seed}"] for seed in (0, 5)]
+    procs = [subprocess.Popen(c, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in cmds]
+    outs = [p.communicate(timeout=300) for p in procs]
+    codes = [p.returncode for p in procs]
+    assert sorted(codes) == [0, 2], outs
+    loser = codes.index(2)
+    assert "in use by PID" in outs[loser][1] and str(run) in outs[loser][1]
+    winner_seed = (0, 5)[codes.index(0)]
+    assert yaml.safe_load((run / "config.yaml").read_text())["seed"] == winner_seed
+    state = load_checkpoint(train.checkpoint_path(run, "pretrain"))
+    assert state["rcmae"]["config"]["seed"] == winner_seed  # config and weights from the same writer
+    # The lock went with its holder: the run can be resumed now.
+    assert subprocess.run(cmds[codes.index(0)] + ["--resume", "--epochs", "3"], env=ENV,
+                          capture_output=True).returncode == 0

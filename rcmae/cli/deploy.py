@@ -45,12 +45,17 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
         print(f"{res.path}: {res.duration:.1f} s, {len(res.series)} windows, {len(res.events)} event(s) above "
               f"{res.threshold:.4f} ({res.scorer}, {res.machine_type}/{res.machine_id})")
         for _, ev in res.events.iterrows():
+            if ev["kind"] == "invalid":  # NaN/inf scores: its own kind of event, never normal
+                print(f"  event {int(ev['event'])}: {ev['start_s']:.1f}-{ev['end_s']:.1f} s, INVALID (no finite "
+                      "score: the audio overflows or holds non-finite samples)")
+                continue
             print(f"  event {int(ev['event'])}: {ev['start_s']:.1f}-{ev['end_s']:.1f} s, peak {ev['peak_score']:.4f} "
                   f"at {ev['peak_s']:.1f} s")
         print(f"  -> {', '.join(str(p) for p in res.files.values())}")
     for path, why in skipped:
         print(f"skipped {path}: {why}", file=sys.stderr)
-    return 1 if skipped else 0
+    invalid = any((res.events["kind"] == "invalid").any() for res in results)
+    return 1 if skipped or invalid else 0
 
 
 def add_monitor(sub) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from rcmae.files import read_json
+from rcmae.scorers.base import decide
 
 LOADER_TORCHSCRIPT = '''
 import json, pathlib
@@ -138,9 +139,9 @@ class Bundle:
         out = self.run(self.fit_length(wave)[None], [self.unit_index(machine_type, machine_id)])
         s = float(out["score"][0])
         thr = self.threshold(machine_type, machine_id)
+        decision = decide(s, thr)  # a NaN/inf score is "invalid", never normal
         return {"machine_type": str(machine_type), "machine_id": str(machine_id), "scorer": self.scorer,
-                "score": s, "threshold": thr,
-                "decision": None if thr is None else ("anomaly" if s > thr else "normal"),
+                "score": s if decision != "invalid" else None, "threshold": thr, "decision": decision,
                 "embedding": out["embedding"][0], "logmel": out["logmel"][0]}
 
     def nearest_examples(self, embedding: np.ndarray, machine_type: str, machine_id: str, k: int = 3) -> list[dict]:

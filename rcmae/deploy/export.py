@@ -31,7 +31,7 @@ from rcmae.deploy.bundle import (
 )
 from rcmae.deploy.graph.build import build_graph
 from rcmae.deploy.graph.heads import ExportContext, WindowEmbedder
-from rcmae.files import atomic_write_text, read_json, write_json
+from rcmae.files import atomic_write_text, check_replaceable, read_json, write_json
 from rcmae.scorers import ScoringError
 
 # Exported instead of a default scorer whose graph cannot be built for the run (a family without a builder, a
@@ -157,8 +157,15 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, format: str = "to
     if format not in FORMATS:
         raise ExportError(f"--format {format!r}: choose torchscript or onnx")
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    if out.exists() and out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ExportError(f"{out}: exists and is not empty; pass a new folder or --overwrite")
+    a, b = out.resolve(), Path(run).resolve()
+    if a == b or a in b.parents or b in a.parents:
+        raise ExportError(f"{out}: is the run folder {run}, or inside or around it; export to a folder of its own")
+    try:
+        check_replaceable(out, "detector.json", "bundle")
+    except ValueError as err:
+        raise ExportError(str(err)) from None
     det = Detector.load(run)
     det.ensure_fitted([scorer or det.default_scorer])  # its thresholds and moments travel in the bundle
     if scorer is None:

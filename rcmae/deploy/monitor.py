@@ -28,7 +28,7 @@ from rcmae.files import atomic_write_text
 
 AUDIO_SUFFIXES = (".wav", ".flac")
 SERIES_COLUMNS = ["start_s", "end_s", "center_s", "score", "threshold", "above"]
-EVENT_COLUMNS = ["event", "start_s", "end_s", "duration_s", "peak_s", "peak_score"]
+EVENT_COLUMNS = ["event", "start_s", "end_s", "duration_s", "peak_s", "peak_score", "kind"]
 
 
 class MonitorError(ValueError):
@@ -187,31 +187,37 @@ def read_segment(path: str | os.PathLike, start_s: float, end_s: float,
 # ------------------------------------------------------------------------------------------ events
 def find_events(centers: Sequence[float], scores: Sequence[float], threshold: float, hop: float,
                 min_duration: float = 0.0) -> pd.DataFrame:
-    """Events: maximal runs of consecutive points with ``score > threshold`` lasting ``>= min_duration`` s.
+    """Events: maximal runs of consecutive points with ``score > threshold`` lasting ``>= min_duration`` s
+    (``kind`` ``anomaly``), and runs of windows whose score is not a finite number (``kind`` ``invalid``:
+    overflowing or broken audio, never counted as normal; reported whatever their length).
 
     Returns:
-        A frame with ``event, start_s, end_s, duration_s, peak_s, peak_score`` (one row per event).
+        A frame with ``event, start_s, end_s, duration_s, peak_s, peak_score, kind`` (one row per event, in time
+        order; ``peak_score`` is empty for an invalid stretch).
     """
     centers = np.asarray(centers, dtype=np.float64)
     scores = np.asarray(scores, dtype=np.float64)
-    above = scores > threshold
+    invalid = ~np.isfinite(scores)
     rows = []
-    n = 0
-    while n < len(scores):
-        if not above[n]:
-            n += 1
-            continue
-        m = n
-        while m + 1 < len(scores) and above[m + 1]:
-            m += 1
-        start, end = centers[n] - hop / 2, centers[m] + hop / 2
-        if end - start >= min_duration:
-            peak = n + int(np.argmax(scores[n : m + 1]))
-            rows.append({"event": len(rows) + 1, "start_s": max(0.0, start), "end_s": end,
-                         "duration_s": end - max(0.0, start), "peak_s": centers[peak],
-                         "peak_score": scores[peak]})
-        n = m + 1
-    return pd.DataFrame(rows, columns=EVENT_COLUMNS)
+    for kind, mask, shortest in (("anomaly", np.where(invalid, False, scores > threshold), min_duration),
+                                 ("invalid", invalid, 0.0)):
+        n = 0
+        while n < len(scores):
+            if not mask[n]:
+                n += 1
+                continue
+            m = n
+            while m + 1 < len(scores) and mask[m + 1]:
+                m += 1
+            start, end = centers[n] - hop / 2, centers[m] + hop / 2
+            if end - start >= shortest:
+                peak = n + (int(np.argmax(scores[n : m + 1])) if kind == "anomaly" else 0)
+                rows.append({"start_s": max(0.0, start), "end_s": end, "duration_s": end - max(0.0, start),
+                             "peak_s": centers[peak], "peak_score": scores[peak] if kind == "anomaly" else None,
+                             "kind": kind})
+            n = m + 1
+    rows.sort(key=lambda r: r["start_s"])
+    return pd.DataFrame([{"event": k + 1, **r} for k, r in enumerate(rows)], columns=EVENT_COLUMNS)
 
 
 @dataclass

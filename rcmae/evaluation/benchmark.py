@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rcmae.files import atomic_write_text, read_json, write_json
+from rcmae.files import atomic_write_text, check_replaceable, read_json, write_json
 
 # One table of named systems: the rcmae ablations are override sets on the same pipeline.
 # aug "bank" = the augmentation bank built once per benchmark with the backend --aug names (procedural:
@@ -154,6 +154,8 @@ def _run_child(spec: dict) -> dict:
         return {f"{spec['system']}:{name}": res for name, res in results.items()}
     run = out / "run"
     # A run left by an earlier failed attempt starts over: the benchmark resumes per system, not per epoch.
+    # Only a run folder goes (check_replaceable): anything else in its place is refused, never deleted.
+    check_replaceable(run, ("run.json", "config.yaml", "progress.json"), "run folder", flag="a benchmark retry")
     shutil.rmtree(run, ignore_errors=True)
     overrides = [*spec["overrides"], f"seed={spec['seed']}"]
     train.pretrain(data=Path(spec["data"]), out=run, preset=spec["preset"], aug=spec["aug"],

@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from rcmae.data.checks import check_labelled_test
@@ -14,8 +15,9 @@ from rcmae.data.index import index_dataset
 from rcmae.data.names import parse_attributes
 from rcmae.evaluation.metrics import evaluate_scores, write_results
 from rcmae.files import atomic_write_text, write_json
-from rcmae.run.folder import read_run_json, update_progress, update_run_json
+from rcmae.run.folder import read_run_json, update_progress, update_run_json, writer_lock
 from rcmae.scorers import (
+    INVALID_REASON,
     ScoringError,
 )
 from rcmae.scorers.detector import Detector
@@ -24,6 +26,15 @@ from rcmae.scorers.fitting import save_embeddings
 
 def evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, scorer: str | None = None,
                  progress: bool = True) -> dict[str, dict]:
+    """Score every labelled test clip with every scorer (or one) and write ``eval/`` (one writer at a time)."""
+    if not Path(run).is_dir():
+        raise FileNotFoundError(f"{run}: run folder not found; pass --run a folder made by rcmae pretrain or fit")
+    with writer_lock(run):
+        return _evaluate_run(run, data, scorer, progress)
+
+
+def _evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, scorer: str | None = None,
+                  progress: bool = True) -> dict[str, dict]:
     """Score every labelled test clip (2021+ data: every test clip) with every scorer (or one) and write ``eval/``.
 
     Writes ``eval/results.json`` and challenge CSVs for the default scorer, ``eval/results.<scorer>.json``
@@ -82,6 +93,10 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, 
                         clips=len(x))
         try:
             scores = det.score_logmels(x, types, ids, name, attributes)
+            bad = [Path(p).name for p, v in zip(test["path"], scores, strict=True) if not np.isfinite(v)]
+            if bad:  # a NaN/inf score is never a normal clip, nor a metric
+                raise ScoringError(f"{len(bad)} clip(s) have no finite score ({', '.join(bad[:3])}"
+                                   f"{', ...' if len(bad) > 3 else ''}): {INVALID_REASON}")
         except ScoringError as err:
             # One scorer that cannot work on this run (e.g. too few clips for a covariance) must not
             # cost the user the others: report it and go on.

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.metadata
 import math
 import os
 import platform
 import subprocess
+import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -115,3 +119,39 @@ def update_progress(run: str | os.PathLike, **fields: object) -> None:
     record.update(fields)
     record["updated"] = utc_now()
     write_json(path, record)
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def writer_lock(run: str | os.PathLike, command: str | None = None) -> Iterator[None]:
+    """One writer per run folder: an advisory lock (``fcntl.flock`` on ``RUN/.lock``) held while a stage writes.
+
+    A second writer fails at once with one line naming the holder's PID and command. The operating system drops
+    the lock when its holder exits, even on ``kill -9``, so a crash leaves no stale lock behind.
+
+    Raises:
+        RunFolderError: another process holds the lock.
+    """
+    run = Path(run)
+    run.mkdir(parents=True, exist_ok=True)
+    fh = open(run / LOCK_FILE, "a+")  # noqa: SIM115 - held open for the whole block
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        raise RunFolderError(f"{run}: in use by {holder}; wait for it to finish, or choose another folder") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"PID {os.getpid()} ({command or ' '.join(sys.argv) or 'python'})")
+    fh.flush()
+    try:
+        yield
+    finally:
+        fh.seek(0)
+        fh.truncate()
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()

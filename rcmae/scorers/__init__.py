@@ -8,10 +8,12 @@ training scores. numpy and torch only.
 """
 
 from rcmae.scorers.base import (
+    INVALID_REASON,
     Clips,
     NormalSet,
     Scorer,
     ScoringError,
+    decide,
     fit_threshold,
     fit_unit_thresholds,
 )
@@ -35,6 +37,7 @@ SCORERS = ("idprob", "knn", "recon", "knn_joint", "maha", "recon_topk", "knn_nor
 
 __all__ = [
     "Detector", "fit_run",
+    "INVALID_REASON", "decide",
     "RECON_SEED", "SCORERS", "Clips", "EnsembleScorer", "FrameGaussian", "FrameModels", "FrameScorer", "IdProbScorer",
     "JointKnnScorer", "KnnScorer", "MahaScorer", "NormKnnScorer", "NormalSet", "ReconScorer", "ReconTopkScorer",
     "Scorer", "ScoringError", "StatsMahaScorer", "band_stats", "context_frames", "fit_gaussian", "fit_threshold",

@@ -51,6 +51,20 @@ def fit_threshold(normal_scores: Sequence[float] | np.ndarray, method: str = "ga
     return thr if np.isfinite(thr) else float(np.quantile(s, q))
 
 
+def decide(score: float | None, threshold: float | None) -> str | None:
+    """The decision for a score: ``invalid`` when it is not a finite number (NaN/inf: overflowing or broken
+    audio is never called normal), ``None`` without a threshold, else ``anomaly`` above it or ``normal``."""
+    if score is None or not np.isfinite(score):
+        return "invalid"
+    if threshold is None:
+        return None
+    return "anomaly" if score > threshold else "normal"
+
+
+INVALID_REASON = ("the score is not a finite number (NaN or inf): the audio overflows or holds non-finite samples; "
+                  "check the recording (levels within +-1 full scale)")
+
+
 def fit_unit_thresholds(scores: np.ndarray, machine_types: Sequence[str], machine_ids: Sequence[str],
                         method: str = "gamma", q: float = 0.9) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Per unit (``"type/id"``): the decision threshold and the ``[mean, std]`` of held-out normal scores.

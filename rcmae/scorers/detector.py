@@ -23,6 +23,7 @@ from rcmae.run.checkpoint import model_from_checkpoint
 from rcmae.run.folder import RunFolderError, checkpoint_path, read_run_json
 from rcmae.run.trainset import TrainData
 from rcmae.scorers import (
+    INVALID_REASON,
     RECON_SEED,
     SCORERS,
     Clips,
@@ -40,6 +41,7 @@ from rcmae.scorers import (
     Scorer,
     ScoringError,
     StatsMahaScorer,
+    decide,
 )
 from rcmae.scorers.fitting import (
     CLIP_FEATURES,
@@ -405,9 +407,13 @@ class Detector:
 
     def _row(self, path: str, mtype: str, mid: str, scorer: str, score: float, probs: dict | None) -> dict:
         thr = self.threshold(scorer, mtype, mid)
+        decision = decide(score, thr)
+        if decision == "invalid":  # never "normal"; null in JSON (NaN is not JSON), and the reason names the clip
+            return {"path": path, "machine_type": mtype, "machine_id": mid, "scorer": scorer, "score": None,
+                    "threshold": thr, "decision": "invalid", "probs": None,
+                    "error": f"{Path(path).name}: {INVALID_REASON}"}
         return {"path": path, "machine_type": mtype, "machine_id": mid, "scorer": scorer, "score": float(score),
-                "threshold": thr, "decision": None if thr is None else ("anomaly" if score > thr else "normal"),
-                "probs": probs, "error": None}
+                "threshold": thr, "decision": decision, "probs": probs, "error": None}
 
     def _probs(self, x: torch.Tensor) -> list[dict | None]:
         if "idprob" not in self.scorers:

@@ -23,6 +23,7 @@ from rcmae.run.folder import (
     read_run_json,
     update_progress,
     utc_now,
+    writer_lock,
 )
 from rcmae.run.trainset import classes_note, load_train_data
 from rcmae.scorers.detector import Detector
@@ -50,7 +51,11 @@ def fit_training_free(data: str | os.PathLike, out: str | os.PathLike, preset: s
         raise RunFolderError(f"{out}: already holds a trained run; choose a new --out for a training-free run")
     if (out / "checkpoints").is_dir() and any((out / "checkpoints").glob("*.ckpt")):
         raise RunFolderError(f"{out}: holds checkpoints of a trained run; choose a new --out")
-    out.mkdir(parents=True, exist_ok=True)
+    with writer_lock(out):  # one writer per run folder
+        return _fit(data, out, cfg, preset, overrides, progress)
+
+
+def _fit(data, out: Path, cfg, preset, overrides, progress: bool) -> Path:
     update_progress(out, stage="fit", state="running", scorer="loading the training clips")
     train, stats = load_train_data(data, cfg, progress=progress)
     rconfig.save_config(cfg, out / "config.yaml")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import os
 import sys
 import time
@@ -27,6 +29,7 @@ from rcmae.run.folder import (
     read_run_json,
     update_run_json,
     utc_now,
+    writer_lock,
 )
 from rcmae.run.trainset import COPIES_FILE, DRAWS_FILE, classes_note, load_train_data, read_augment_draws
 from rcmae.training.loop import epoch_steps, fit_stage, launcher_rank_zero, print_config, trainer_options
@@ -58,7 +61,7 @@ def _check_crop(cfg: RunConfig) -> None:
         )
 
 
-def pretrain(
+def _pretrain(
     data: str | os.PathLike,
     out: str | os.PathLike,
     preset: str | os.PathLike = "tiny",
@@ -190,7 +193,7 @@ def pretrain(
     return out
 
 
-def finetune(
+def _finetune(
     run: str | os.PathLike,
     data: str | os.PathLike | None = None,
     epochs: int | None = None,
@@ -287,3 +290,21 @@ def finetune(
     update_run_json(run, stages=stages, data=str(data.resolve()), classes=[list(c) for c in train.classes],
                     class_units=[list(u) for u in train.class_units])
     return run
+
+
+@functools.wraps(_pretrain)
+def pretrain(data: str | os.PathLike, out: str | os.PathLike, *args, **kwargs) -> Path:
+    # One writer per run folder (rcmae.run.folder.writer_lock), taken by the launching process only: the ranks
+    # that Lightning's DDP starts run this function too.
+    with writer_lock(out) if launcher_rank_zero() else contextlib.nullcontext():
+        return _pretrain(data, out, *args, **kwargs)
+
+
+@functools.wraps(_finetune)
+def finetune(run: str | os.PathLike, *args, **kwargs) -> Path:
+    with writer_lock(run) if launcher_rank_zero() else contextlib.nullcontext():
+        return _finetune(run, *args, **kwargs)
+
+
+pretrain.__name__ = pretrain.__qualname__ = "pretrain"
+finetune.__name__ = finetune.__qualname__ = "finetune"

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import assert_close_on_scale
 
 from rcmae import cli
 from rcmae.data.audio import load_audio
@@ -36,16 +37,24 @@ def _clips(demo_run: Path) -> list[Path]:
     return sorted(test.glob("normal_id_*_00000000.wav")) + sorted(test.glob("anomaly_id_*_00000001.wav"))
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("scorer", ["idprob", "knn", "recon", "knn_joint", "maha", "recon_topk", "knn_norm",
                                     "stats_knn", "stats_maha", "frame_pca", "frame_maha", "ensemble"])
 def test_exported_scores_equal_detector_score(demo_run, det, tmp_path, scorer):
     assert scorer in det.scorers
     bundle = Bundle(export_run(demo_run, tmp_path / scorer, scorer=scorer, examples=0))
+    refs, gots = [], []
     for clip in _clips(demo_run):
         ref = det.score(clip, scorer=scorer)
         got = bundle.score(load_audio(clip), ref["machine_type"], ref["machine_id"])
-        assert got["score"] == pytest.approx(ref["score"], rel=1e-5), clip.name
-        assert got["threshold"] == ref["threshold"] and got["decision"] == ref["decision"]
+        refs.append(ref["score"])
+        gots.append(got["score"])
+        assert got["threshold"] == ref["threshold"]
+        # The same decision, unless the score sits on the threshold to within rounding.
+        if abs(ref["score"] - ref["threshold"]) > 1e-5 * max(1.0, abs(ref["threshold"])):
+            assert got["decision"] == ref["decision"], clip.name
+    # On the scores' scale, not each score's: a z-scored ensemble score can sit near zero (docs/DESIGN.md).
+    assert_close_on_scale(gots, refs, rtol=1e-5)
 
 
 def test_bundle_contents(demo_run, det, demo_bundle):

@@ -15,6 +15,8 @@ from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
 
 from rcmae.evaluation.metrics import auc_pauc, decision_metrics, evaluate_scores, load_results, write_results
 
+pytestmark = pytest.mark.numeric
+
 
 def _pair_count_auc(y, s):
     """P(score_anomaly > score_normal) + 0.5 P(tie), by looping over every pair."""

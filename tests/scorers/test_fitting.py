@@ -20,6 +20,8 @@ from rcmae.scorers.fitting import TRAINING_FREE
 from rcmae.scorers.maha import ShrunkGaussian, domain_shrunk_gaussians
 from rcmae.scorers.training_free import fit_training_free
 
+pytestmark = pytest.mark.numeric
+
 
 def _sklearn_distances(z: np.ndarray, q: np.ndarray, mean: np.ndarray | None = None) -> np.ndarray:
     est = LedoitWolf().fit(z)

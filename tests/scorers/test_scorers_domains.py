@@ -15,6 +15,8 @@ from rcmae.scorers.domains import domain_banks, path_domains
 
 N_SOURCE, N_TARGET, D = 12, 4, 6
 
+pytestmark = pytest.mark.numeric
+
 
 def _tables(rng: np.random.Generator) -> dict:
     """One unit (fan/00): 12 source clips around 0, 4 target clips around +3 (a shifted operating condition)."""

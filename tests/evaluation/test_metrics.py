@@ -167,7 +167,7 @@ def test_load_results_rejects_other_json(tmp_path):
 
 
 # ---------------------------------------------------------------- DCASE 2021-2025 (domains, official score)
-def test_official_2023_evaluator_reads_our_csvs_and_agrees(tiny_dcase2023, tmp_path):
+def test_reimplemented_2023_evaluator_reads_our_csvs_and_agrees(tiny_dcase2023, tmp_path):
     from rcmae.data.index import index_dataset
 
     gt_root = tmp_path / "evaluator"

@@ -88,7 +88,7 @@ def test_unknown_old_path_still_fails():
 
 
 # Modules allowed past ~500 lines, each with its reason in docs/DESIGN.md ("Module size").
-LONG_OK = {"rcmae/models/rcmae.py", "rcmae/augment/bank.py"}
+LONG_OK = {"rcmae/models/rcmae.py", "rcmae/augment/bank.py", "rcmae/scorers/detector.py"}
 
 
 def test_no_module_over_about_500_lines_without_a_reason():

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from rcmae.data.names import DatasetLayoutError as DatasetLayoutError
 from rcmae.data.names import parse_attributes, parse_name
 
 COLUMNS = ["path", "machine_type", "machine_id", "section", "domain", "split", "label", "dataset", "attributes"]
@@ -28,10 +29,6 @@ _GT_KINDS = {"ground_truth_data": "label", "ground_truth_domain": "domain", "gro
 
 _PATTERN_2020 = "dev_data/<type>/{train,test}/{normal,anomaly}_id_00_00000000.wav"
 _PATTERN_2021 = "<type>/{train,test}/section_00_{source,target}_{train,test}_{normal,anomaly}_0000.wav"
-
-
-class DatasetLayoutError(ValueError):
-    """A data folder (or a file in it) that no supported layout describes; the message is one line."""
 
 
 def _layout_error(root: Path, rel: str, problem: str, name: str) -> DatasetLayoutError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 _NAME_2020 = re.compile(r"^(?:(?P<label>normal|anomaly)_)?id_(?P<id>\d{2})_(?P<num>\d+)\.wav$", re.IGNORECASE)
@@ -53,3 +54,34 @@ def parse_attributes(path: str | os.PathLike) -> str:
     name = Path(path).name
     m = _TAIL_2021.match(name) or _TAIL_EVAL.match(name)
     return m["tail"] if m else ""
+
+
+def expand_wavs(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """The clips of ``paths``: files as given, folders expanded to the ``.wav`` files below them (sorted)."""
+    files: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() == ".wav" and f.is_file())
+            if not found:
+                raise DatasetLayoutError(f"{p}: no .wav files in this folder (or below it); give a folder of clips")
+            files.extend(found)
+        else:
+            files.append(p)
+    return files
+
+
+def machine_of_path(path: str | os.PathLike) -> tuple[str | None, str | None]:
+    """Machine type (the folder above train/ or test/) and ID (from the DCASE name) of a clip path."""
+    p = Path(path)
+    parsed = parse_name(p)
+    mid = parsed["machine_id"] if parsed else None
+    if mid is None:
+        m = re.search(r"id_(\d\d)", p.name)
+        mid = m.group(1) if m else None
+    mtype = p.parent.parent.name if p.parent.name.lower() in ("train", "test") and p.parent.parent.name else None
+    return mtype, mid
+
+
+class DatasetLayoutError(ValueError):
+    """A data folder (or a file in it) that no supported layout describes; the message is one line."""

@@ -237,3 +237,18 @@ def crop_waves(wave: Tensor, crop_frames: int | None, hop_length: int, generator
         return wave
     start = int(torch.randint(0, wave.shape[-1] - n + 1, (1,), generator=generator))
     return wave[..., start : start + n]
+
+
+class WaveformInput(torch.nn.Module):
+    """The margin family's "features": the waveform batch itself ``[B, N]`` (the model holds its front-end)."""
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(wave, dtype=torch.float32)
+
+
+class IdentityStats:
+    """Stands in for :class:`FeatureStats` where the model normalises its own log-mel."""
+
+    @staticmethod
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        return x

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,8 +14,10 @@ from rcmae.data.audio import AudioError, load_audio
 from rcmae.data.checks import clip_windows
 from rcmae.data.datasets import window_starts
 from rcmae.data.features import FeatureStats, LogMel
-from rcmae.data.names import parse_attributes, parse_name
+from rcmae.data.index import DatasetLayoutError
+from rcmae.data.names import expand_wavs, machine_of_path, parse_attributes
 from rcmae.files import read_json
+from rcmae.models.margin import IdentityStats, WaveformInput
 from rcmae.models.rcmae import RCMAE
 from rcmae.run import config as rconfig
 from rcmae.run.checkpoint import model_from_checkpoint
@@ -24,7 +25,6 @@ from rcmae.run.folder import RunFolderError, checkpoint_path, read_run_json
 from rcmae.run.trainset import TrainData
 from rcmae.scorers import (
     INVALID_REASON,
-    RECON_SEED,
     SCORERS,
     Clips,
     EnsembleScorer,
@@ -53,36 +53,7 @@ from rcmae.scorers.fitting import (
 )
 from rcmae.scorers.idprob import unit_probs
 
-# The recon scorers' fixed mask stream (kept under its old name).
-_RECON_SEED = RECON_SEED
 _SPACES = ("pretrain", "finetune")
-
-
-def expand_wavs(paths: Sequence[str | os.PathLike]) -> list[Path]:
-    """The clips of ``paths``: files as given, folders expanded to the ``.wav`` files below them (sorted)."""
-    files: list[Path] = []
-    for p in paths:
-        p = Path(p)
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix.lower() == ".wav" and f.is_file())
-            if not found:
-                raise ScoringError(f"{p}: no .wav files in this folder (or below it); give a folder of clips")
-            files.extend(found)
-        else:
-            files.append(p)
-    return files
-
-
-def _parse_type_id(path: str | os.PathLike) -> tuple[str | None, str | None]:
-    """Machine type (the folder above train/ or test/) and ID (from the DCASE name) of a clip path."""
-    p = Path(path)
-    parsed = parse_name(p)
-    mid = parsed["machine_id"] if parsed else None
-    if mid is None:
-        m = re.search(r"id_(\d\d)", p.name)
-        mid = m.group(1) if m else None
-    mtype = p.parent.parent.name if p.parent.name.lower() in ("train", "test") and p.parent.parent.name else None
-    return mtype, mid
 
 
 class Detector:
@@ -142,7 +113,7 @@ class Detector:
         self.family = cfg.family
         if self.family == "margin":
             # The margin classifier computes its own log-mel and Tgram from the waveform: its input is the clip.
-            self.logmel, self.stats = _WaveformInput().to(self.device), _IdentityStats()
+            self.logmel, self.stats = WaveformInput().to(self.device), IdentityStats()
         else:
             self.logmel = LogMel(cfg.features).to(self.device)
         self._families = self._build_scorers()
@@ -431,7 +402,10 @@ class Detector:
         """
         scorer = self._scorer(scorer)
         self.ensure_fitted([scorer])
-        files = expand_wavs(paths)
+        try:
+            files = expand_wavs(paths)
+        except DatasetLayoutError as err:
+            raise ScoringError(str(err)) from None
         rows: list[dict | None] = [None] * len(files)
         n_clip = int(round(self.cfg.data.duration * self.cfg.data.sample_rate))
         batch: list[tuple[int, np.ndarray, str, str, str]] = []  # clips of the run's length, scored together
@@ -446,27 +420,22 @@ class Detector:
                                "windows": 1}
             except ScoringError as err:  # every clip of the batch says why (known machines are checked before)
                 for k, _, mtype, mid, _ in batch:
-                    rows[k] = {"path": str(files[k]), "machine_type": mtype, "machine_id": mid, "scorer": scorer,
-                               "score": None, "threshold": None, "decision": None, "probs": None, "note": None,
-                               "error": str(err)}
+                    rows[k] = _error_row(files[k], mtype, mid, scorer, str(err))
             batch.clear()
 
         for k, p in enumerate(tqdm(files, desc=f"scoring ({scorer})", unit="clip", disable=not progress)):
-            mtype, mid = _parse_type_id(p)
+            mtype, mid = machine_of_path(p)
             mtype, mid = machine_type or mtype, machine_id or mid
-            base = {"path": str(p), "machine_type": mtype, "machine_id": mid, "scorer": scorer, "score": None,
-                    "threshold": None, "decision": None, "probs": None, "note": None}
             if not p.exists():
-                rows[k] = {**base, "error": "no such file; check the path"}
-                continue
-            if mtype is None or mid is None:
-                rows[k] = {**base, "error": "its machine type/ID is in neither its folders nor its name; say which "
-                                            "machine it records (type and ID)"}
-                continue
-            if (mtype, mid) not in self.units:
+                rows[k] = _error_row(p, mtype, mid, scorer, "no such file; check the path")
+            elif mtype is None or mid is None:
+                rows[k] = _error_row(p, mtype, mid, scorer, "its machine type/ID is in neither its folders nor its "
+                                                            "name; say which machine it records (type and ID)")
+            elif (mtype, mid) not in self.units:
                 known = ", ".join(f"{t}/{i}" for t, i in self.units)
-                rows[k] = {**base, "error": f"machine {mtype}/{mid} was not in this run's training data (it knows "
-                                            f"{known}); say which machine it records"}
+                rows[k] = _error_row(p, mtype, mid, scorer, f"machine {mtype}/{mid} was not in this run's training "
+                                                            f"data (it knows {known}); say which machine it records")
+            if rows[k] is not None:
                 continue
             try:
                 wave = load_audio(p, sample_rate=self.cfg.data.sample_rate, duration=None,
@@ -478,7 +447,7 @@ class Detector:
                 else:  # another length: scored window by window, and said so in the note
                     rows[k] = self._score_whole(wave, str(p), mtype, mid, scorer, parse_attributes(p))
             except (AudioError, ScoringError, FileNotFoundError) as err:
-                rows[k] = {**base, "error": str(err)}
+                rows[k] = _error_row(p, mtype, mid, scorer, str(err))
         if batch:
             flush()
         return rows
@@ -519,19 +488,10 @@ class Detector:
         return {**row, "note": note, "windows": len(windows)}
 
 
-class _WaveformInput(torch.nn.Module):
-    """The margin family's "features": the waveform batch itself ``[B, N]`` (the model holds its front-end)."""
-
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        return torch.as_tensor(wave, dtype=torch.float32)
-
-
-class _IdentityStats:
-    """Stands in for :class:`FeatureStats` where the model normalises its own log-mel."""
-
-    @staticmethod
-    def apply(x: torch.Tensor) -> torch.Tensor:
-        return x
+def _error_row(path, mtype: str | None, mid: str | None, scorer: str, error: str) -> dict:
+    """A :meth:`Detector.score_paths` row of a clip that could not be scored, and why."""
+    return {"path": str(path), "machine_type": mtype, "machine_id": mid, "scorer": scorer, "score": None,
+            "threshold": None, "decision": None, "probs": None, "note": None, "error": error}
 
 
 def fit_run(run: str | os.PathLike, train: TrainData | None = None, progress: bool = True,

@@ -16,6 +16,7 @@ from rcmae.data.audio import load_audio
 from rcmae.data.datasets import make_generator
 from rcmae.evaluation.evaluate import evaluate_run
 from rcmae.scorers import (
+    RECON_SEED,
     ScoringError,
     fit_gaussian,
     fit_threshold,
@@ -25,7 +26,7 @@ from rcmae.scorers import (
     mahalanobis,
     topk_mean,
 )
-from rcmae.scorers.detector import _RECON_SEED, Detector
+from rcmae.scorers.detector import Detector
 from rcmae.training import stages as train
 
 TINY = [
@@ -299,7 +300,7 @@ def test_recon_topk_is_the_top_fraction_of_masked_patch_errors(det, run, tiny_dc
     path = _clip(tiny_dcase, "anomaly", "fan", "00", 3)
     x = det.features(load_audio(path)[None])
     model, n = det.models["pretrain"], det.cfg.score.recon_masks
-    gen = make_generator(_RECON_SEED)  # the scorer's fixed mask stream
+    gen = make_generator(RECON_SEED)  # the scorer's fixed mask stream
     with torch.no_grad():
         latent, mask, ids_restore = model.forward_encoder(x.expand(n, -1, -1), det.cfg.score.recon_mask_ratio, gen)
         pred, target = model.forward_decoder(latent, ids_restore), model.target(x)[0]

@@ -33,7 +33,7 @@ SECTIONS = [
     ("Front-end speed", ["frontend-cpu.md", "frontend-cuda.md"]),
     ("Scoring and training speed", ["speed.md"]),
     ("Augmentation speed", ["augment.md", "audioldm.md"]),
-    ("Workbench quick demo", ["workbench.md"]),
+    ("Workbench quick demo and a newcomer's first run", ["first_run.md", "workbench.md"]),
     ("Monitoring long recordings", ["monitor.md"]),
     ("Exported bundles: size and speed", ["export.md"]),
     ("Reliability under faults", ["reliability.md"]),

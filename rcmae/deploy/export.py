@@ -119,8 +119,9 @@ def _export_onnx(module: nn.Module, example: tuple[torch.Tensor, torch.Tensor], 
 
 
 def _pick_examples(det, units, per_unit: int) -> list[dict]:
-    """Per unit, the ``per_unit`` normal training clips nearest (cosine) to the unit's mean embedding."""
-    ref = det.references.get(det.knn_space)
+    """Per unit, the ``per_unit`` normal training clips nearest (cosine) to the unit's mean embedding (a
+    training-free run's embedding is the clip's band statistics)."""
+    ref = det.references.get(det.knn_space) if det.models else det.bandstats
     if ref is None or per_unit <= 0:
         return []
     out = []

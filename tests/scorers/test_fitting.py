@@ -141,3 +141,26 @@ def test_finetuning_refits_network_scorers_only(short_run, tmp_path):
     kept = pd.read_csv(run / "train_scores.csv", dtype={"machine_id": str})
     old = rows[rows["scorer"] == "stats_maha"].reset_index(drop=True)
     assert kept[kept["scorer"] == "stats_maha"].reset_index(drop=True).equals(old)
+
+
+def test_a_training_free_run_exports_and_its_bundle_scores_like_the_detector(short_run, free_run, tmp_path):
+    from conftest import assert_close_on_scale
+
+    from rcmae.data.audio import load_audio
+    from rcmae.deploy.bundle import Bundle
+    from rcmae.deploy.export import export_run
+
+    data, _ = short_run
+    bundle = Bundle(export_run(free_run, tmp_path / "bundle", examples=1))
+    det = Detector.load(free_run)
+    assert bundle.scorer == det.default_scorer == "ensemble"
+    clips = sorted((data / "dev_data" / "fan" / "test").glob("*.wav"))
+    refs = [det.score(c) for c in clips]
+    got = [bundle.score(load_audio(c, duration=1.0), r["machine_type"], r["machine_id"]) for c, r in zip(clips, refs,
+                                                                                                          strict=True)]
+    assert_close_on_scale([g["score"] for g in got], [r["score"] for r in refs])
+    # Its embedding is the clip's band statistics: an example clip is its own nearest example.
+    ex = bundle.examples[0]
+    out = bundle.score(load_audio(bundle.path / ex["file"], duration=1.0), ex["machine_type"], ex["machine_id"])
+    near = bundle.nearest_examples(out["embedding"], ex["machine_type"], ex["machine_id"], k=1)[0]
+    assert near["file"] == ex["file"] and near["distance"] < 1e-6

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rcmae.deploy.graph.features import WindowEmbedder, context_frames_graph
+from rcmae.deploy.graph.features import WindowEmbedder, band_stats_graph, context_frames_graph
 from rcmae.deploy.graph.knn import Banks
 from rcmae.models.losses import masked_mse
 from rcmae.models.rcmae import RCMAE
@@ -46,9 +46,19 @@ class ExportContext:
             raise ScoringError(f"{what}: unit(s) {', '.join(thin)} have fewer than {minimum} normal training clips; "
                                "run `rcmae evaluate --run RUN` to refit, or export another --scorer")
 
-    def embedder(self, space: str) -> WindowEmbedder:
-        """The crop-window embedder of an embedding space."""
+    def embedder(self, space: str) -> nn.Module:
+        """The crop-window embedder of an embedding space; a training-free run (no network) embeds a clip by its
+        band statistics, which is what its scorers see and what the bundle's nearest examples compare."""
+        if not self.models:
+            return BandStatsEmbedder()
         return WindowEmbedder(self.models[space if space in self.models else "pretrain"], self.n_frames, self.crop)
+
+
+class BandStatsEmbedder(nn.Module):
+    """``x [B, F, T]`` -> the clip's band statistics ``[B, 6F]`` (the embedding of a training-free bundle)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return band_stats_graph(x)
 
 
 class FrameGraph(nn.Module):

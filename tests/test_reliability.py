@@ -399,3 +399,41 @@ def test_two_writers_of_one_run_folder_leave_one_intact_run_and_one_clear_error(
     # The lock went with its holder: the run can be resumed now.
     assert subprocess.run(cmds[codes.index(0)] + ["--resume", "--epochs", "3"], env=ENV,
                           capture_output=True).returncode == 0
+
+
+def test_smaller_faults_a_fifo_a_null_byte_a_legacy_pickle_and_a_resumed_finetuned_run(short_run, tmp_path, capsys):
+    import pickle
+
+    from rcmae.run.checkpoint import CheckpointError
+    from rcmae.scorers.detector import Detector
+    from rcmae.workspace import Workspace
+
+    data, trained = short_run
+    # A FIFO named .wav is skipped with a reason (reading it would block forever).
+    fifo = tmp_path / "fan" / "test" / "normal_id_00_00000000.wav"
+    fifo.parent.mkdir(parents=True)
+    os.mkfifo(fifo)
+    (row,) = Detector.load(trained).score_paths([fifo])
+    assert row["score"] is None and "not a regular file" in row["error"]
+    # A null byte in a typed path gets the ordinary refusal, not a ValueError from the OS.
+    ws = Workspace(tmp_path / "ws").ensure()
+    with pytest.raises(workbench.PathNotAllowed, match="null byte"):
+        workbench.resolve_path(ws, "runs/a\x00b")
+    # A pickle the safe loader refuses is called what it is, and no other checkpoint of the run is suggested.
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    bad = tmp_path / "pretrain-last.ckpt"
+    bad.write_bytes(pickle.dumps({"state_dict": Evil()}, protocol=0))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(bad)
+    assert "refused" in str(err.value) and "may hold code" in str(err.value) and "best" not in str(err.value)
+    assert not marker.exists()
+    # Resuming the pretraining of a fine-tuned run says what that does to the fine-tuned weights.
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    stages.pretrain(data, run, epochs=2, overrides=SHORT_OVERRIDES, progress=False, resume=True)
+    assert "run `rcmae finetune --run" in capsys.readouterr().err

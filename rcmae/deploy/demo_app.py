@@ -19,6 +19,8 @@ from pathlib import Path
 from rcmae.deploy.bundle import Bundle
 
 N_NEAREST = 3
+UPLOAD_LIMIT_MB = 20  # the workbench's limit (rcmae.workbench.UPLOAD_LIMIT_MB)
+UPLOAD_CACHE = (600, 3600)  # gradio's delete_cache: (every N seconds, delete files older than M seconds)
 
 
 def predict(bundle: Bundle, audio_path: str | None, machine: str | None) -> tuple:
@@ -90,7 +92,8 @@ def build_app(bundle: str | os.PathLike | Bundle):
     summary = (f"Detector `{meta['run']['id']}`, scorer `{b.scorer}`, {meta['clip_seconds']:g} s clips at "
                f"{b.sample_rate} Hz" + (f"; AUC {metrics['auc']:.3f} / pAUC {metrics['pauc']:.3f} on its test data"
                                         if metrics else "") + ".")
-    with gr.Blocks(title="rcmae: is this machine sound normal?") as app:
+    # Uploads are deleted an hour after they arrive (checked every 10 minutes): a demo page keeps no audio.
+    with gr.Blocks(title="rcmae: is this machine sound normal?", delete_cache=UPLOAD_CACHE) as app:
         gr.Markdown("# Is this machine sound normal?\n" + summary +
                     "\n\nUpload a clip or record one, pick the machine, press **Score**.")
         with gr.Row():
@@ -122,6 +125,7 @@ def launch(bundle: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860,
     print(f"demo app for {b.path}: http://{host}:{port}/" + (" (and a public share link)" if share else ""),
           flush=True)
     app.launch(server_name=host, server_port=port, share=share, allowed_paths=[str(b.path / "examples")],
+               max_file_size=f"{UPLOAD_LIMIT_MB}mb",  # enforced by the server: larger uploads are refused
                show_error=True)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,27 @@ def _default_fix(path: Path) -> str:
         other = path.with_name(stem[: -len("-best")] + "-last" + path.suffix)
         return f"use the other checkpoint ({other.name}) or re-run the stage into a new --out"
     return "delete it and re-run the command that wrote it"
+
+
+# Pickle instructions that call or build objects: what a checkpoint of tensors and plain containers never needs.
+_CODE_OPS = {"GLOBAL", "STACK_GLOBAL", "REDUCE", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "BUILD"}
+
+
+def _asks_for_code(path: Path) -> bool:
+    """Whether the file (or the pickle inside torch's zip) is a well-formed pickle that calls or builds objects.
+
+    Read with ``pickletools.genops``, which decodes instructions and executes none; garbage is not a pickle.
+    """
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                name = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
+                data = zf.read(name) if name else b""
+        else:
+            data = path.read_bytes()
+        return bool({op.name for op, _, _ in pickletools.genops(data)} & _CODE_OPS)
+    except Exception:  # noqa: BLE001 - not decodable as a pickle: corrupt, not hostile
+        return False
 
 
 def load_checkpoint(path: str | os.PathLike, fix: str | None = None) -> dict:
@@ -82,6 +104,15 @@ def load_checkpoint(path: str | os.PathLike, fix: str | None = None) -> dict:
             ) from err
         cause = next((ln for ln in lines if not ln.startswith(("Weights only", "Please file", "Check the"))),
                      type(err).__name__)
+        if _asks_for_code(path):
+            # A well-formed pickle that calls or builds objects (a legacy or hand-made one): it may hold code, so
+            # never suggest another file of the same run; the safe loader ran none of it.
+            kind = "a legacy pickle (not torch's zip format)" if not zipfile.is_zipfile(path) else "a pickle"
+            raise CheckpointError(
+                f"{path}: refused: {kind} that calls or builds objects the safe loader will not ({cause[:100]}); it "
+                "may hold code, and nothing from it was run. Only load runs you trust; re-run the stage into a new "
+                "--out (copying another checkpoint of this run over it is no fix: it may be hostile too)"
+            ) from err
         raise CheckpointError(f"{path}: corrupt checkpoint (not a readable torch file: {cause[:160]}); {fix}") from err
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, AttributeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

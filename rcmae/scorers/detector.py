@@ -428,6 +428,8 @@ class Detector:
             mtype, mid = machine_type or mtype, machine_id or mid
             if not p.exists():
                 rows[k] = _error_row(p, mtype, mid, scorer, "no such file; check the path")
+            elif not p.is_file():  # a FIFO or device named .wav would block the reader forever
+                rows[k] = _error_row(p, mtype, mid, scorer, "not a regular file (a pipe or device?); give a .wav file")
             elif mtype is None or mid is None:
                 rows[k] = _error_row(p, mtype, mid, scorer, "its machine type/ID is in neither its folders nor its "
                                                             "name; say which machine it records (type and ID)")

@@ -117,6 +117,11 @@ def _pretrain(
             check_resume(last, cfg)
         else:
             _check_resume_checkpoint(last, cfg.model)
+        if checkpoint_path(out, "finetune", "last").is_file():
+            # Said before anything changes: a longer pretraining leaves the fine-tuned weights behind.
+            print(f"{out}: this run is fine-tuned; resuming its pretraining changes the encoder the fine-tuning "
+                  "started from, so the fine-tuned weights (and idprob) stay those of the old encoder until you "
+                  f"run `rcmae finetune --run {out}` again", file=sys.stderr, flush=True)
     elif (out / "checkpoints").is_dir() and any((out / "checkpoints").glob("*.ckpt")):
         raise RunFolderError(f"{out}: already holds a trained run; pass --resume to continue or choose a new --out")
     trainer_kw = trainer_options(devices, num_nodes, precision, accelerator)

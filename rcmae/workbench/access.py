@@ -84,6 +84,8 @@ def resolve_path(ws: Workspace, text: str | os.PathLike, under: str | os.PathLik
     raw = str(text).strip()
     if not raw:
         raise PathNotAllowed("path: empty; type a name or a folder inside the workspace")
+    if "\x00" in raw:  # no file system path holds a null byte; refused like any other bad path
+        raise PathNotAllowed(f"{raw!r}: holds a null byte; type a name or a folder inside the workspace")
     base = Path(under) if under is not None else ws.root
     path = (base / Path(raw).expanduser()).resolve()
     roots = allowed_roots(ws)

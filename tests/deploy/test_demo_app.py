@@ -101,3 +101,28 @@ def test_demo_app_starts_on_a_machine_offers_examples_and_shows_no_server_paths(
     with pytest.raises(gr.Error) as err:
         predict(bundle, str(bad), units[0])
     assert str(tmp_path) not in str(err.value) and "upload.wav" in str(err.value)
+
+
+def test_demo_app_refuses_uploads_over_the_limit_on_the_server(app_url, tmp_path):
+    # The limit is the server's (gradio max_file_size), not the page's: a raw POST of a larger file is refused.
+    import urllib.error
+
+    from rcmae.deploy import demo_app
+    from rcmae.workbench import UPLOAD_LIMIT_MB
+
+    assert demo_app.UPLOAD_LIMIT_MB == UPLOAD_LIMIT_MB
+    boundary = "rcmaeboundary"
+
+    def post(n_bytes: int) -> int:
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.wav\"\r\n"
+                "Content-Type: audio/wav\r\n\r\n").encode() + b"\0" * n_bytes + f"\r\n--{boundary}--\r\n".encode()
+        req = urllib.request.Request(app_url + "gradio_api/upload", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return resp.status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    assert post(1000) == 200
+    assert post(int((UPLOAD_LIMIT_MB + 1) * 2**20)) == 413

@@ -437,3 +437,22 @@ def test_smaller_faults_a_fifo_a_null_byte_a_legacy_pickle_and_a_resumed_finetun
     shutil.copytree(trained, run)
     stages.pretrain(data, run, epochs=2, overrides=SHORT_OVERRIDES, progress=False, resume=True)
     assert "run `rcmae finetune --run" in capsys.readouterr().err
+
+
+def test_a_partial_evaluation_names_its_units_and_keeps_earlier_results_unless_asked(short_run, tmp_path, capsys):
+    data, trained = short_run
+    run, partial = tmp_path / "run", tmp_path / "partial"
+    shutil.copytree(trained, run)
+    shutil.copytree(data, partial)
+    assert cli.main(["evaluate", "--run", str(run)]) == 0
+    results = run / "eval" / "results.json"
+    before = results.read_bytes()
+    for f in (partial / "dev_data" / "fan" / "test").glob("normal_id_00_*.wav"):
+        f.unlink()  # fan/00 keeps only anomalies: its AUC cannot be measured
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--run", str(run), "--data", str(partial / "dev_data")]) == 2
+    err = capsys.readouterr().err
+    assert "fan/00" in err and "earlier eval/ results are kept" in err and "--allow-partial" in err
+    assert results.read_bytes() == before
+    assert cli.main(["evaluate", "--run", str(run), "--data", str(partial / "dev_data"), "--allow-partial"]) == 0
+    assert "fan/00" in capsys.readouterr().err and results.read_bytes() != before

@@ -30,7 +30,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from rcmae.evaluation import evaluate as score
 
     results = score.evaluate_run(
-        Path(args.run), data=Path(args.data) if args.data else None, scorer=args.scorer
+        Path(args.run), data=Path(args.data) if args.data else None, scorer=args.scorer,
+        allow_partial=args.allow_partial,
     )
     for name, res in results.items():
         avg = res["average"]
@@ -50,6 +51,8 @@ def add_evaluate(sub) -> None:
     p.add_argument("--run", required=True, help="a run folder")
     p.add_argument("--data", default=None, help="data folder (default: the run's)")
     p.add_argument("--scorer", default=None, help="only this scorer (default: all; results.json holds the default)")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="replace earlier results even when some machine units cannot be measured (they are named)")
     p.set_defaults(func=_cmd_evaluate)
 
 

@@ -25,16 +25,16 @@ from rcmae.scorers.fitting import save_embeddings
 
 
 def evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, scorer: str | None = None,
-                 progress: bool = True) -> dict[str, dict]:
+                 progress: bool = True, allow_partial: bool = False) -> dict[str, dict]:
     """Score every labelled test clip with every scorer (or one) and write ``eval/`` (one writer at a time)."""
     if not Path(run).is_dir():
         raise FileNotFoundError(f"{run}: run folder not found; pass --run a folder made by rcmae pretrain or fit")
     with writer_lock(run):
-        return _evaluate_run(run, data, scorer, progress)
+        return _evaluate_run(run, data, scorer, progress, allow_partial)
 
 
 def _evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, scorer: str | None = None,
-                  progress: bool = True) -> dict[str, dict]:
+                  progress: bool = True, allow_partial: bool = False) -> dict[str, dict]:
     """Score every labelled test clip (2021+ data: every test clip) with every scorer (or one) and write ``eval/``.
 
     Writes ``eval/results.json`` and challenge CSVs for the default scorer, ``eval/results.<scorer>.json``
@@ -70,6 +70,16 @@ def _evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None,
         # Before anything is scored or written, so that earlier results stay. A wholly unlabelled 2021+
         # evaluation set is a submission: scored and decided, with nothing to measure.
         check_labelled_test(test, data)
+        labelled = test[test["label"].isin(["normal", "anomaly"])]
+        kinds = labelled.groupby(["machine_type", "machine_id"])["label"].nunique()
+        lacking = [f"{t}/{i}" for (t, i), k in kinds.items() if k < 2]
+        if lacking:
+            what = (f"{len(lacking)} machine unit(s) cannot be measured (no normal or no anomalous test clips): "
+                    f"{', '.join(lacking[:8])}{', ...' if len(lacking) > 8 else ''}")
+            if (Path(run) / "eval" / "results.json").is_file() and not allow_partial:
+                raise ValueError(f"{data}: {what}; the earlier eval/ results are kept. Pass --allow-partial to "
+                                 "replace them with results that leave these units out")
+            print(f"evaluate: {what}; they are left out of the metrics", file=sys.stderr)
     scorers = [det._scorer(scorer)] if scorer else list(det.scorers)
     det.ensure_fitted(scorers, progress=progress)  # only what is not current: new data, front-end or network
     x, kept, report = compute_logmels(list(test["path"]), det.logmel, det.cfg.data.sample_rate,

@@ -186,3 +186,33 @@ def test_idprob_preset_is_tiny_with_pseudo_classes():
     assert (tiny["finetune"].pop("epochs"), pre["finetune"].pop("epochs")) == (20, 300)
     assert (tiny["score"].pop("default_scorer"), pre["score"].pop("default_scorer")) == ("ensemble", "idprob")
     assert tiny == pre
+
+
+def test_fine_tuning_applies_the_transform_its_labels_name(short_run, tmp_path, monkeypatch):
+    # The class a clip is trained as (unit * K + k) must match the transform actually applied to it: k = 0 leaves the
+    # log-mel unchanged, any other k changes it. A training step that fed every clip the unchanged transform while
+    # its label says k would pass the label-range checks above; it fails here.
+    data, done = short_run
+    run = tmp_path / "run"
+    shutil.copytree(done, run, ignore=shutil.ignore_patterns("finetune-*", "eval", "embeddings", "thresholds.json"))
+    calls, seen = [], []
+    real_call, real_loss = PseudoClassAugment.__call__, modules.finetune_loss
+
+    def spy_call(self, x, k, *args, **kwargs):
+        out = real_call(self, x, k, *args, **kwargs)
+        calls.append((x.clone(), k.clone(), out.clone()))
+        return out
+
+    def spy_loss(z, logits, labels, **kw):
+        seen.append(labels.clone())
+        return real_loss(z, logits, labels, **kw)
+
+    monkeypatch.setattr(PseudoClassAugment, "__call__", spy_call)
+    monkeypatch.setattr(modules, "finetune_loss", spy_loss)
+    stages.finetune(run, epochs=1, progress=False, overrides=["finetune.pseudo_classes=[tilt:3,tilt:-3]"])
+    assert len(calls) == len(seen) > 0
+    for (x, k, out), labels in zip(calls, seen, strict=True):
+        assert torch.equal(labels.cpu() % 3, k.cpu())
+        same = (out - x).abs().flatten(1).amax(1) <= 1e-5 * x.abs().max()
+        assert torch.equal(same, k.cpu() == 0), (k, same)
+    assert any((k != 0).any() for _, k, _ in calls) and any((k == 0).any() for _, k, _ in calls)

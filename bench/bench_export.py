@@ -79,7 +79,7 @@ def main() -> None:
         t0 = time.perf_counter()
         path = export.export_run(run, tmp / f"{scorer}-{fmt}", format=fmt, scorer=scorer, examples=0)
         export_s = time.perf_counter() - t0
-        bundle = export_bundle.Bundle(path)
+        bundle = export_bundle.Bundle(path, trust=True)
         ref = det.score_waveforms(waves, types, ids, scorer)
         got = bundle.score_waveforms(waves, types, ids)
         err = float(np.max(np.abs(got - ref)) / np.max(np.abs(ref)))

@@ -118,7 +118,7 @@ def main() -> None:
     t0 = time.perf_counter()
     rows = det.score_paths(folders)
     t_det = time.perf_counter() - t0
-    bundle = Bundle(export_run(tmp / "runs" / "free", tmp / "bundle", examples=0, overwrite=True))
+    bundle = Bundle(export_run(tmp / "runs" / "free", tmp / "bundle", examples=0, overwrite=True), trust=True)
     files = [p for f in folders for p in sorted(f.glob("*.wav"))]
     t0 = time.perf_counter()
     waves = np.stack([load_audio(p) for p in files])

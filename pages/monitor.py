@@ -23,8 +23,8 @@ if not runs and not bundles:
 
 
 @st.cache_resource(show_spinner="Loading the detector…", max_entries=4)
-def _scorer(kind: str, path: str, mtime: float, name: str | None = None) -> monitor.WindowScorer:
-    return monitor.open_scorer(**{kind: path}, scorer=name)
+def _scorer(kind: str, path: str, mtime: float, name: str | None = None, trust: bool = False) -> monitor.WindowScorer:
+    return monitor.open_scorer(**{kind: path}, scorer=name, trust=trust)
 
 
 tab_monitor, tab_deploy = st.tabs(["Monitor a recording", "Export and demo"])
@@ -36,9 +36,13 @@ with tab_monitor:
                                                                               "bundle": "an exported bundle"}[k])
     source = c2.selectbox("Run" if kind == "run" else "Bundle", runs if kind == "run" else bundles,
                           format_func=lambda p: p.name)
+    trust = False
+    if kind == "bundle" and export.Bundle(source).format == "torchscript":
+        trust = st.checkbox("I trust this bundle's source: load its TorchScript (TorchScript is code, and loading it "
+                            "runs that code; ONNX bundles need no trust)", key=f"trust_{source.name}")
     try:
         mtime = max((p.stat().st_mtime for p in source.rglob("*") if p.is_file()), default=0.0)
-        scorer = _scorer(kind, str(source), mtime)
+        scorer = _scorer(kind, str(source), mtime, None, trust)
         if kind == "run":
             det = scorer.extra["detector"]
             name = st.selectbox("Scorer", det.scorers, index=det.scorers.index(det.default_scorer))
@@ -147,12 +151,16 @@ with tab_deploy:
     else:
         bundle = st.selectbox("Bundle", bundles, format_func=lambda p: p.name, key="demo_bundle")
         meta = export.Bundle(bundle).meta
+        demo_trust = meta["format"] != "torchscript" or st.checkbox(
+            "I trust this bundle's source: its demo may load the TorchScript (which runs its code)",
+            key=f"demo_trust_{bundle.name}")
         avg = (meta.get("metrics") or {}).get("average")
         st.caption(f"`{bundle}`: {meta['format']}, scorer `{meta['scorer']}`, {len(meta['units'])} machine(s)"
                    + (f", AUC {avg['auc']:.3f}" if avg else "") + ". Load it as its README.md shows.")
-        if st.button("Demo", icon=":material/slideshow:",
+        if st.button("Demo", icon=":material/slideshow:", disabled=not demo_trust,
                      help="Start the Gradio demo app of this bundle as a background job (this machine only)."):
-            job = workbench.launch_and_start(store, demo_app.demo_job_argv(bundle, demo_app.free_port()),
+            job = workbench.launch_and_start(store, demo_app.demo_job_argv(bundle, demo_app.free_port(),
+                                                                           trust=meta["format"] == "torchscript"),
                                              name=f"demo {bundle.name}")
             st.success(f"Demo job #{job.id} started: {demo_app.demo_link(list(job.argv))} (ready in a few "
                        "seconds; stop it on **Jobs**).")

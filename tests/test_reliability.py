@@ -456,3 +456,48 @@ def test_a_partial_evaluation_names_its_units_and_keeps_earlier_results_unless_a
     assert results.read_bytes() == before
     assert cli.main(["evaluate", "--run", str(run), "--data", str(partial / "dev_data"), "--allow-partial"]) == 0
     assert "fan/00" in capsys.readouterr().err and results.read_bytes() != before
+
+
+def test_a_hostile_torchscript_bundle_runs_nothing_without_trust_and_a_tampered_one_is_refused(demo_bundle, tmp_path,
+                                                                                                capsys):
+    import json
+
+    from rcmae.deploy.bundle import MANIFEST, Bundle, BundleTrustError, file_hashes
+
+    marker = tmp_path / "marker"
+
+    class Hostile(torch.nn.Module):  # what a crafted detector.pt can do: write files when it runs
+        def __init__(self, path: str) -> None:
+            super().__init__()
+            self.path = path
+
+        def forward(self, wave: torch.Tensor, unit: torch.Tensor):
+            side = torch.from_file(self.path, shared=True, size=8).sum().double() * 0  # used: not optimised away
+            n = wave.shape[0]
+            return torch.full([n], -1e9, dtype=torch.float64) + side, torch.zeros(n, 4), torch.zeros(n, 128, 313)
+
+    bundle = tmp_path / "hostile"
+    shutil.copytree(demo_bundle, bundle)
+    torch.jit.script(Hostile(str(marker))).save(str(bundle / "detector.pt"))
+    # An attacker writes a matching manifest too: the hashes pass, so only trust stands in the way.
+    (bundle / MANIFEST).write_text(json.dumps({"sha256": file_hashes(bundle)}))
+    rec = tmp_path / "fan" / "rec.wav"
+    rec.parent.mkdir()
+    import soundfile as sf
+
+    sf.write(rec, np.zeros(16000 * 12, dtype=np.float32), 16000)
+    assert cli.main(["monitor", "--bundle", str(bundle), str(rec), "--machine-type", "fan", "--machine-id", "00",
+                     "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert "TorchScript bundle is code" in capsys.readouterr().err
+    with pytest.raises(BundleTrustError):
+        Bundle(bundle).score(np.zeros(160000, dtype=np.float32), "fan", "00")
+    assert not marker.exists()  # nothing of it ran
+    # With --trust it does run (that is what trust means): the marker appears.
+    Bundle(bundle, trust=True).score(np.zeros(160000, dtype=np.float32), "fan", "00")
+    assert marker.exists()
+    # A file changed after export no longer matches the manifest: refused before anything is read.
+    tampered = tmp_path / "tampered"
+    shutil.copytree(demo_bundle, tampered)
+    (tampered / "thresholds.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"do not match manifest.json \(thresholds.json\)"):
+        Bundle(tampered, trust=True)

@@ -38,6 +38,7 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else Path(args.paths[0]).with_suffix("").parent / "monitor"
     results, skipped = monitor.monitor(args.paths, out, bundle=args.bundle, run=args.run, scorer=args.scorer,
+                                       trust=args.trust,
                                        machine_type=args.machine_type, machine_id=args.machine_id, hop=args.hop,
                                        min_duration=args.min_duration, threshold=args.threshold, plot=args.plot,
                                        progress=not args.quiet)
@@ -62,6 +63,9 @@ def add_monitor(sub) -> None:
     p = sub.add_parser("monitor", help="score long recordings with a sliding window: score series, events, plot")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--bundle", default=None, help="an exported bundle (rcmae export)")
+    p.add_argument("--trust", action="store_true",
+                   help="load a TorchScript bundle, which runs its code: only for a bundle from a source you trust "
+                        "(ONNX bundles need no trust)")
     src.add_argument("--run", default=None, help="a run folder")
     p.add_argument("paths", nargs="+", help="recordings (.wav/.flac) or folders of them")
     p.add_argument("--out", default=None, help="output folder (default: monitor/ beside the first recording)")
@@ -80,13 +84,16 @@ def add_monitor(sub) -> None:
 def _cmd_demo_app(args: argparse.Namespace) -> int:
     from rcmae.deploy import demo_app
 
-    demo_app.launch(Path(args.bundle), host=args.host, port=args.port, share=args.share)
+    demo_app.launch(Path(args.bundle), host=args.host, port=args.port, share=args.share, trust=args.trust)
     return 0
 
 
 def add_demo_app(sub) -> None:
     p = sub.add_parser("demo-app", help="a Gradio demo of an exported bundle: upload or record, see the verdict")
     p.add_argument("bundle", help="an exported bundle folder (rcmae export)")
+    p.add_argument("--trust", action="store_true",
+                   help="load a TorchScript bundle, which runs its code: only for a bundle from a source you trust "
+                        "(ONNX bundles need no trust)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--share", action="store_true",

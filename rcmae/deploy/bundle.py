@@ -12,6 +12,16 @@ import torch
 from rcmae.files import read_json
 from rcmae.scorers.base import decide
 
+BUNDLE_VERSION = 1
+FORMATS = ("torchscript", "onnx")
+MODEL_FILES = {"torchscript": "detector.pt", "onnx": "detector.onnx"}
+OUTPUTS = ("score", "embedding", "logmel")
+
+
+class ExportError(ValueError):
+    """A run or scorer that cannot be exported, or a folder that is not a bundle; one line."""
+
+
 LOADER_TORCHSCRIPT = '''
 import json, pathlib
 import torch
@@ -62,33 +72,65 @@ def load_detector(bundle):
 
 
 # ------------------------------------------------------------------------------------------ loading
+MANIFEST = "manifest.json"
+
+
+class BundleTrustError(ExportError):
+    """A TorchScript bundle loaded without the caller saying they trust it (TorchScript is code)."""
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file of a bundle folder except the manifest itself."""
+    import hashlib
+
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.name != MANIFEST:
+            h = hashlib.sha256()
+            with open(p, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+            out[p.relative_to(folder).as_posix()] = h.hexdigest()
+    return out
+
+
 class Bundle:
-    """An exported bundle, loaded for scoring (TorchScript with torch, ONNX with onnxruntime).
+    """An exported bundle, loaded for scoring (ONNX with onnxruntime, TorchScript with torch).
+
+    Reading a bundle runs nothing: its ``manifest.json`` (sha256 of every file) is checked first, and a bundle
+    whose files do not match it is refused. An ONNX graph is data that onnxruntime interprets; a TorchScript
+    module is code (``torch.jit.load`` runs it), so its model loads only with ``trust=True`` (``--trust`` on the
+    command line), and only when it is first used: ``meta`` and the thresholds never need it.
 
     Args:
         path: The bundle folder.
+        trust: Load a TorchScript model (run its code). ONNX bundles need no trust.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, trust: bool = False) -> None:
         self.path = Path(path)
+        self.trust = trust
         meta_path = self.path / "detector.json"
         if not meta_path.is_file():
             raise ExportError(f"{self.path}: not an rcmae bundle (no detector.json); make one with `rcmae export`")
+        manifest = self.path / MANIFEST
+        if not manifest.is_file():
+            raise ExportError(f"{self.path}: no {MANIFEST} (sha256 of its files); re-export it with this rcmae")
+        expected, found = read_json(manifest).get("sha256", {}), file_hashes(self.path)
+        if expected != found:
+            bad = sorted(set(expected) ^ set(found) | {f for f in expected if found.get(f) != expected[f]})
+            raise ExportError(f"{self.path}: its files do not match {MANIFEST} ({', '.join(bad[:4])}"
+                              f"{', ...' if len(bad) > 4 else ''}); refused. Re-export it, or get it again from its "
+                              "source")
         self.meta = read_json(meta_path)
         if self.meta.get("version") != BUNDLE_VERSION:
             raise ExportError(f"{meta_path}: bundle version {self.meta.get('version')} is not {BUNDLE_VERSION}; "
                               "re-export it with this rcmae")
-        model_path = self.path / self.meta["model_file"]
-        if not model_path.is_file():
-            raise ExportError(f"{model_path}: the bundle's model file is missing; re-export the bundle")
+        self.model_path = self.path / self.meta["model_file"]
+        if not self.model_path.is_file():
+            raise ExportError(f"{self.model_path}: the bundle's model file is missing; re-export the bundle")
         self.format = self.meta["format"]
-        if self.format == "onnx":
-            import onnxruntime
-
-            self._session = onnxruntime.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-            self._model = None
-        else:
-            self._model = torch.jit.load(str(model_path), map_location="cpu").eval()
+        self._model = self._session = None
         self.sample_rate = int(self.meta["sample_rate"])
         self.clip_samples = int(self.meta["clip_samples"])
         self.scorer = self.meta["scorer"]
@@ -96,6 +138,21 @@ class Bundle:
         self._unit = {(u["machine_type"], u["machine_id"]): u for u in self.meta["units"]}
         ex = self.path / "examples" / "examples.json"
         self.examples = read_json(ex) if ex.is_file() else []
+
+    def _load(self) -> None:
+        if self._model is not None or self._session is not None:
+            return
+        if self.format == "onnx":
+            import onnxruntime
+
+            self._session = onnxruntime.InferenceSession(str(self.model_path), providers=["CPUExecutionProvider"])
+            return
+        if not self.trust:
+            raise BundleTrustError(
+                f"{self.path}: a TorchScript bundle is code, and loading it runs that code; refused. Pass --trust "
+                "(Bundle(path, trust=True); the Monitor page's trust box) only for a bundle from a source you "
+                "trust, or export it with --format onnx")
+        self._model = torch.jit.load(str(self.model_path), map_location="cpu").eval()
 
     def unit_index(self, machine_type: str, machine_id: str) -> int:
         """The model's unit input for a machine; one clear line when the bundle does not know it."""
@@ -121,6 +178,7 @@ class Bundle:
         unit = np.asarray(units, dtype=np.int64)
         if waves.ndim != 2 or waves.shape[1] != self.clip_samples:
             raise ExportError(f"bundle input must be [B, {self.clip_samples}] samples, got {waves.shape}")
+        self._load()
         if self._model is not None:
             with torch.no_grad():
                 res = self._model(torch.from_numpy(waves), torch.from_numpy(unit))
@@ -163,13 +221,3 @@ def list_bundles(folder: str | os.PathLike) -> list[Path]:
         return []
     found = [p for p in folder.iterdir() if (p / "detector.json").is_file()]
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
-
-
-BUNDLE_VERSION = 1
-FORMATS = ("torchscript", "onnx")
-MODEL_FILES = {"torchscript": "detector.pt", "onnx": "detector.onnx"}
-OUTPUTS = ("score", "embedding", "logmel")
-
-
-class ExportError(ValueError):
-    """A run or scorer that cannot be exported, or a folder that is not a bundle; one line."""

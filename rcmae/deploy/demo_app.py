@@ -81,11 +81,12 @@ def example_rows(bundle: Bundle) -> list[list[str]]:
     return rows
 
 
-def build_app(bundle: str | os.PathLike | Bundle):
+def build_app(bundle: str | os.PathLike | Bundle, trust: bool = False):
     """The Gradio Blocks app of a bundle (not launched)."""
     import gradio as gr
 
-    b = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
+    b = bundle if isinstance(bundle, Bundle) else Bundle(bundle, trust=trust)
+    b._load()  # a TorchScript bundle without trust is refused before the page exists
     machines = [f"{t}/{i}" for t, i in b.units]
     meta = b.meta
     metrics = (meta.get("metrics") or {}).get("average")
@@ -117,10 +118,11 @@ def build_app(bundle: str | os.PathLike | Bundle):
     return app
 
 
-def launch(bundle: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> None:
+def launch(bundle: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
+           trust: bool = False) -> None:
     """Serve the app until interrupted (loopback only unless ``host`` is given; share link only with ``share``)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    b = Bundle(bundle)
+    b = Bundle(bundle, trust=trust)
     app = build_app(b)
     print(f"demo app for {b.path}: http://{host}:{port}/" + (" (and a public share link)" if share else ""),
           flush=True)
@@ -139,9 +141,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def demo_job_argv(bundle: str | os.PathLike, port: int) -> list[str]:
+def demo_job_argv(bundle: str | os.PathLike, port: int, trust: bool = False) -> list[str]:
     """The ``rcmae`` arguments of a background demo-app job (loopback only, no share link)."""
-    return ["demo-app", str(Path(bundle).resolve()), "--port", str(int(port))]
+    return ["demo-app", str(Path(bundle).resolve()), "--port", str(int(port)), *(["--trust"] if trust else [])]
 
 
 def demo_link(argv: list[str]) -> str | None:

@@ -25,9 +25,11 @@ from rcmae.deploy.bundle import (
     FORMATS,
     LOADER_ONNX,
     LOADER_TORCHSCRIPT,
+    MANIFEST,
     MODEL_FILES,
     OUTPUTS,
     ExportError,
+    file_hashes,
 )
 from rcmae.deploy.graph.build import build_graph
 from rcmae.deploy.graph.heads import ExportContext, WindowEmbedder
@@ -204,6 +206,8 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, format: str = "to
         write_json(tmp / "detector.json", meta)
         atomic_write_text(tmp / "MODEL_CARD.md", model_card(meta))
         atomic_write_text(tmp / "README.md", bundle_readme(meta))
+        # Last: the sha256 of every file, which Bundle checks before it reads anything else.
+        write_json(tmp / MANIFEST, {"sha256": file_hashes(tmp)})
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

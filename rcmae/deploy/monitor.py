@@ -55,14 +55,18 @@ class WindowScorer:
 
 
 def open_scorer(bundle: str | os.PathLike | None = None, run: str | os.PathLike | None = None,
-                scorer: str | None = None) -> WindowScorer:
-    """A :class:`WindowScorer` over an exported bundle or a run folder (exactly one of them)."""
+                scorer: str | None = None, trust: bool = False) -> WindowScorer:
+    """A :class:`WindowScorer` over an exported bundle or a run folder (exactly one of them).
+
+    ``trust`` lets a TorchScript bundle load (its code runs; :class:`rcmae.deploy.bundle.Bundle`).
+    """
     if (bundle is None) == (run is None):
         raise MonitorError("pass exactly one of --bundle BUNDLE or --run RUN")
     if bundle is not None:
         from rcmae.deploy.bundle import Bundle
 
-        b = Bundle(bundle)
+        b = Bundle(bundle, trust=trust)
+        b._load()  # refused here, with one line, when a TorchScript bundle is not trusted
         if scorer and scorer != b.scorer:
             raise MonitorError(f"{bundle}: the bundle holds scorer {b.scorer}, not {scorer}; export that scorer")
         return WindowScorer(name=b.scorer, sample_rate=b.sample_rate, clip_samples=b.clip_samples,
@@ -337,14 +341,14 @@ def recordings(paths: Sequence[str | os.PathLike]) -> list[Path]:
 def monitor(paths: Sequence[str | os.PathLike], out: str | os.PathLike, bundle: str | os.PathLike | None = None,
             run: str | os.PathLike | None = None, scorer: str | None = None, machine_type: str | None = None,
             machine_id: str | None = None, hop: float = 1.0, min_duration: float = 1.0,
-            threshold: float | None = None, plot: str = "html", progress: bool = True
+            threshold: float | None = None, plot: str = "html", progress: bool = True, trust: bool = False
             ) -> tuple[list[MonitorResult], list[tuple[str, str]]]:
     """Monitor every recording of ``paths`` and write its CSVs and plot to ``out``.
 
     Returns:
         ``(results, skipped)``: a bad recording is skipped with its one-line reason, never fatal.
     """
-    ws = open_scorer(bundle=bundle, run=run, scorer=scorer)
+    ws = open_scorer(bundle=bundle, run=run, scorer=scorer, trust=trust)
     results, skipped = [], []
     for path in recordings(paths):
         try:

@@ -29,8 +29,8 @@ def _free_port() -> int:
 def app_url(demo_bundle):
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "GRADIO_ANALYTICS_ENABLED": "False"}
-    proc = subprocess.Popen([sys.executable, "-m", "rcmae.cli", "demo-app", str(demo_bundle), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+    argv = [sys.executable, "-m", "rcmae.cli", "demo-app", str(demo_bundle), "--trust", "--port", str(port)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 120
     try:
@@ -53,7 +53,7 @@ def app_url(demo_bundle):
 
 
 def test_demo_app_answers_with_the_bundles_score(app_url, demo_bundle, demo_run):
-    bundle = Bundle(demo_bundle)
+    bundle = Bundle(demo_bundle, trust=True)
     data = Path(bundle.meta["run"]["data"])
     client = gradio_client.Client(app_url, verbose=False)
     for clip, machine in ((data / "fan" / "test" / "anomaly_id_02_00000000.wav", "fan/02"),
@@ -82,7 +82,7 @@ def test_demo_app_starts_on_a_machine_offers_examples_and_shows_no_server_paths(
 
     from rcmae.deploy.demo_app import build_app, example_rows, predict
 
-    bundle = Bundle(demo_bundle)
+    bundle = Bundle(demo_bundle, trust=True)
     units = [f"{t}/{i}" for t, i in bundle.units]
     rows = example_rows(bundle)
     # One example per machine, each a clip inside the bundle (the Examples row of the page).

@@ -42,7 +42,7 @@ def _clips(demo_run: Path) -> list[Path]:
                                     "stats_knn", "stats_maha", "frame_pca", "frame_maha", "ensemble"])
 def test_exported_scores_equal_detector_score(demo_run, det, tmp_path, scorer):
     assert scorer in det.scorers
-    bundle = Bundle(export_run(demo_run, tmp_path / scorer, scorer=scorer, examples=0))
+    bundle = Bundle(export_run(demo_run, tmp_path / scorer, scorer=scorer, examples=0), trust=True)
     refs, gots = [], []
     for clip in _clips(demo_run):
         ref = det.score(clip, scorer=scorer)
@@ -79,7 +79,7 @@ def test_bundle_contents(demo_run, det, demo_bundle):
     card = (demo_bundle / "MODEL_CARD.md").read_text()
     assert f"AUC {results['average']['auc']:.3f}" in card and "## Limits" in card
     # Examples: 3 per unit, nearest to the unit's centre; their stored embeddings are the bundle's own.
-    bundle = Bundle(demo_bundle)
+    bundle = Bundle(demo_bundle, trust=True)
     assert len(bundle.examples) == 9
     ex = bundle.examples[0]
     out = bundle.score(load_audio(demo_bundle / ex["file"]), ex["machine_type"], ex["machine_id"])
@@ -190,7 +190,7 @@ def test_the_tiny_default_ensemble_exports_without_a_fallback(demo_run, tmp_path
     prefixes = {"maha": "maha_means", "stats_maha": "stats_maha_means", "frame_pca": "frame_pca_eigvec"}
     assert {prefixes[m] for m in members} <= set(meta["references"])
     assert meta["references"]["ensemble_moments"] == [len(members), 3, 2]
-    b = Bundle(bundle)
+    b = Bundle(bundle, trust=True)
     for clip in _clips(demo_run):
         ref = det.score(clip)
         got = b.score(load_audio(clip), ref["machine_type"], ref["machine_id"])
@@ -209,5 +209,5 @@ def test_a_default_scorer_without_a_graph_falls_back_to_maha_and_says_so(demo_ru
     assert json.loads((bundle / "detector.json").read_text())["scorer"] == "maha"
     clip = _clips(demo_run)[0]
     ref = det.score(clip, scorer="maha")
-    got = Bundle(bundle).score(load_audio(clip), ref["machine_type"], ref["machine_id"])
+    got = Bundle(bundle, trust=True).score(load_audio(clip), ref["machine_type"], ref["machine_id"])
     assert got["score"] == pytest.approx(ref["score"], rel=1e-5)

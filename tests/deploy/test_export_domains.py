@@ -74,7 +74,7 @@ def test_the_run_has_two_domain_banks_per_unit_and_they_matter(det23, test_clips
 def test_torchscript_bundle_scores_equal_the_run(run23, det23, test_clips, tmp_path, scorer):
     test, waves = test_clips
     assert scorer in det23.scorers
-    bundle = Bundle(export_run(run23, tmp_path / scorer, scorer=scorer, examples=0))
+    bundle = Bundle(export_run(run23, tmp_path / scorer, scorer=scorer, examples=0), trust=True)
     ref = _run_scores(det23, test, waves, scorer)
     # Per-unit z-scores cross zero: their float32-embedding noise is compared to the score scale, not to each score.
     atol = 1e-5 * np.abs(ref).max() if scorer in ("knn_norm", "stats_knn", "ensemble") else 1e-9
@@ -95,7 +95,7 @@ def test_onnx_bundle_of_the_domain_aware_ensemble_scores_like_the_run(run23, det
     pytest.importorskip("onnxruntime", reason="onnxruntime is in requirements.txt; install it for ONNX export")
     test, waves = test_clips
     assert det23.default_scorer == "ensemble" and det23.cfg.score.ensemble == DOMAIN_AWARE
-    bundle = Bundle(export_run(run23, tmp_path / "onnx", format="onnx", examples=0))  # the default: no fallback
+    bundle = Bundle(export_run(run23, tmp_path / "onnx", format="onnx", examples=0))  # ONNX: data, no trust needed
     assert bundle.format == "onnx" and bundle.scorer == "ensemble"
     ref = _run_scores(det23, test, waves, "ensemble")
     # ONNX's STFT differs from torch's in the last float32 bits (each member stays within ~2e-6 relative); the

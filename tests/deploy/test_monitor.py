@@ -77,7 +77,7 @@ def long_recording(demo_run, tmp_path_factory):
 def test_monitor_finds_both_anomalies_at_the_right_times(demo_run, demo_bundle, long_recording, tmp_path):
     path, truth = long_recording
     out = tmp_path / "out"
-    assert cli.main(["monitor", "--bundle", str(demo_bundle), str(path), "--out", str(out), "--hop", "1",
+    assert cli.main(["monitor", "--trust", "--bundle", str(demo_bundle), str(path), "--out", str(out), "--hop", "1",
                      "--min-duration", "2", "--machine-type", "fan", "--machine-id", "00", "--quiet"]) == 0
     series = pd.read_csv(out / "line3.scores.csv")
     events = pd.read_csv(out / "line3.events.csv")
@@ -110,7 +110,7 @@ def test_monitor_reports_bad_input(demo_bundle, tmp_path):
     (tmp_path / "bad.wav").write_bytes(b"not audio")
     with pytest.raises(MonitorError, match="pass exactly one of --bundle BUNDLE or --run RUN"):
         open_scorer()
-    scorer = open_scorer(bundle=demo_bundle)
+    scorer = open_scorer(bundle=demo_bundle, trust=True)
     from rcmae.deploy.monitor import monitor_recording, resolve_unit
 
     with pytest.raises(MonitorError, match="cannot tell which machine it records; pass --machine-type"):
@@ -118,8 +118,8 @@ def test_monitor_reports_bad_input(demo_bundle, tmp_path):
     with pytest.raises(MonitorError, match=r"bad.wav: cannot be read as audio"):
         monitor_recording(scorer, tmp_path / "bad.wav", "fan", "00", progress=False)
     # A batch skips the bad file, reports it, and exits 1.
-    assert cli.main(["monitor", "--bundle", str(demo_bundle), str(tmp_path / "bad.wav"), "--machine-type", "fan",
-                     "--machine-id", "00", "--out", str(tmp_path / "o"), "--quiet"]) == 1
+    assert cli.main(["monitor", "--trust", "--bundle", str(demo_bundle), str(tmp_path / "bad.wav"), "--machine-type",
+                     "fan", "--machine-id", "00", "--out", str(tmp_path / "o"), "--quiet"]) == 1
 
 
 def test_demo_recording_is_monitored_with_its_anomalies_found(tmp_path):

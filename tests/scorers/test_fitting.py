@@ -151,7 +151,7 @@ def test_a_training_free_run_exports_and_its_bundle_scores_like_the_detector(sho
     from rcmae.deploy.export import export_run
 
     data, _ = short_run
-    bundle = Bundle(export_run(free_run, tmp_path / "bundle", examples=1))
+    bundle = Bundle(export_run(free_run, tmp_path / "bundle", examples=1), trust=True)
     det = Detector.load(free_run)
     assert bundle.scorer == det.default_scorer == "ensemble"
     clips = sorted((data / "dev_data" / "fan" / "test").glob("*.wav"))

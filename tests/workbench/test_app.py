@@ -548,10 +548,15 @@ def test_monitor_page_scores_a_recording_and_exports_and_demos(full_ws: Workspac
     job = next(j for j in store.list() if j.kind == "export")
     assert _wait_job(store, job.id).state == "done", jobs.tail_log(store.get(job.id))
     at = _app(full_ws, "monitor")
+    # A TorchScript bundle is code: its demo starts only once the user says they trust it.
+    assert next(b for b in at.button if b.label == "Demo").disabled
+    next(c for c in at.checkbox if c.key.startswith("demo_trust_")).check()
+    at.run()
     next(b for b in at.button if b.label == "Demo").click()
     at.run()
     demo = next(j for j in store.list() if j.kind == "demo-app")
-    assert f"http://127.0.0.1:{demo.argv[-1]}/" in _texts(at)
+    port = demo.argv[list(demo.argv).index("--port") + 1]
+    assert f"http://127.0.0.1:{port}/" in _texts(at) and "--trust" in demo.argv
     assert demo.state in ("running", "queued")
     jobs.cancel(store, demo.id)
 

@@ -391,11 +391,23 @@ def test_two_writers_of_one_run_folder_leave_one_intact_run_and_one_clear_error(
     codes = [p.returncode for p in procs]
     assert sorted(codes) == [0, 2], outs
     loser = codes.index(2)
-    assert "in use by PID" in outs[loser][1] and str(run) in outs[loser][1]
+    # Which message the loser gets depends on timing: the holder's lock while it trains, or, when the winner was
+    # already done, the finished run it would overwrite. Either way it wrote nothing.
+    assert ("in use by PID" in outs[loser][1] or "already holds a trained run" in outs[loser][1]), outs[loser][1]
+    assert str(run) in outs[loser][1]
     winner_seed = (0, 5)[codes.index(0)]
     assert yaml.safe_load((run / "config.yaml").read_text())["seed"] == winner_seed
     state = load_checkpoint(train.checkpoint_path(run, "pretrain"))
     assert state["rcmae"]["config"]["seed"] == winner_seed  # config and weights from the same writer
+    # A writer that meets a held lock stops at once, names the holder, and writes nothing.
+    from rcmae.run.folder import writer_lock
+
+    fresh = tmp_path / "fresh"
+    with writer_lock(fresh, command="the test's own stage"):
+        late = subprocess.run([*cmds[0][:7], str(fresh), *cmds[0][8:]], env=ENV, capture_output=True, text=True,
+                              timeout=300)
+    assert late.returncode == 2 and f"in use by PID {os.getpid()} (the test's own stage)" in late.stderr
+    assert sorted(p.name for p in fresh.iterdir()) == [".lock"]
     # The lock went with its holder: the run can be resumed now.
     assert subprocess.run(cmds[codes.index(0)] + ["--resume", "--epochs", "3"], env=ENV,
                           capture_output=True).returncode == 0

@@ -104,6 +104,22 @@ def test_fetch_checks_md5_and_lays_out_the_data(server, tmp_path):
     assert len(server.requests) == 1
 
 
+def test_unpacking_replaces_only_unpacked_clips(server, tmp_path):
+    from rcmae.evaluation.reproduce.fetch import ReproduceError, unpack
+
+    zipped = tmp_path / "a.zip"
+    zipped.write_bytes(server.payload)
+    root = tmp_path / "d"
+    unpack(zipped, root, "dev_data")
+    unpack(zipped, root, "dev_data")  # an earlier unpack of clips: replaced
+    assert len(list((root / "dev_data" / "fan" / "train").iterdir())) == 2
+    notes = root / "dev_data" / "fan" / "train" / "notes.txt"
+    notes.write_text("mine")
+    with pytest.raises(ReproduceError, match="holds more than unpacked .wav clips"):
+        unpack(zipped, root, "dev_data")
+    assert notes.read_text() == "mine"
+
+
 def test_an_interrupted_download_resumes_with_a_range_request(server, tmp_path):
     payload = server.payload
     dest = tmp_path / "a" / "dev_data_fan.zip"

@@ -155,7 +155,12 @@ def unpack(archive_path: Path, root: Path, subset: str) -> list[Path]:
                 type_dir = split_dir.parent
                 dest = target / type_dir.name / split_dir.name
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                if dest.exists():
+                if dest.is_symlink() or dest.exists():
+                    # Replace only what an earlier unpack left: a real folder of clips, nothing else in it.
+                    if dest.is_symlink() or not dest.is_dir() or any(
+                            not (f.is_file() and f.suffix.lower() == ".wav") for f in dest.iterdir()):
+                        raise ReproduceError(f"data: {dest} holds more than unpacked .wav clips; move it away or "
+                                             "pass --data an existing folder (nothing was replaced)")
                     shutil.rmtree(dest)
                 shutil.move(str(split_dir), str(dest))
                 moved.append(dest)

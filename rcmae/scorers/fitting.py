@@ -29,11 +29,6 @@ if TYPE_CHECKING:  # annotations only: the module imports this one
     from rcmae.scorers.detector import Detector
 
 
-def training_stamp(info: dict) -> dict[str, str | None]:
-    """When each training stage of a run finished (from run.json): thresholds fitted before it are stale."""
-    return {stage: s.get("finished", s.get("skipped")) for stage, s in sorted(info.get("stages", {}).items())}
-
-
 def load_rows(path: Path) -> dict | None:
     """The train rows of an ``embeddings/*.npz``-schema file, or ``None`` when it does not exist."""
     if not path.is_file():

@@ -40,6 +40,18 @@ CATEGORIES = {
     "test_damaged_job_database_is_one_line": "torn / empty jobs.sqlite",
     "test_damaged_prompt_library_is_one_line": "torn / empty prompts.yaml",
     "test_eight_processes_racing_on_the_job_database": "8 processes racing on the job database",
+    # issue 19
+    "test_export_overwrite_refuses_a_run_folder_and_any_other_folder": "export --overwrite onto a run / any folder",
+    "test_an_overflowing_clip_is_invalid_never_normal": "1e20-amplitude clip: invalid, never normal",
+    "test_two_writers_of_one_run_folder_leave_one_intact_run_and_one_clear_error": "two writers of one run folder",
+    "test_smaller_faults_a_fifo_a_null_byte_a_legacy_pickle_and_a_resumed_finetuned_run":
+        "a FIFO, a null byte, a legacy pickle, --resume on a fine-tuned run",
+    "test_a_partial_evaluation_names_its_units_and_keeps_earlier_results_unless_asked":
+        "evaluate on a set with a type without normals",
+    "test_a_hostile_torchscript_bundle_runs_nothing_without_trust_and_a_tampered_one_is_refused":
+        "hostile TorchScript bundle without --trust; tampered bundle",
+    "test_a_graph_bundle_is_data_a_hostile_spec_or_pickled_array_runs_nothing":
+        "hostile graph spec / pickled arrays in a default bundle",
 }
 
 
@@ -74,7 +86,7 @@ def main() -> None:
     total = len(rows)
     survived = sum(r["outcome"] == "passed" for r in rows)
     lost = [r["nodeid"] for r in rows if r["outcome"] != "passed"]
-    text = header("Reliability under faults (issue 11)")
+    text = header("Reliability under faults (issues 11 and 19)")
     text += ("`pytest -m reliability` (tests/test_reliability.py and the bad-input suites test_checkpoint, "
              "test_access, test_inputs, test_jobs_safety, test_llm_client): each test injects one fault. "
              "Survived = exact recovery (bit-identical weights via torch.equal, identical bank sha256) or one "

@@ -39,7 +39,8 @@ with tab_monitor:
     trust = False
     if kind == "bundle" and export.Bundle(source).format == "torchscript":
         trust = st.checkbox("I trust this bundle's source: load its TorchScript (TorchScript is code, and loading it "
-                            "runs that code; ONNX bundles need no trust)", key=f"trust_{source.name}")
+                            "runs that code; graph and ONNX bundles are data and need no trust)",
+                            key=f"trust_{source.name}")
     try:
         mtime = max((p.stat().st_mtime for p in source.rglob("*") if p.is_file()), default=0.0)
         scorer = _scorer(kind, str(source), mtime, None, trust)
@@ -129,8 +130,10 @@ with tab_deploy:
         st.subheader("Export a run")
         c1, c2, c3 = st.columns(3)
         run = c1.selectbox("Run", runs, format_func=lambda p: p.name, key="export_run")
-        fmt = c2.radio("Format", ["torchscript", "onnx"], horizontal=True,
-                       help="TorchScript loads with torch alone; ONNX with onnxruntime alone.")
+        fmt = c2.radio("Format", ["graph", "onnx", "torchscript"], horizontal=True, key="export_format",
+                       help="graph (default): arrays and a JSON spec that rcmae rebuilds, data that cannot run code. "
+                            "ONNX: data too, loads with onnxruntime alone (slower to export). TorchScript: loads with "
+                            "torch alone, but it is code, so loading it needs trust.")
         name_key = f"bundle_name_{run.name}_{fmt}"
         if name_key not in st.session_state:  # made once: a rerun must not replace what the user typed
             st.session_state[name_key] = workbench.new_name(BUNDLES, f"{run.name}-{fmt}")

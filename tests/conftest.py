@@ -220,7 +220,15 @@ def demo_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_bundle(demo_run, tmp_path_factory) -> Path:
-    """The demo run's default scorer exported as a TorchScript bundle."""
+    """The demo run's default scorer exported in the default format (a graph spec of arrays: data)."""
     from rcmae.deploy.export import export_run
 
-    return export_run(demo_run, tmp_path_factory.mktemp("bundle") / "bundle", format="torchscript")
+    return export_run(demo_run, tmp_path_factory.mktemp("bundle") / "bundle")
+
+
+@pytest.fixture(scope="session")
+def demo_bundle_torchscript(demo_run, tmp_path_factory) -> Path:
+    """The demo run's default scorer exported as a TorchScript bundle (code: it loads only with trust)."""
+    from rcmae.deploy.export import export_run
+
+    return export_run(demo_run, tmp_path_factory.mktemp("bundle_ts") / "bundle", format="torchscript")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -470,8 +471,8 @@ def test_a_partial_evaluation_names_its_units_and_keeps_earlier_results_unless_a
     assert "fan/00" in capsys.readouterr().err and results.read_bytes() != before
 
 
-def test_a_hostile_torchscript_bundle_runs_nothing_without_trust_and_a_tampered_one_is_refused(demo_bundle, tmp_path,
-                                                                                                capsys):
+def test_a_hostile_torchscript_bundle_runs_nothing_without_trust_and_a_tampered_one_is_refused(
+        demo_bundle_torchscript, tmp_path, capsys):
     import json
 
     from rcmae.deploy.bundle import MANIFEST, Bundle, BundleTrustError, file_hashes
@@ -489,7 +490,7 @@ def test_a_hostile_torchscript_bundle_runs_nothing_without_trust_and_a_tampered_
             return torch.full([n], -1e9, dtype=torch.float64) + side, torch.zeros(n, 4), torch.zeros(n, 128, 313)
 
     bundle = tmp_path / "hostile"
-    shutil.copytree(demo_bundle, bundle)
+    shutil.copytree(demo_bundle_torchscript, bundle)
     torch.jit.script(Hostile(str(marker))).save(str(bundle / "detector.pt"))
     # An attacker writes a matching manifest too: the hashes pass, so only trust stands in the way.
     (bundle / MANIFEST).write_text(json.dumps({"sha256": file_hashes(bundle)}))
@@ -509,7 +510,55 @@ def test_a_hostile_torchscript_bundle_runs_nothing_without_trust_and_a_tampered_
     assert marker.exists()
     # A file changed after export no longer matches the manifest: refused before anything is read.
     tampered = tmp_path / "tampered"
-    shutil.copytree(demo_bundle, tampered)
+    shutil.copytree(demo_bundle_torchscript, tampered)
     (tampered / "thresholds.json").write_text("{}")
     with pytest.raises(ValueError, match=r"do not match manifest.json \(thresholds.json\)"):
         Bundle(tampered, trust=True)
+
+
+def test_a_graph_bundle_is_data_a_hostile_spec_or_pickled_array_runs_nothing(demo_bundle, tmp_path, capsys):
+    """The default bundle format names only rcmae's graph classes: a spec that names anything else, or arrays
+    that hide a pickle, is refused with one line and runs nothing, even with a matching manifest."""
+    import json
+
+    from rcmae.deploy.bundle import MANIFEST, Bundle, ExportError, file_hashes
+
+    marker = tmp_path / "marker"
+    wave = np.zeros(160000, dtype=np.float32)
+
+    def hostile_copy(name: str) -> Path:
+        b = tmp_path / name
+        shutil.copytree(demo_bundle, b)
+        return b
+
+    def seal(b: Path) -> None:  # an attacker recomputes the manifest: only the format's rules stand in the way
+        (b / MANIFEST).write_text(json.dumps({"sha256": file_hashes(b)}))
+
+    assert json.loads((demo_bundle / "detector.json").read_text())["format"] == "graph"
+    # 1. The spec's root names a class outside rcmae's graph classes (os.system, by its module path or name).
+    for name in ("os.system", "system", "Popen"):
+        b = hostile_copy(f"spec_{name}")
+        spec = json.loads((b / "graph.json").read_text())
+        spec["nodes"].append({"node": name, "args": {"dict": {"command": f"touch {marker}"}}})
+        spec["root"] = {"ref": len(spec["nodes"]) - 1}
+        (b / "graph.json").write_text(json.dumps(spec))
+        seal(b)
+        with pytest.raises(ExportError, match=rf"names class '{re.escape(name)}', which is not an rcmae graph class"):
+            Bundle(b).score(wave, "fan", "00")
+    # 2. An array file that holds a pickle whose loading would touch the marker.
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    b = hostile_copy("pickled")
+    with np.load(b / "graph.npz", allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    first = sorted(arrays)[0]
+    arrays[first] = np.array([Payload()], dtype=object)
+    np.savez(b / "graph.npz", **arrays)
+    seal(b)
+    with pytest.raises(ExportError, match=r"graph.json: .*pickle.*; re-export the bundle"):
+        Bundle(b).score(wave, "fan", "00")
+    assert not marker.exists()  # nothing of either ran
+    # The untouched bundle loads without trust and scores.
+    assert np.isfinite(Bundle(demo_bundle).score(wave, "fan", "00")["score"])

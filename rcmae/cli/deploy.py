@@ -21,11 +21,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def add_export(sub) -> None:
-    p = sub.add_parser("export", help="write a self-contained detector bundle (TorchScript or ONNX) of a run")
+    p = sub.add_parser("export", help="write a self-contained detector bundle of a run (a graph of arrays by "
+                                      "default; or ONNX, TorchScript)")
     p.add_argument("--run", required=True, help="a trained (and ideally evaluated) run folder")
     p.add_argument("--out", required=True, help="the bundle folder to create")
-    p.add_argument("--format", default="torchscript", choices=["torchscript", "onnx"],
-                   help="torchscript (load with torch alone; default) or onnx (load with onnxruntime alone)")
+    p.add_argument("--format", default="graph", choices=["graph", "onnx", "torchscript"],
+                   help="graph (default: a JSON spec plus arrays that rcmae rebuilds; data, it runs no code), onnx "
+                        "(data too; loads with onnxruntime alone) or torchscript (loads with torch alone, but it is "
+                        "code: loading it needs --trust)")
     p.add_argument("--scorer", default=None, help="the scorer to export (default: the run's default)")
     p.add_argument("--examples", type=int, default=3,
                    help="normal training clips per machine copied into the bundle for listening (default 3)")

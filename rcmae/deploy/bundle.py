@@ -13,14 +13,31 @@ from rcmae.files import read_json
 from rcmae.scorers.base import decide
 
 BUNDLE_VERSION = 1
-FORMATS = ("torchscript", "onnx")
-MODEL_FILES = {"torchscript": "detector.pt", "onnx": "detector.onnx"}
+# ``graph`` (the default) is data: a JSON spec of rcmae's own graph classes plus arrays (graph.npz), rebuilt by
+# rcmae (rcmae.deploy.graph.spec). ``onnx`` is data too (onnxruntime runs no Python); ``torchscript`` is code.
+FORMATS = ("graph", "onnx", "torchscript")
+MODEL_FILES = {"graph": "graph.json", "torchscript": "detector.pt", "onnx": "detector.onnx"}
+GRAPH_ARRAYS = "graph.npz"
 OUTPUTS = ("score", "embedding", "logmel")
 
 
 class ExportError(ValueError):
     """A run or scorer that cannot be exported, or a folder that is not a bundle; one line."""
 
+
+LOADER_GRAPH = '''
+from rcmae.deploy.bundle import Bundle  # pip install rcmae: it rebuilds the graph from graph.json + graph.npz
+
+def load_detector(bundle):
+    b = Bundle(bundle)  # checks manifest.json; reading the bundle runs no code of its own
+
+    def score(wave, machine_type, machine_id):
+        """wave: 1-D float32 samples at b.sample_rate; returns (score, threshold, is_anomalous)."""
+        r = b.score(wave, machine_type, machine_id)
+        return r["score"], r["threshold"], r["decision"] == "anomaly"
+
+    return b.meta, score
+'''
 
 LOADER_TORCHSCRIPT = '''
 import json, pathlib
@@ -75,6 +92,25 @@ def load_detector(bundle):
 MANIFEST = "manifest.json"
 
 
+def load_graph(spec_path: Path, arrays_path: Path) -> torch.nn.Module:
+    """The detector module of a ``graph`` bundle: rcmae's graph classes rebuilt from the spec and its arrays."""
+    from rcmae.deploy.graph.spec import SpecError, decode
+
+    if not arrays_path.is_file():
+        raise ExportError(f"{arrays_path}: the bundle's arrays are missing; re-export the bundle")
+    try:
+        with np.load(arrays_path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        module = decode(read_json(spec_path), arrays)
+    except (SpecError, ValueError, OSError) as err:
+        raise ExportError(f"{spec_path}: {str(err).splitlines()[0]}; re-export the bundle") from None
+    from rcmae.deploy.graph.heads import ExportedDetector
+
+    if not isinstance(module, ExportedDetector):
+        raise ExportError(f"{spec_path}: its root is not a detector graph; re-export the bundle")
+    return module.eval()
+
+
 class BundleTrustError(ExportError):
     """A TorchScript bundle loaded without the caller saying they trust it (TorchScript is code)."""
 
@@ -95,16 +131,18 @@ def file_hashes(folder: Path) -> dict[str, str]:
 
 
 class Bundle:
-    """An exported bundle, loaded for scoring (ONNX with onnxruntime, TorchScript with torch).
+    """An exported bundle, loaded for scoring (a graph spec rebuilt by rcmae, ONNX with onnxruntime, TorchScript
+    with torch).
 
     Reading a bundle runs nothing: its ``manifest.json`` (sha256 of every file) is checked first, and a bundle
-    whose files do not match it is refused. An ONNX graph is data that onnxruntime interprets; a TorchScript
-    module is code (``torch.jit.load`` runs it), so its model loads only with ``trust=True`` (``--trust`` on the
-    command line), and only when it is first used: ``meta`` and the thresholds never need it.
+    whose files do not match it is refused. A graph spec (the default format) is data that rcmae rebuilds from
+    its own graph classes and arrays read without pickle; an ONNX graph is data that onnxruntime interprets. A
+    TorchScript module is code (``torch.jit.load`` runs it), so its model loads only with ``trust=True``
+    (``--trust`` on the command line), and only when it is first used: ``meta`` and the thresholds never need it.
 
     Args:
         path: The bundle folder.
-        trust: Load a TorchScript model (run its code). ONNX bundles need no trust.
+        trust: Load a TorchScript model (run its code). Graph and ONNX bundles need no trust.
     """
 
     def __init__(self, path: str | os.PathLike, trust: bool = False) -> None:
@@ -142,6 +180,9 @@ class Bundle:
     def _load(self) -> None:
         if self._model is not None or self._session is not None:
             return
+        if self.format == "graph":
+            self._model = load_graph(self.model_path, self.path / GRAPH_ARRAYS)
+            return
         if self.format == "onnx":
             import onnxruntime
 
@@ -151,7 +192,7 @@ class Bundle:
             raise BundleTrustError(
                 f"{self.path}: a TorchScript bundle is code, and loading it runs that code; refused. Pass --trust "
                 "(Bundle(path, trust=True); the Monitor page's trust box) only for a bundle from a source you "
-                "trust, or export it with --format onnx")
+                "trust, or export it again as data (rcmae export, default --format graph)")
         self._model = torch.jit.load(str(self.model_path), map_location="cpu").eval()
 
     def unit_index(self, machine_type: str, machine_id: str) -> int:

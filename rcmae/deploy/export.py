@@ -1,4 +1,5 @@
-"""`export_run`: a run's detector as a self-contained bundle (TorchScript or ONNX graph, examples, metadata)."""
+"""`export_run`: a run's detector as a self-contained bundle (a graph spec of arrays by default, or ONNX or
+TorchScript; examples, metadata)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from rcmae.data.audio import load_audio, write_wav
 from rcmae.deploy.bundle import (
     BUNDLE_VERSION,
     FORMATS,
+    GRAPH_ARRAYS,
+    LOADER_GRAPH,
     LOADER_ONNX,
     LOADER_TORCHSCRIPT,
     MANIFEST,
@@ -32,7 +35,8 @@ from rcmae.deploy.bundle import (
     file_hashes,
 )
 from rcmae.deploy.graph.build import build_graph
-from rcmae.deploy.graph.heads import ExportContext, WindowEmbedder
+from rcmae.deploy.graph.heads import ExportContext, ExportedDetector
+from rcmae.deploy.graph.spec import encode
 from rcmae.files import atomic_write_text, check_replaceable, read_json, write_json
 from rcmae.scorers import ScoringError
 
@@ -42,29 +46,6 @@ EXPORT_FALLBACKS = ("maha", "knn", "idprob")
 
 
 # ------------------------------------------------------------------------------------------ the graph
-class ExportedDetector(nn.Module):
-    """Wave in, score out: log-mel, normalisation, embedding and one scorer in one graph.
-
-    ``forward(wave [B, N] float32, unit [B] int64) -> (score [B] float64, embedding [B, D], logmel [B, F, T])``.
-    """
-
-    def __init__(self, logmel: nn.Module, mean: np.ndarray, std: np.ndarray, embedder: WindowEmbedder,
-                 scorer: nn.Module) -> None:
-        super().__init__()
-        self.logmel = logmel
-        # float32 like FeatureStats.apply on a float32 tensor.
-        self.register_buffer("feat_mean", torch.as_tensor(np.asarray(mean), dtype=torch.float32)[:, None])
-        self.register_buffer("feat_std", torch.as_tensor(np.asarray(std), dtype=torch.float32)[:, None])
-        self.embedder = embedder
-        self.scorer = scorer
-
-    def forward(self, wave: torch.Tensor, unit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        db = self.logmel(wave)
-        x = (db - self.feat_mean) / self.feat_std
-        z = self.embedder(x)
-        return self.scorer(x, z, unit), z, db
-
-
 def _n_frames(det) -> int:
     n = int(round(det.cfg.data.duration * det.cfg.data.sample_rate))
     return det.cfg.features.n_frames(n)
@@ -140,14 +121,16 @@ def _pick_examples(det, units, per_unit: int) -> list[dict]:
     return out
 
 
-def export_run(run: str | os.PathLike, out: str | os.PathLike, format: str = "torchscript",  # noqa: A002
+def export_run(run: str | os.PathLike, out: str | os.PathLike, format: str = "graph",  # noqa: A002
                scorer: str | None = None, examples: int = 3, overwrite: bool = False) -> Path:
     """Write a self-contained bundle of one scorer of a run (see the module docstring for its contents).
 
     Args:
         run: A trained run folder (``rcmae evaluate`` adds its metrics to the model card).
         out: The bundle folder to create.
-        format: ``torchscript`` (load with torch alone) or ``onnx`` (load with onnxruntime alone).
+        format: ``graph`` (the default: a JSON spec plus arrays that rcmae rebuilds; data, it cannot run
+            code), ``onnx`` (data too; loads with onnxruntime alone) or ``torchscript`` (loads with torch alone,
+            but it is code: loading it needs ``trust``).
         scorer: The scorer to export (default: the run's default scorer).
         examples: Normal training clips per unit copied into ``examples/`` for side-by-side listening.
         overwrite: Replace an existing bundle folder.
@@ -158,7 +141,7 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, format: str = "to
     from rcmae.scorers.detector import Detector
 
     if format not in FORMATS:
-        raise ExportError(f"--format {format!r}: choose torchscript or onnx")
+        raise ExportError(f"--format {format!r}: choose {', '.join(FORMATS)}")
     out = Path(out)
     if out.exists() and out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ExportError(f"{out}: exists and is not empty; pass a new folder or --overwrite")
@@ -192,7 +175,11 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, format: str = "to
     try:
         example = (torch.zeros(2, n), torch.zeros(2, dtype=torch.long))
         model_file = MODEL_FILES[format]
-        if format == "torchscript":
+        if format == "graph":
+            spec, arrays = encode(module)
+            write_json(tmp / model_file, spec)
+            np.savez(tmp / GRAPH_ARRAYS, **arrays)
+        elif format == "torchscript":
             _trace(module, example).save(str(tmp / model_file))
         else:
             _export_onnx(module, example, tmp / model_file)
@@ -323,20 +310,28 @@ def model_card(meta: dict) -> str:
 
 
 def bundle_readme(meta: dict) -> str:
-    """The bundle's README.md: files, inputs/outputs and a minimal loader that needs no rcmae."""
-    onnx = meta["format"] == "onnx"
-    loader = LOADER_ONNX if onnx else LOADER_TORCHSCRIPT
+    """The bundle's README.md: files, inputs/outputs and a minimal loader (ONNX and TorchScript need no rcmae)."""
+    fmt = meta["format"]
+    loader = {"onnx": LOADER_ONNX, "torchscript": LOADER_TORCHSCRIPT}.get(fmt, LOADER_GRAPH)
+    with_what = {"onnx": "onnxruntime alone", "torchscript": "torch alone (TorchScript is code: load only a bundle "
+                 "you trust)"}.get(fmt, "rcmae (the graph is data: a JSON spec and arrays, no code)")
+    model_rows = ([f"| `{meta['model_file']}` + `{GRAPH_ARRAYS}` | the detector as data: rcmae's graph classes and "
+                   "their constructor arguments (JSON), arrays without pickle; wave `[B, "
+                   f"{meta['clip_samples']}]` float32 + unit `[B]` int64 -> score `[B]`, embedding, log-mel; "
+                   "front-end and normalisation inside |"] if fmt == "graph" else
+                  [f"| `{meta['model_file']}` | wave `[B, {meta['clip_samples']}]` float32 + unit `[B]` int64 -> "
+                   "score `[B]`, embedding, log-mel; front-end and normalisation inside |"])
     return "\n".join([
-        f"# rcmae detector bundle ({meta['format']}, scorer `{meta['scorer']}`)", "",
+        f"# rcmae detector bundle ({fmt}, scorer `{meta['scorer']}`)", "",
         "| file | what |", "|---|---|",
-        f"| `{meta['model_file']}` | wave `[B, {meta['clip_samples']}]` float32 + unit `[B]` int64 -> score `[B]`, "
-        "embedding, log-mel; front-end and normalisation inside |",
+        *model_rows,
         "| `detector.json` | version, sample rate, clip length, scorer, units (type, ID, threshold), metrics |",
         "| `thresholds.json` | per-unit decision thresholds |",
         "| `references.npz` | the scorer's reference tensors (the model carries the same ones) |",
         "| `examples/` | a few normal training clips per unit, with their embeddings in `examples.json` |",
-        "| `MODEL_CARD.md` | data, metrics, limits |", "",
-        "## Load and score with " + ("onnxruntime" if onnx else "torch") + " alone", "",
+        "| `MODEL_CARD.md` | data, metrics, limits |",
+        "| `manifest.json` | sha256 of every other file; a bundle that does not match it is refused |", "",
+        f"## Load and score with {with_what}", "",
         "Read the clip as mono float32 at the bundle's sample rate (e.g. with soundfile), then:", "",
         "```python", loader.strip(), "```", "",
         "`score > threshold` means anomalous. `rcmae monitor --bundle BUNDLE long.wav` scores long recordings; "

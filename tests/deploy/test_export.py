@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from conftest import assert_close_on_scale
 
@@ -37,12 +38,18 @@ def _clips(demo_run: Path) -> list[Path]:
     return sorted(test.glob("normal_id_*_00000000.wav")) + sorted(test.glob("anomaly_id_*_00000001.wav"))
 
 
+ALL_SCORERS = ["idprob", "knn", "recon", "knn_joint", "maha", "recon_topk", "knn_norm", "stats_knn", "stats_maha",
+               "frame_pca", "frame_maha", "ensemble"]
+
+
 @pytest.mark.numeric
-@pytest.mark.parametrize("scorer", ["idprob", "knn", "recon", "knn_joint", "maha", "recon_topk", "knn_norm",
-                                    "stats_knn", "stats_maha", "frame_pca", "frame_maha", "ensemble"])
-def test_exported_scores_equal_detector_score(demo_run, det, tmp_path, scorer):
+@pytest.mark.parametrize(("scorer", "fmt"), [(s, "graph") for s in ALL_SCORERS]
+                         + [(s, "torchscript") for s in ("idprob", "recon", "maha", "frame_pca", "ensemble")])
+def test_exported_scores_equal_detector_score(demo_run, det, tmp_path, scorer, fmt):
     assert scorer in det.scorers
-    bundle = Bundle(export_run(demo_run, tmp_path / scorer, scorer=scorer, examples=0), trust=True)
+    bundle = Bundle(export_run(demo_run, tmp_path / scorer, scorer=scorer, examples=0, format=fmt),
+                    trust=fmt == "torchscript")
+    assert bundle.format == fmt
     refs, gots = [], []
     for clip in _clips(demo_run):
         ref = det.score(clip, scorer=scorer)
@@ -60,7 +67,7 @@ def test_exported_scores_equal_detector_score(demo_run, det, tmp_path, scorer):
 def test_bundle_contents(demo_run, det, demo_bundle):
     meta = json.loads((demo_bundle / "detector.json").read_text())
     scorer = det.default_scorer
-    assert meta["version"] == 1 and meta["scorer"] == scorer and meta["format"] == "torchscript"
+    assert meta["version"] == 1 and meta["scorer"] == scorer and meta["format"] == "graph"
     assert meta["sample_rate"] == 16000 and meta["clip_seconds"] == 10.0 and meta["clip_samples"] == 160000
     assert meta["machine_types"] == ["fan"] and meta["machine_ids"] == {"fan": ["00", "02", "04"]}
     assert meta["domain_banks"] is False  # DCASE 2020 names: one reference set per unit
@@ -79,7 +86,7 @@ def test_bundle_contents(demo_run, det, demo_bundle):
     card = (demo_bundle / "MODEL_CARD.md").read_text()
     assert f"AUC {results['average']['auc']:.3f}" in card and "## Limits" in card
     # Examples: 3 per unit, nearest to the unit's centre; their stored embeddings are the bundle's own.
-    bundle = Bundle(demo_bundle, trust=True)
+    bundle = Bundle(demo_bundle)  # a graph bundle is data: no trust needed
     assert len(bundle.examples) == 9
     ex = bundle.examples[0]
     out = bundle.score(load_audio(demo_bundle / ex["file"]), ex["machine_type"], ex["machine_id"])
@@ -103,13 +110,13 @@ def _run_isolated(tmp_path: Path, code: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_readme_loader_runs_with_torch_alone(demo_run, det, demo_bundle, tmp_path):
+def test_readme_loader_runs_with_torch_alone(demo_run, det, demo_bundle_torchscript, tmp_path):
     clip = _clips(demo_run)[-1]
     wave = load_audio(clip)
     (tmp_path / "clip.f32").write_bytes(wave.astype("<f4").tobytes())
-    code = _loader(demo_bundle) + f"""
+    code = _loader(demo_bundle_torchscript) + f"""
 import sys
-meta, score = load_detector({str(demo_bundle)!r})
+meta, score = load_detector({str(demo_bundle_torchscript)!r})
 wave = torch.frombuffer(bytearray(pathlib.Path("clip.f32").read_bytes()), dtype=torch.float32)
 s, thr, anomalous = score(wave, "fan", {_parse_id(clip)!r})
 heavy = sorted(m for m in ("rcmae", "lightning", "pytorch_lightning", "numpy_not_needed") if m in sys.modules)
@@ -145,6 +152,38 @@ print(json.dumps({{"score": s, "torch": "torch" in sys.modules, "rcmae": "rcmae"
     got = _run_isolated(tmp_path, code)
     assert got["torch"] is False and got["rcmae"] is False
     assert got["score"] == pytest.approx(det.score(clip, scorer="knn")["score"], rel=1e-5)
+
+
+def test_graph_bundle_rebuilds_the_exported_module_exactly_and_its_readme_loader_scores(demo_run, det, demo_bundle,
+                                                                                        tmp_path):
+    from rcmae.deploy.bundle import load_graph
+    from rcmae.deploy.export import build_module
+
+    # Every tensor of the rebuilt graph equals the one export built, bit for bit, under the same names.
+    ref, _ = build_module(det, det.default_scorer)
+    got = load_graph(demo_bundle / "graph.json", demo_bundle / "graph.npz")
+    want, have = ref.state_dict(), got.state_dict()
+    assert sorted(have) == sorted(want)
+    for k in want:
+        assert have[k].dtype == want[k].dtype and torch.equal(have[k], want[k]), k
+    spec = json.loads((demo_bundle / "graph.json").read_text())
+    names = {n.get("node") or n.get("configured") for n in spec["nodes"]}
+    assert {"ExportedDetector", "LogMel"} <= names and not (demo_bundle / "detector.pt").exists()
+    # The README's loader (rcmae rebuilds the graph) scores a clip as the run does.
+    clip = _clips(demo_run)[-1]
+    (tmp_path / "clip.f32").write_bytes(load_audio(clip).astype("<f4").tobytes())
+    code = _loader(demo_bundle) + f"""
+import json, pathlib
+import numpy as np
+meta, score = load_detector({str(demo_bundle)!r})
+wave = np.frombuffer(pathlib.Path("clip.f32").read_bytes(), dtype="<f4")
+s, thr, anomalous = score(wave, "fan", {_parse_id(clip)!r})
+print(json.dumps({{"score": s, "threshold": thr, "anomalous": anomalous}}))
+"""
+    out = _run_isolated(tmp_path, code)
+    want_score = det.score(clip)
+    assert out["score"] == pytest.approx(want_score["score"], rel=1e-5, abs=1e-5 * abs(want_score["threshold"]))
+    assert out["threshold"] == want_score["threshold"]
 
 
 class _Frames(Scorer):

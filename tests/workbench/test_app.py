@@ -547,17 +547,33 @@ def test_monitor_page_scores_a_recording_and_exports_and_demos(full_ws: Workspac
     store = jobs.JobStore(full_ws.jobs_db)
     job = next(j for j in store.list() if j.kind == "export")
     assert _wait_job(store, job.id).state == "done", jobs.tail_log(store.get(job.id))
+    assert "--format graph" in " ".join(job.argv)  # the default format: data, no trust needed
     at = _app(full_ws, "monitor")
+    assert not [c for c in at.checkbox if c.key.startswith("demo_trust_")]
+    next(b for b in at.button if b.label == "Demo").click()
+    at.run()
+    demo = next(j for j in store.list() if j.kind == "demo-app")
+    port = demo.argv[list(demo.argv).index("--port") + 1]
+    assert f"http://127.0.0.1:{port}/" in _texts(at) and "--trust" not in demo.argv
+    assert demo.state in ("running", "queued")
+    jobs.cancel(store, demo.id)  # one demo at a time: the next export must not wait behind it
     # A TorchScript bundle is code: its demo starts only once the user says they trust it.
+    at.radio(key="export_format").set_value("torchscript").run()
+    next(b for b in at.button if b.label == "Export").click()
+    at.run()
+    ts_job = max((j for j in store.list() if j.kind == "export"), key=lambda j: j.id)
+    assert ts_job.id != job.id and "--format torchscript" in " ".join(ts_job.argv)
+    assert _wait_job(store, ts_job.id).state == "done", jobs.tail_log(store.get(ts_job.id))
+    at = _app(full_ws, "monitor")
+    at.selectbox(key="demo_bundle").set_value(Path(ts_job.argv[list(ts_job.argv).index("--out") + 1])).run()
     assert next(b for b in at.button if b.label == "Demo").disabled
     next(c for c in at.checkbox if c.key.startswith("demo_trust_")).check()
     at.run()
     next(b for b in at.button if b.label == "Demo").click()
     at.run()
-    demo = next(j for j in store.list() if j.kind == "demo-app")
-    port = demo.argv[list(demo.argv).index("--port") + 1]
-    assert f"http://127.0.0.1:{port}/" in _texts(at) and "--trust" in demo.argv
-    assert demo.state in ("running", "queued")
+    demo_ts = max((j for j in store.list() if j.kind == "demo-app"), key=lambda j: j.id)
+    assert demo_ts.id != demo.id and "--trust" in demo_ts.argv
+    jobs.cancel(store, demo_ts.id)
     jobs.cancel(store, demo.id)
 
 

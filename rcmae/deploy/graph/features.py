@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from rcmae.data.datasets import window_starts
+from rcmae.deploy.graph.spec import recorded
 from rcmae.models.rcmae import RCMAE
 from rcmae.scorers.frames import BAND_QUANTILES
 
@@ -36,6 +37,7 @@ def band_stats_graph(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x.mean(-1), x.std(-1, unbiased=False), *quantiles, delta], dim=-1)
 
 
+@recorded
 class WindowEmbedder(nn.Module):
     """``x [B, F, T]`` -> ``z [B, D]``: the mean embedding over the run's crop windows (``Detector.embed``)."""
 

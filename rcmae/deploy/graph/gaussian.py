@@ -8,6 +8,7 @@ from torch import nn
 
 from rcmae.deploy.graph.features import band_stats_graph
 from rcmae.deploy.graph.knn import Banks, JointSpace
+from rcmae.deploy.graph.spec import recorded
 from rcmae.scorers.maha import fit_domain_gaussians, fit_gaussian
 
 
@@ -59,6 +60,7 @@ def compress_precisions(precisions: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     return base, vecs, weights
 
 
+@recorded
 class GaussianBanks(nn.Module):
     """Mahalanobis distance ``q [B, D] -> [B]`` to the unit's Gaussian, minimum over its (domain) banks.
 
@@ -92,6 +94,7 @@ class GaussianBanks(nn.Module):
         return torch.sqrt(torch.clamp(torch.stack(per_bank).amin(0), min=0.0))
 
 
+@recorded
 class MahaGraph(nn.Module):
     """``maha``: Mahalanobis distance to the unit's Gaussian (mean, Ledoit-Wolf precision) in the joint space."""
 
@@ -107,6 +110,7 @@ class MahaGraph(nn.Module):
         return self.gaussians(self.space(x, z), unit)
 
 
+@recorded
 class StatsMahaGraph(nn.Module):
     """``stats_maha``: band statistics, standardised per dimension, Mahalanobis to the unit's Gaussian."""
 

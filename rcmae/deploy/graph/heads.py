@@ -11,6 +11,7 @@ from torch import nn
 
 from rcmae.deploy.graph.features import WindowEmbedder, band_stats_graph, context_frames_graph
 from rcmae.deploy.graph.knn import Banks
+from rcmae.deploy.graph.spec import recorded
 from rcmae.models.losses import masked_mse
 from rcmae.models.rcmae import RCMAE
 from rcmae.scorers.base import Scorer, ScoringError
@@ -54,6 +55,7 @@ class ExportContext:
         return WindowEmbedder(self.models[space if space in self.models else "pretrain"], self.n_frames, self.crop)
 
 
+@recorded
 class BandStatsEmbedder(nn.Module):
     """``x [B, F, T]`` -> the clip's band statistics ``[B, 6F]`` (the embedding of a training-free bundle)."""
 
@@ -61,6 +63,7 @@ class BandStatsEmbedder(nn.Module):
         return band_stats_graph(x)
 
 
+@recorded
 class FrameGraph(nn.Module):
     """``frame_pca`` / ``frame_maha``: the unit's Gaussian of 5-frame context vectors, mean over the clip's frames.
 
@@ -101,6 +104,7 @@ class FrameGraph(nn.Module):
         return torch.stack(per_bank).amin(0)
 
 
+@recorded
 class IdProbGraph(nn.Module):
     """``idprob``: ``-log p(own class | clip)`` of the fine-tuned classifier, averaged over crop windows.
 
@@ -141,6 +145,7 @@ class IdProbGraph(nn.Module):
         return stacked.amax(0) if self.reduce == "max" else stacked.mean(0)
 
 
+@recorded
 class ReconGraph(nn.Module):
     """``recon`` (and ``recon_topk`` with ``topk``): masked-patch error of the pretrained MAE.
 
@@ -185,6 +190,7 @@ class ReconGraph(nn.Module):
         return torch.topk(flat, k, dim=1).values.double().mean(1)
 
 
+@recorded
 class EnsembleGraph(nn.Module):
     """``ensemble``: mean of its parts, each standardised with the unit's normal training-score moments."""
 
@@ -203,3 +209,27 @@ class EnsembleGraph(nn.Module):
         zs = [(part(x, z, unit) - self.moments[p, unit, 0]) / torch.clamp(self.moments[p, unit, 1], min=1e-12)
               for p, part in enumerate(self.parts)]
         return torch.stack(zs).mean(0)
+
+
+@recorded
+class ExportedDetector(nn.Module):
+    """Wave in, score out: log-mel, normalisation, embedding and one scorer in one graph.
+
+    ``forward(wave [B, N] float32, unit [B] int64) -> (score [B] float64, embedding [B, D], logmel [B, F, T])``.
+    """
+
+    def __init__(self, logmel: nn.Module, mean: np.ndarray, std: np.ndarray, embedder: WindowEmbedder,
+                 scorer: nn.Module) -> None:
+        super().__init__()
+        self.logmel = logmel
+        # float32 like FeatureStats.apply on a float32 tensor.
+        self.register_buffer("feat_mean", torch.as_tensor(np.asarray(mean), dtype=torch.float32)[:, None])
+        self.register_buffer("feat_std", torch.as_tensor(np.asarray(std), dtype=torch.float32)[:, None])
+        self.embedder = embedder
+        self.scorer = scorer
+
+    def forward(self, wave: torch.Tensor, unit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        db = self.logmel(wave)
+        x = (db - self.feat_mean) / self.feat_std
+        z = self.embedder(x)
+        return self.scorer(x, z, unit), z, db

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from rcmae.deploy.graph.features import band_stats_graph
+from rcmae.deploy.graph.spec import recorded
 from rcmae.models.rcmae import clip_stats
 from rcmae.scorers.domains import domain_banks
 
@@ -20,6 +21,7 @@ def mean_k_smallest(d: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return csum.gather(1, (k - 1)[:, None])[:, 0] / k.to(d.dtype)
 
 
+@recorded
 class Banks:
     """The reference banks of a bundle's units: one per unit, or one per domain of a unit (DCASE 2021+).
 
@@ -63,6 +65,7 @@ class Banks:
         return out
 
 
+@recorded
 class BankKnn(nn.Module):
     """Mean of the ``k`` smallest distances to each of the unit's banks, minimum over the banks.
 
@@ -93,6 +96,7 @@ class BankKnn(nn.Module):
         return torch.stack(per_bank).amin(0)
 
 
+@recorded
 class KnnGraph(nn.Module):
     """``knn``: mean cosine distance to the ``k`` nearest normal training embeddings of the unit (or domain bank)."""
 
@@ -112,6 +116,7 @@ class KnnGraph(nn.Module):
         return self.knn(1.0 - qn.double() @ self.bank.T, unit)
 
 
+@recorded
 class JointSpace(nn.Module):
     """The ``knn_joint``/``maha`` space of :func:`rcmae.scorers.knn.joint_features`, in float64."""
 
@@ -129,6 +134,7 @@ class JointSpace(nn.Module):
         return torch.cat([zn, self.weight * st], dim=1)
 
 
+@recorded
 class JointKnnGraph(nn.Module):
     """``knn_joint``: mean Euclidean distance to the ``k`` nearest normal clips of the unit in the joint space."""
 
@@ -147,6 +153,7 @@ class JointKnnGraph(nn.Module):
         return self.knn(torch.sqrt(((self.bank[None, :, :] - q[:, None, :]) ** 2).sum(-1)), unit)
 
 
+@recorded
 class NormKnnGraph(nn.Module):
     """``knn_norm`` (cosine on the embedding) / ``stats_knn`` (Euclidean on standardised band statistics).
 

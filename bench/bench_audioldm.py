@@ -30,61 +30,11 @@ import numpy as np
 import torch
 
 from rcmae.augment.audioldm import AudioLDMAugmenter, start_index
-from rcmae.augment.audioldm_testing import AUDIOLDM_SCHEDULER_CONFIG, build_tiny_pipeline, build_tiny_tokenizer
+from rcmae.augment.audioldm_sizes import build_real_size_pipeline
+from rcmae.augment.audioldm_testing import build_tiny_pipeline
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import header, write_result  # noqa: E402
-
-
-def build_real_size_pipeline(seed: int = 0):
-    """``cvssp/audioldm-s-full-v2``'s architecture with random weights (in memory, not saved)."""
-    from diffusers import AudioLDMPipeline, AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import ClapTextConfig, ClapTextModelWithProjection, SpeechT5HifiGan, SpeechT5HifiGanConfig
-
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=128,
-        in_channels=8,
-        out_channels=8,
-        block_out_channels=(128, 256, 384, 640),
-        layers_per_block=2,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=(128, 256, 384, 640),
-        class_embed_type="simple_projection",
-        projection_class_embeddings_input_dim=512,
-        class_embeddings_concat=True,
-    )
-    vae = AutoencoderKL(
-        sample_size=512,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(128, 256, 512),
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        latent_channels=8,
-        layers_per_block=2,
-        scaling_factor=0.9392935633659363,
-    )
-    # ClapTextConfig's defaults are laion/clap-htsat-unfused's text branch (RoBERTa-base, projection 512).
-    text_encoder = ClapTextModelWithProjection(ClapTextConfig())
-    vocoder = SpeechT5HifiGan(SpeechT5HifiGanConfig(
-        model_in_dim=64,
-        sampling_rate=16000,
-        upsample_initial_channel=1024,
-        upsample_rates=[5, 4, 2, 2, 2],
-        upsample_kernel_sizes=[16, 16, 8, 4, 4],
-        resblock_kernel_sizes=[3, 7, 11],
-        resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5], [1, 3, 5]],
-        normalize_before=False,
-    ))
-    with tempfile.TemporaryDirectory() as tmp:
-        # The real tokenizer is RoBERTa's (50265 tokens); the tiny BPE gives valid ids and costs the same.
-        tokenizer = build_tiny_tokenizer(Path(tmp))
-    pipe = AudioLDMPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                            scheduler=DDIMScheduler(**AUDIOLDM_SCHEDULER_CONFIG), vocoder=vocoder)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def _millions(module: torch.nn.Module) -> float:

@@ -164,7 +164,16 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     if args.dry_run:
-        reproduce.dry_run(opts, step_times=args.step_times, clips=args.clips, measure=not args.no_measure)
+        from rcmae.evaluation.reproduce.cost import Throughput
+
+        throughput = Throughput(args.gpu, args.train_utilisation, args.audioldm_utilisation)
+        try:
+            throughput.check()
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        measure = False if args.no_measure else (True if args.measure else None)
+        reproduce.dry_run(opts, step_times=args.step_times, clips=args.clips, measure=measure,
+                          finetune_clips=args.finetune_clips, throughput=throughput)
         return 0
     report = reproduce.run_all(opts, cli_main=args.cli_main)
     print(Path(report).read_text())
@@ -193,6 +202,18 @@ def add_reproduce(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the steps, data volume and estimated GPU hours")
     p.add_argument("--step-times", default=None,
                    help="dry run: step times JSON written by bench/bench_paper.py on a GPU (default: measure now)")
-    p.add_argument("--clips", type=int, default=None, help="dry run without data: estimate for this many clips")
-    p.add_argument("--no-measure", action="store_true", help="dry run: do not measure step times")
+    p.add_argument("--clips", type=int, default=None,
+                   help="dry run without data: pretraining clips to price (default: DCASE 2020's published counts)")
+    p.add_argument("--finetune-clips", type=int, default=None,
+                   help="dry run with --clips: fine-tuning clips (default: DCASE 2020's ratio to --clips)")
+    p.add_argument("--gpu", default="h100", help="dry run: GPU to price on (h100, a100, l40s, rtx4090, rtx3090ti; "
+                                                  "default h100)")
+    p.add_argument("--train-utilisation", type=float, default=0.40,
+                   help="dry run: assumed fraction of the GPU's bf16 peak reached in training (default 0.40)")
+    p.add_argument("--audioldm-utilisation", type=float, default=0.25,
+                   help="dry run: assumed fraction of the peak reached by AudioLDM generation (default 0.25)")
+    p.add_argument("--measure", action="store_true",
+                   help="dry run: time training steps on this machine now, even without a GPU (a CPU time, said so)")
+    p.add_argument("--no-measure", action="store_true",
+                   help="dry run: do not measure step times, even on a GPU (the FLOP model alone)")
     p.set_defaults(func=_cmd_reproduce)

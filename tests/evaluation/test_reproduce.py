@@ -185,7 +185,7 @@ def test_dry_run_prints_every_step_and_the_estimate(tmp_path, capsys):
 def test_dry_run_measures_step_times_when_no_file_is_given(tmp_path, capsys):
     data = write_tiny_dcase(tmp_path / "data", seconds=1.0, seed=4)
     argv = ["reproduce", "--out", str(tmp_path / "r"), "--data", str(data), "--preset", "tiny", "--gpus", "0",
-            "--dry-run", "--arms", "rcmae-nodda"]
+            "--dry-run", "--measure", "--arms", "rcmae-nodda"]
     for item in QUICK:
         argv += ["--set", item]
     assert cli.main(argv) == 0

@@ -210,8 +210,19 @@ def estimate(opts: Options, clips: dict, times: dict) -> dict:
 
 
 def dry_run(opts: Options, step_times: str | os.PathLike | None = None, clips: int | None = None,
-            measure: bool = True, log: Callable[[str], None] = print) -> dict:
-    """Print (via ``log``) every step, the data volume and the estimated GPU hours; returns the same as a dict."""
+            measure: bool | None = None, log: Callable[[str], None] = print, finetune_clips: int | None = None,
+            throughput: object | None = None) -> dict:
+    """Print (via ``log``) every step, the data volume and the cost in GPU hours; returns the same as a dict.
+
+    The cost comes from FLOPs counted on the preset's model and AudioLDM's architecture
+    (:mod:`rcmae.evaluation.reproduce.cost`) and a stated GPU throughput; step times measured on a GPU
+    (``step_times``, or now when ``measure`` and a GPU is visible) replace the assumed throughput. ``measure``
+    defaults to measuring only when a GPU is visible; ``measure=True`` on a CPU times CPU steps (said so).
+    """
+    from rcmae.evaluation.reproduce import cost
+
+    throughput = throughput or cost.Throughput()
+    throughput.check()
     steps = plan(opts)
     log(f"rcmae reproduce --dry-run: {len(steps)} steps into {opts.out}")
     for i, step in enumerate(steps, 1):
@@ -228,33 +239,87 @@ def dry_run(opts: Options, step_times: str | os.PathLike | None = None, clips: i
             f"training, {volume['test_clips']} labelled test; {len(volume['classes'])} machine-ID classes "
             f"(the paper: 41); pretraining sees {view_all} clips")
     elif clips:
-        counts = {"pretrain": clips, "finetune": clips, "test": 0}
-        log(f"data: not on this machine; estimating for --clips {clips}")
+        d = cost.dcase2020_counts(opts.pretrain_data)
+        ft = finetune_clips or round(clips * d["finetune"] / d["pretrain"])
+        counts = {"pretrain": clips, "finetune": ft, "test": round(clips * d["test"] / d["pretrain"])}
+        log(f"data: not on this machine; estimating for --clips {clips} pretraining clips, {ft} fine-tuning clips"
+            + ("" if finetune_clips else " (DCASE 2020's ratio; --finetune-clips M to set)")
+            + f", {counts['test']} test clips")
     else:
-        counts = None
-        log("data: not on this machine yet (12 archives from Zenodo, checked by MD5); pass --data FOLDER or "
-            "--clips N for an estimate")
+        counts = cost.dcase2020_counts(opts.pretrain_data)
+        log(f"data: not on this machine yet (12 archives from Zenodo, checked by MD5); estimating with DCASE 2020's "
+            f"clip counts: pretraining {counts['pretrain']:,} ({opts.pretrain_data}), fine-tuning "
+            f"{counts['finetune']:,} (41 IDs), test {counts['test']:,} (pass --data FOLDER to count yours)")
     times: dict = {}
     if step_times:
         times = read_json(step_times)
         times.setdefault("source", f"read from {step_times}")
-    elif measure:
-        times = measure_step_times(opts.preset, opts.overrides)
-        if opts.aug_model and "rcmae" in opts.arms:
-            times["audioldm_s_per_clip"] = measure_audioldm(opts.aug_model, seconds=10.0)
-            times["source"] += "; AudioLDM s/clip measured now at S = 10 and 50 on a 10 s clip"
-    log(f"step times: {times.get('source', 'none (no estimate; pass --step-times FILE, or drop --no-measure)')}")
+    else:
+        import torch
+
+        if measure or (measure is None and torch.cuda.is_available()):
+            times = measure_step_times(opts.preset, opts.overrides)
+            if opts.aug_model and "rcmae" in opts.arms:
+                times["audioldm_s_per_clip"] = measure_audioldm(opts.aug_model, seconds=10.0)
+                times["source"] += "; AudioLDM s/clip measured now at S = 10 and 50 on a 10 s clip"
+    on_gpu = bool(times) and str(times.get("device", "cpu")) != "cpu"
+    result = {"steps": steps, "data": volume, "clips": counts, "times": times}
+    result["cost"] = _log_cost(opts, counts, throughput, times if on_gpu else None, log)
+    none = "none measured (the FLOP model above stands; pass --step-times FILE from bench/bench_paper.py on a GPU)"
+    log(f"step times: {times.get('source', none)}")
     if times.get("pretrain_step_s") is not None:
         log(f"  pretrain {times['pretrain_step_s']:.3f} s/step, finetune {times['finetune_step_s']:.3f} s/step"
             + (f", AudioLDM {times['audioldm_s_per_clip']} s/clip by S" if times.get("audioldm_s_per_clip") else
                ", AudioLDM not measured (pass --aug-model, or --step-times from bench/bench_paper.py)"))
-    result = {"steps": steps, "data": volume, "clips": counts, "times": times}
-    if counts and times.get("pretrain_step_s") is not None:
         est = estimate(opts, counts, times)
         result["estimate"] = est
         for name, hours in est["wall_hours"].items():
             log(f"  {name}: " + ("not estimated (no AudioLDM time)" if hours is None else f"{hours:.2f} h wall"))
-        log(f"estimate: {est['total_wall_hours']:.2f} h wall on {est['gpus']} "
+        log(f"estimate from these step times: {est['total_wall_hours']:.2f} h wall on {est['gpus']} "
             f"{'GPU(s)' if opts.n_gpus else 'CPU process'}, {est['total_gpu_hours']:.2f} "
             f"{'GPU' if opts.n_gpus else 'CPU'} hours" + ("" if est["complete"] else " (without the bank)"))
     return result
+
+
+def _log_cost(opts: Options, counts: dict, throughput, measured: dict | None, log: Callable[[str], None]) -> dict:
+    """Count the FLOPs, price them and print the cost model with every assumption; returns its numbers."""
+    from rcmae.evaluation.reproduce import cost
+
+    log(f"cost model: counting FLOPs of the `{opts.preset}` preset on the meta device (torch.utils.flop_counter; "
+        "2 FLOPs per multiply-add) ...")
+    train = cost.training_flops(opts.preset, opts.overrides)
+    bank = None
+    if "rcmae" in opts.arms:
+        log("  ... and of one AudioLDM generation (cvssp/audioldm-s-full-v2's architecture, no weights needed)")
+        bank = cost.audioldm_flops(steps=opts.aug_steps or (10, 50))
+    res = cost.gpu_hours(train, counts, opts.arms, throughput, bank=bank, per_clip=opts.per_clip, measured=measured)
+    st = res["steps"]
+    g = 1e9
+    log(f"  pretrain: {train['pretrain_per_clip'] / g:.1f} GFLOP per clip per step ({train['params'] / 1e6:.1f} M "
+        f"parameters; both branches, forward + backward, mask ratio {train['mask_ratio'][0]}-"
+        f"{train['mask_ratio'][1]}), batch {train['pretrain_batch']}, {train['pretrain_epochs']} epochs: "
+        f"{st['pretrain']['steps']:,} steps, {st['pretrain']['flops']:.3g} FLOPs")
+    log(f"  finetune: {train['finetune_per_clip'] / g:.1f} GFLOP per clip per step, batch {train['finetune_batch']}, "
+        f"{train['finetune_epochs']} epochs: {st['finetune']['steps']:,} steps, {st['finetune']['flops']:.3g} FLOPs")
+    log(f"  evaluate: {train['eval_per_clip'] / g:.1f} GFLOP per test clip, {counts['test']:,} clips")
+    if bank:
+        t = 1e12
+        log(f"  AudioLDM bank: {bank['per_generation'] / t:.2f} TFLOP per generation = VAE encode "
+            f"{bank['vae_encode'] / t:.2f} + CLAP text {bank['text'] / t:.2f} + {bank['mean_steps']:.2f} guided UNet "
+            f"steps x {bank['unet_step'] / t:.3f} (S in {bank['steps'][0]}..{bank['steps'][1]}, t0 {bank['t0']}, "
+            f"batch 2 under guidance) + VAE decode {bank['vae_decode'] / t:.2f} + vocoder {bank['vocoder'] / t:.2f}; "
+            f"{st['bank']['generations']:,} generations ({counts['pretrain']:,} clips x {opts.per_clip} copies)")
+    tp = res["throughput"]
+    log(f"throughput: {tp['gpu']}, bf16 dense peak {tp['peak_flops'] / 1e12:.0f} TFLOP/s; assumed utilisation "
+        f"{tp['train_utilisation']:.0%} (training), {tp['audioldm_utilisation']:.0%} (AudioLDM) (--gpu, "
+        "--train-utilisation, --audioldm-utilisation)" + ("; measured GPU step times replace them where marked"
+                                                          if measured else ""))
+    log(f"GPU hours per arm ({tp['gpu']}):")
+    for arm, a in res["arms"].items():
+        parts = ", ".join(f"{p} {st[p]['hours']:.2f}{' (measured)' if st[p].get('measured') else ''}"
+                          for p in ["bank", "pretrain", "finetune", "evaluate"] if p in a["steps"])
+        log(f"  {arm}: {a['gpu_hours']:.2f} GPU hours ({parts})")
+    n = max(1, opts.n_gpus)
+    log(f"  total: {res['total_gpu_hours']:.2f} GPU hours; {res['total_gpu_hours'] / n:.2f} h wall on {n} GPU(s) "
+        "at perfect scaling")
+    return {"flops": {"training": train, "audioldm": bank}, **res}

@@ -122,7 +122,8 @@ def _missing_weights_message(path_or_id: str, why: str) -> str:
     model_id = DEFAULT_MODEL_ID if is_folder else path_or_id
     return (
         f"AudioLDM weights {path_or_id!r} not found ({why}); expected the diffusers pipeline {model_id!r} "
-        f"(the paper's model is {DEFAULT_MODEL_ID}): run `huggingface-cli download {model_id}` (or `hf download "
+        f"(rcmae's default is {DEFAULT_MODEL_ID}; the paper names no checkpoint): run "
+        f"`huggingface-cli download {model_id}` (or `hf download "
         f"{model_id}`) on a machine with internet and copy its HF cache (~/.cache/huggingface/hub) here, or pass "
         "the downloaded folder with --model, or allow the download with --allow-download"
     )

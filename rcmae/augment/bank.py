@@ -52,6 +52,7 @@ PAPER_STEPS: tuple[int, int] = (10, 50)
 PAPER_GUIDANCE = 2.5
 PAPER_DURATION_S = 10.0
 DEFAULT_T0 = 0.5
+MAX_SAMPLES = int(PAPER_DURATION_S * SAMPLE_RATE)  # the longest input a bank augments (Table 2's DURATION at 16 kHz)
 
 
 class BankError(ValueError):
@@ -429,7 +430,9 @@ def build_bank(
             recovered += 1
             continue
         try:
-            wave = load_audio(job.source, sample_rate=SAMPLE_RATE, duration=None)
+            # Table 2's DURATION "10 s": at most that much of each clip is augmented (ToyCar's 11 s clips are cut,
+            # as training cuts them to data.duration); shorter clips are augmented whole, never padded.
+            wave = load_audio(job.source, sample_rate=SAMPLE_RATE, duration=None)[:MAX_SAMPLES]
             y = np.asarray(run(wave, draw, prompt, settings), dtype=np.float32)
             if y.shape != wave.shape or not np.all(np.isfinite(y)):
                 raise ValueError(f"{backend} returned shape {y.shape} (finite={bool(np.all(np.isfinite(y)))}) "

@@ -3,9 +3,11 @@
 ``write_figures(run, out)`` reads only the run's files (``embeddings/{pretrain,finetune}.npz``,
 ``eval/scores.csv``, ``metrics.csv``) and writes, each as ``.png`` and ``.svg``:
 
-- ``tsne_pretrain`` / ``tsne_finetune``: the paper's Figs. 3-4: one t-SNE panel per machine type
-  (computed per type), colour = machine ID, marker ``o`` = normal, ``x`` = anomaly; every embedded clip
-  of the run (normal training clips and labelled test clips). The coordinates go to ``tsne_<space>.csv``.
+- ``tsne_pretrain_normal`` / ``tsne_pretrain`` / ``tsne_finetune``: the paper's Figs. 3(a), 3(b) and 4: one
+  t-SNE panel per machine type (computed per type), colour = machine ID, marker ``o`` = normal, ``x`` =
+  anomaly. Fig. 3(a) embeds the normal clips only ("pretrained embedding of just normal sounds"), so its
+  t-SNE is fitted on them alone; 3(b) and 4 every embedded clip of the run (normal training clips and
+  labelled test clips). The coordinates go to ``tsne_<name>.csv``.
 - ``roc_<scorer>``: one ROC curve per machine type over its labelled test clips (sklearn's ``roc_curve``),
   with its AUC; the points go to ``roc_<scorer>.csv``.
 - ``hist_<scorer>``: per machine type, histograms of normal and anomalous test scores with each ID's
@@ -28,6 +30,13 @@ from rcmae.files import atomic_write_text
 
 FORMATS = ("png", "svg")
 SPACES = ("pretrain", "finetune")
+PAPER_FIGURE = {"pretrain": "Fig. 3(b)", "finetune": "Fig. 4"}
+# The paper's t-SNE figures: file stem -> caption (write_figures draws them; reproduce's report shows them).
+TSNE_FIGURES = {
+    "tsne_pretrain_normal": "Fig. 3(a): pretrained embeddings of normal clips only",
+    "tsne_pretrain": "Fig. 3(b): pretrained embeddings of normal and anomalous clips",
+    "tsne_finetune": "Fig. 4: fine-tuned embeddings of training and test clips",
+}
 LOSS_PARTS = ("loss", "mae", "info_nce", "vcr", "supcon", "ce")
 
 
@@ -238,12 +247,20 @@ def write_figures(run: str | os.PathLike, out: str | os.PathLike, scorer: str | 
         except FigureError as err:
             notes.append(str(err))
             continue
-        coords = tsne_coordinates(frame, seed=seed)
-        atomic_write_text(out / f"tsne_{space}.csv", coords.to_csv(index=False))
         what = "pretrained" if space == "pretrain" else "fine-tuned"
-        fig = tsne_figure(coords, f"t-SNE of the {what} embeddings (o normal, x anomaly)")
-        written += _save(fig, out, f"tsne_{space}")
-        plt.close(fig)
+        panels = [(f"tsne_{space}", frame, f"{PAPER_FIGURE[space]}: t-SNE of the {what} embeddings (o normal, "
+                   "x anomaly)")]
+        if space == "pretrain":  # Fig. 3(a): the normal clips alone, t-SNE fitted on them
+            normal = frame[frame["label"] == "normal"]
+            if len(normal):
+                panels.insert(0, ("tsne_pretrain_normal", normal, "Fig. 3(a): t-SNE of the pretrained embeddings "
+                                  "of normal clips only"))
+        for name, rows, title in panels:
+            coords = tsne_coordinates(rows, seed=seed)
+            atomic_write_text(out / f"{name}.csv", coords.to_csv(index=False))
+            fig = tsne_figure(coords, title)
+            written += _save(fig, out, name)
+            plt.close(fig)
     try:
         table, scorer = load_scores(run, scorer)
     except FigureError as err:

@@ -165,6 +165,8 @@ def _pretrain(
             "parameters": n_params,
             "stages": {},
         })
+    if bank is not None and launcher_rank_zero():
+        _record_bank_coverage(out, aug, train.paths, bank, data)
     repeats = cfg.pretrain.crops_per_clip if cfg.pretrain.crop_frames else 1
     dataset = ClipDataset(train.x, train.labels, repeats=repeats)
     spe = epoch_steps(len(dataset), cfg.pretrain.batch_size)
@@ -298,6 +300,22 @@ def _finetune(
 
 
 @functools.wraps(_pretrain)
+
+def _record_bank_coverage(out: Path, aug: str, paths: list[str], bank: dict, data) -> None:
+    """Count the training clips without a bank copy (they pair with SpecAugment twins), say so, and record it.
+
+    ``run.json`` gets ``bank_coverage``: ``{"clips", "with_copies", "specaugment_fallback", "missing"}`` (the
+    first missing clips), so a with-augmentation run that is partly SpecAugment can never pass unnoticed.
+    """
+    missing = [p for i, p in enumerate(paths) if i not in bank]
+    update_run_json(out, bank_coverage={"clips": len(paths), "with_copies": len(paths) - len(missing),
+                                        "specaugment_fallback": len(missing), "missing": missing[:20]})
+    if missing:
+        print(f"pretrain: warning: {len(missing)} of {len(paths)} training clips have no copy in the bank "
+              f"{aug}: they pair with SpecAugment twins instead, so this run is not pure bank augmentation "
+              f"(run.json bank_coverage). Complete the bank with `rcmae augment --data {data} --out {aug}` "
+              "(it resumes) before pretraining.", file=sys.stderr, flush=True)
+
 def pretrain(data: str | os.PathLike, out: str | os.PathLike, *args, **kwargs) -> Path:
     # One writer per run folder (rcmae.run.folder.writer_lock), taken by the launching process only: the ranks
     # that Lightning's DDP starts run this function too.

@@ -173,6 +173,22 @@ def test_bad_clips_are_skipped_and_reported(tiny_dcase, tmp_path):
     assert len(read_manifest(tmp_path / "bank")) == 1
 
 
+def test_a_bank_augments_at_most_table_2s_10_s_of_a_clip(tmp_path):
+    import soundfile
+
+    data = tmp_path / "data"
+    train = data / "dev_data" / "ToyCar" / "train"
+    train.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    # An 11 s ToyCar-like clip and a 1 s one: the first is cut to 10 s, the second augmented whole, never padded.
+    soundfile.write(train / "normal_id_01_00000000.wav", 0.1 * rng.standard_normal(11 * 16000), 16000)
+    soundfile.write(train / "normal_id_01_00000001.wav", 0.1 * rng.standard_normal(16000), 16000)
+    build_bank(data, tmp_path / "bank", progress=False)
+    table = read_manifest(tmp_path / "bank").sort_values("source")
+    lengths = [soundfile.info(tmp_path / "bank" / o).frames for o in table["output"]]
+    assert lengths == [10 * 16000, 16000]
+
+
 def test_bank_pairs_map_sources_to_existing_augmentations(tiny_dcase, reference_bank, tmp_path):
     out = tmp_path / "bank"
     shutil.copytree(reference_bank[0], out)

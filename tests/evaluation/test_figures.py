@@ -30,7 +30,7 @@ def drawn(tmp_path_factory):
 
 def test_every_figure_is_written_as_png_and_svg(drawn):
     _, out = drawn
-    for name in ("tsne_pretrain", "tsne_finetune", "roc_knn", "hist_knn", "training_curves"):
+    for name in ("tsne_pretrain_normal", "tsne_pretrain", "tsne_finetune", "roc_knn", "hist_knn", "training_curves"):
         png, svg = out / f"{name}.png", out / f"{name}.svg"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000
         assert b"<svg" in svg.read_bytes()[:2000]
@@ -52,6 +52,20 @@ def test_tsne_shows_every_embedded_clip_once_per_class(drawn):
                 drawn_counts[(ax.get_title(), mid, label)] = len(coll.get_offsets())
         assert drawn_counts == {k: int(v) for k, v in expected.items()}
         assert set(frame["label"]) == {"normal", "anomaly"} and set(frame["split"]) == {"train", "test"}
+
+
+def test_fig_3a_embeds_the_normal_clips_alone(drawn):
+    run, out = drawn
+    frame = figures.load_embeddings(run, "pretrain")
+    normal = frame[frame["label"] == "normal"]
+    coords = pd.read_csv(out / "tsne_pretrain_normal.csv", dtype={"machine_id": str})
+    assert set(coords["label"]) == {"normal"} and len(coords) == len(normal) < len(frame)
+    assert coords.groupby(["machine_type", "machine_id"]).size().equals(
+        normal.groupby(["machine_type", "machine_id"]).size())
+    # Its t-SNE is fitted on the normal clips alone: the same as computing it on them directly.
+    again = figures.tsne_coordinates(normal, seed=0)
+    assert np.allclose(coords[["x", "y"]].to_numpy(), again[["x", "y"]].to_numpy())
+    assert "Fig. 3(a)" in (out / "tsne_pretrain_normal.svg").read_text()
 
 
 def test_roc_points_are_sklearns(drawn):

@@ -72,6 +72,7 @@ def test_table_2_values_are_the_audioldm_defaults():
     assert params["guidance"].default == TABLE_2["guidance"]
     assert params["prompts"].default is None and bank.load_prompt_source(None)[0] == TABLE_1
     assert bank.PAPER_DURATION_S == TABLE_2["duration_s"]
+    assert bank.MAX_SAMPLES == 160000  # read by build_bank (tests/augment/test_bank.py cuts an 11 s clip to it)
     args = cli.build_parser().parse_args(["augment", "--data", "d", "--out", "o", "--backend", "audioldm"])
     assert tuple(args.steps) == TABLE_2["steps"] and args.guidance == TABLE_2["guidance"]
     assert args.prompts is None  # the default prompt set is Table 1

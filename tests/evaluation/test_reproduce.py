@@ -225,10 +225,46 @@ def test_tiny_end_to_end_reproduction(tmp_path):
         assert report["table3"]["pump"][key] is None  # not in the tiny data
     md = (out / "report.md").read_text()
     assert "| Average | 86.99 | 87.93 |" in md and "| STgram-MFN | 99.64 | 98.44 |" in md
+    # Figures 3(a), 3(b) and 4 of both arms, drawn by the figures step and shown in the report.
+    for arm in reproduce.ARMS:
+        for stem in ("tsne_pretrain_normal", "tsne_pretrain", "tsne_finetune"):
+            assert (out / "figures" / arm / f"{stem}.png").is_file()
+            assert f"](figures/{arm}/{stem}.png)" in md
+    assert report["figures"]["rcmae"]["tsne_pretrain_normal"] == "figures/rcmae/tsne_pretrain_normal.png"
+    # The paper's oddities are marked where they stand: AE Baseline's ToyConveyor pAUC repeats its ToyCar pAUC.
+    assert "| AE Baseline | 66.28 | 50.98 |" in md and "78.77 | 67.58 | 72.53 | 67.58 † |" in md
+    assert "AE Baseline, Average pAUC: the published Average 65.85 is not the mean of the six per-type values " \
+           "(60.85)" in md
+    # Every pretraining clip had its AudioLDM copies: no SpecAugment fallback, and run.json says so.
+    assert runs["rcmae"]["bank_coverage"] == {"clips": 56, "with_copies": 56, "specaugment_fallback": 0,
+                                              "missing": []}
     # Run again: every step is done, nothing is recomputed.
     stamp = (out / "runs/rcmae/eval/results.json").stat().st_mtime_ns
     assert cli.main(argv) == 0
     assert (out / "runs/rcmae/eval/results.json").stat().st_mtime_ns == stamp
+
+
+def test_a_partial_bank_is_counted_warned_recorded_and_refused_by_reproduce(tmp_path, capsys):
+    from rcmae.evaluation.reproduce.steps import check_bank_covers
+    from rcmae.training import stages
+
+    data = write_tiny_dcase(tmp_path / "data", seconds=1.0, seed=8)
+    bank = tmp_path / "bank"
+    assert cli.main(["augment", "--data", str(data), "--out", str(bank), "--per-clip", "1"]) == 0
+    table = read_manifest(bank)
+    gone = sorted(table["output"])[:3]
+    for out in gone:  # three clips lose their only copy
+        (bank / out).unlink()
+    n = len(table)
+    with pytest.raises(reproduce.ReproduceError, match=rf"3 of {n} pretraining clips have no AudioLDM copy"):
+        check_bank_covers(data, bank)
+    run = stages.pretrain(data, tmp_path / "run", preset="tiny", aug=str(bank), overrides=QUICK, progress=False)
+    err = capsys.readouterr().err
+    assert f"warning: 3 of {n} training clips have no copy in the bank" in err and "SpecAugment twins" in err
+    cover = json.loads((run / "run.json").read_text())["bank_coverage"]
+    sources = {out: src for out, src in zip(table["output"], table["source"], strict=True)}
+    assert cover["clips"] == n and cover["with_copies"] == n - 3 and cover["specaugment_fallback"] == 3
+    assert sorted(cover["missing"]) == sorted(sources[o] for o in gone)
 
 
 def test_the_papers_tables_agree_where_they_overlap():

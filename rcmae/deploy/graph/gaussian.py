@@ -68,15 +68,21 @@ class GaussianBanks(nn.Module):
     ``d^T P d = base |d|^2 + sum_r w_r (v_r^T d)^2``.
     """
 
-    def __init__(self, means: np.ndarray, precisions: np.ndarray, banks: Banks, prefix: str) -> None:
+    def __init__(self, means: np.ndarray, precisions: np.ndarray | tuple, banks: Banks, prefix: str) -> None:
         super().__init__()
         self.prefix = prefix
-        base, vecs, weights = compress_precisions(precisions)
+        # Full precisions [C, D, D], or already compressed (base, vecs, weights), as a graph spec stores them.
+        base, vecs, weights = (tuple(np.asarray(a, dtype=np.float64) for a in precisions)
+                               if isinstance(precisions, tuple) else compress_precisions(precisions))
         self.register_buffer("means", torch.from_numpy(np.asarray(means, dtype=np.float64)))  # [K, D]
         self.register_buffer("base", torch.from_numpy(base))  # [C]
         self.register_buffer("vecs", torch.from_numpy(vecs))  # [C, D, R]
         self.register_buffer("weights", torch.from_numpy(weights))  # [C, R]
         self.register_buffer("unit_banks", torch.from_numpy(banks.of_unit))
+
+    def spec_args(self, args: dict) -> dict:
+        """What a graph spec stores: the compressed precisions (a fraction of the full ``[C, D, D]``)."""
+        return {**args, "precisions": (self.base.numpy(), self.vecs.numpy(), self.weights.numpy())}
 
     def references(self) -> dict[str, np.ndarray]:
         p = self.prefix

@@ -37,7 +37,11 @@ class SpecError(ValueError):
 
 
 def recorded(cls: type) -> type:
-    """Class decorator: instances keep their constructor arguments (``_spec_args``) for :func:`encode`."""
+    """Class decorator: instances keep their constructor arguments (``_spec_args``) for :func:`encode`.
+
+    A class with a ``spec_args(args) -> args`` method may replace them by an equivalent, smaller form that its
+    constructor also accepts (the Gaussian banks store their compressed precisions).
+    """
     init = cls.__init__
     signature = inspect.signature(init)
 
@@ -58,6 +62,8 @@ def recorded(cls: type) -> type:
                         break
                 else:
                     recorded_args[name] = value
+            if recorded_args is not None and hasattr(self, "spec_args"):
+                recorded_args = self.spec_args(recorded_args)  # a class may store a smaller, equivalent form
             object.__setattr__(self, "_spec_args", recorded_args)
 
     cls.__init__ = __init__

@@ -31,3 +31,31 @@ PAPER_TABLE4 = {  # method -> machine type -> (AUC, pAUC)
                        "slider": (99.10, 97.84), "ToyCar": (95.02, 91.35), "ToyConveyor": (84.80, 68.70),
                        "Average": (94.39, 87.93)},
 }
+
+
+def paper_oddities() -> list[dict]:
+    """Published values that do not add up, found by arithmetic on the tables above (none is corrected).
+
+    Each: ``{"table", "method", "machine_type", "metric", "note"}``. Two checks: an Average that is not the
+    mean of its six per-type values (beyond the tables' 0.01 rounding), and a per-type value repeated
+    exactly in the neighbouring column of the same row and metric (a likely copy error).
+    """
+    found = []
+    tables = [("Table 4", m, {t: dict(zip(("AUC", "pAUC"), v, strict=True)) for t, v in vals.items()})
+              for m, vals in PAPER_TABLE4.items()]
+    tables += [("Table 3", arm, {t: {"pAUC": v[k]} for t, v in PAPER_TABLE3.items()})
+               for k, arm in enumerate(("RC-MAE without DDA", "RC-MAE with DDA"))]
+    for table, method, vals in tables:
+        for metric in vals["Average"]:
+            per = [vals[t][metric] for t in PAPER_ORDER]
+            mean = sum(per) / len(per)
+            if abs(mean - vals["Average"][metric]) > 0.01:
+                found.append({"table": table, "method": method, "machine_type": "Average", "metric": metric,
+                              "note": f"the published Average {vals['Average'][metric]:.2f} is not the mean of "
+                                      f"the six per-type values ({mean:.2f})"})
+            for a, b in zip(PAPER_ORDER, PAPER_ORDER[1:], strict=False):
+                if vals[a][metric] == vals[b][metric]:
+                    found.append({"table": table, "method": method, "machine_type": b, "metric": metric,
+                                  "note": f"equals the {a} {metric} ({vals[a][metric]:.2f}) exactly: likely a "
+                                          "copy error in the paper"})
+    return found

@@ -82,7 +82,10 @@ def plan(opts: Options) -> list[dict]:
                       "argv": _cli("finetune", "--run", str(run), "--data", str(data), *trainer)})
         steps.append({"step": f"evaluate {arm}", "what": "score the labelled development test clips",
                       "argv": _cli("evaluate", "--run", str(run), "--data", str(data))})
-    steps.append({"step": "report", "what": f"Tables 3 and 4 beside the paper: {out / 'report.md'}, report.json",
+        steps.append({"step": f"figures {arm}", "what": "Figs. 3(a), 3(b) and 4: t-SNE per machine type",
+                      "argv": _cli("figures", "--run", str(run), "--out", str(out / "figures" / arm))})
+    steps.append({"step": "report", "what": f"Tables 3 and 4 beside the paper, and the figures: {out / 'report.md'}, "
+                                            "report.json",
                   "argv": None})
     return steps
 

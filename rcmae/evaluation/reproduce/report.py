@@ -6,7 +6,8 @@ import dataclasses
 import os
 from pathlib import Path
 
-from rcmae.evaluation.reproduce.paper import ARMS, PAPER_ORDER, PAPER_TABLE3, PAPER_TABLE4
+from rcmae.evaluation.figures import TSNE_FIGURES
+from rcmae.evaluation.reproduce.paper import ARMS, PAPER_ORDER, PAPER_TABLE3, PAPER_TABLE4, paper_oddities
 from rcmae.evaluation.reproduce.plan import Options
 from rcmae.files import atomic_write_text, read_json, write_json
 
@@ -36,6 +37,11 @@ def write_report(out: str | os.PathLike, opts: Options | None = None) -> Path:
         return None if val is None else 100 * val
 
     rows = [*PAPER_ORDER, "Average"]
+    odd = paper_oddities()
+    marked = {(o["method"], o["machine_type"], o["metric"]) for o in odd if o["table"] == "Table 4"}
+
+    def paper_cell(method: str, mtype: str, metric: str, value: float) -> str:
+        return _pct(value) + (" †" if (method, mtype, metric) in marked else "")
     table3 = {t: {"paper_without_dda": PAPER_TABLE3[t][0], "paper_with_dda": PAPER_TABLE3[t][1],
                   "ours_without_dda": cell("rcmae-nodda", t, "pauc"), "ours_with_dda": cell("rcmae", t, "pauc")}
               for t in rows}
@@ -63,14 +69,30 @@ def write_report(out: str | os.PathLike, opts: Options | None = None) -> Path:
     lines += ["", "## Table 4: per machine type AUC / pAUC, the paper's rows and ours", "",
               f"| method | {head} |", "|---|" + "---:|" * (2 * len(rows))]
     for method, vals in table4["paper"].items():
-        lines.append(f"| {method} | " + " | ".join(f"{_pct(vals[t]['auc'])} | {_pct(vals[t]['pauc'])}"
+        lines.append(f"| {method} | " + " | ".join(f"{paper_cell(method, t, 'AUC', vals[t]['auc'])} | "
+                                                    f"{paper_cell(method, t, 'pAUC', vals[t]['pauc'])}"
                                                     for t in rows) + " |")
     for arm, label in (("rcmae", "RC-MAE with DDA (this run)"), ("rcmae-nodda", "RC-MAE without DDA (this run)")):
         vals = table4["ours"][arm]
         lines.append(f"| {label} | " + " | ".join(f"{_pct(vals[t]['auc'])} | {_pct(vals[t]['pauc'])}"
                                                    for t in rows) + " |")
-    lines.append("")
-    report = {"table3": table3, "table4": table4, "runs": {a: str(out / "runs" / a) for a in ARMS},
+    lines += ["", "† The paper's value does not add up (found by arithmetic on its tables; printed as published):", ""]
+    lines += [f"- {o['table']}, {o['method']}, {o['machine_type']} {o['metric']}: {o['note']}." for o in odd]
+    lines += ["", "## Figures 3 and 4: t-SNE of this reproduction's embeddings", "",
+              "One panel per machine type, colour = machine ID, o = normal, x = anomaly (`rcmae figures`).", ""]
+    for arm, label in (("rcmae", "with DDA"), ("rcmae-nodda", "without DDA")):
+        lines.append(f"### RC-MAE {label} (`runs/{arm}`)")
+        lines.append("")
+        for stem, caption in TSNE_FIGURES.items():
+            path = out / "figures" / arm / f"{stem}.png"
+            lines.append(f"![{caption}](figures/{arm}/{stem}.png)" if path.is_file() else
+                         f"- {caption}: not drawn yet (`rcmae figures --run {out / 'runs' / arm} --out "
+                         f"{out / 'figures' / arm}`)")
+            lines.append("")
+    report = {"table3": table3, "table4": table4, "paper_oddities": odd,
+              "figures": {arm: {stem: f"figures/{arm}/{stem}.png" for stem in TSNE_FIGURES
+                                if (out / "figures" / arm / f"{stem}.png").is_file()} for arm in ARMS},
+              "runs": {a: str(out / "runs" / a) for a in ARMS},
               "preset": opts.preset if opts else None,
               "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(opts).items()}
               if opts else None}

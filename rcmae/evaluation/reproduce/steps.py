@@ -37,6 +37,29 @@ def _run_child(argv: list[str], log_path: Path, log: Callable[[str], None],
                              f"see {log_path}; run `rcmae reproduce` again to resume")
 
 
+def check_bank_covers(view: Path, bank: Path) -> None:
+    """Refuse the with-DDA arm unless every pretraining clip has an AudioLDM copy in the bank.
+
+    ``rcmae pretrain`` pairs a clip without a copy with a SpecAugment twin (and says so); in the reproduction
+    that would make the Table 3 comparison part SpecAugment against SpecAugment, so it stops here instead.
+    """
+    from rcmae.augment.bank import BankPairs
+    from rcmae.data.checks import drop_train_anomalies
+    from rcmae.data.index import index_dataset
+
+    index = drop_train_anomalies(index_dataset(view), view)
+    clips = list(index.loc[index["split"] == "train", "path"])
+    try:
+        pairs = BankPairs(bank)
+    except FileNotFoundError:
+        pairs = None
+    missing = [c for c in clips if pairs is None or c not in pairs]
+    if missing:
+        raise ReproduceError(f"bank {bank}: {len(missing)} of {len(clips)} pretraining clips have no AudioLDM copy "
+                             f"(e.g. {Path(missing[0]).name}); the with-DDA arm would pair them with SpecAugment "
+                             "twins. Run `rcmae reproduce` again to resume the bank, then pretraining")
+
+
 def _stage_done(run: Path, stage: str) -> bool:
     path = run / "run.json"
     return path.is_file() and stage in read_json(path).get("stages", {})
@@ -94,6 +117,8 @@ def run_all(opts: Options, log: Callable[[str], None] = print,
         if kind == "pretrain":
             if _stage_done(run, "pretrain"):
                 continue
+            if arm == "rcmae":
+                check_bank_covers(pretrain_view_path(opts, data), out / "bank-audioldm")
             if (run / "checkpoints" / "pretrain-last.ckpt").is_file():
                 argv.append("--resume")
         elif kind == "finetune":
@@ -103,6 +128,8 @@ def run_all(opts: Options, log: Callable[[str], None] = print,
                 argv.append("--resume")
         elif kind == "evaluate" and (run / "eval" / "results.json").is_file() and \
                 "evaluated" in read_json(run / "run.json"):
+            continue
+        elif kind == "figures" and (out / "figures" / arm / "tsne_finetune.png").is_file():
             continue
         log(f"{name}")
         _run_child(argv, logs / f"{kind}-{arm}.log", log, cli_main=cli_main if single else None)

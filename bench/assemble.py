@@ -37,7 +37,7 @@ SECTIONS = [
     ("Monitoring long recordings", ["monitor.md"]),
     ("Exported bundles: size and speed", ["export.md"]),
     ("Reliability under faults", ["reliability.md"]),
-    ("The paper on a GPU: throughput, AudioLDM, full-schedule hours", ["paper.md"]),
+    ("The paper on a GPU: throughput, AudioLDM, full-schedule hours", ["paper.md", "cost.md"]),
 ]
 
 

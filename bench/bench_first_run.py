@@ -175,7 +175,8 @@ def main() -> None:
               "", "| throughput | value |", "|---|---:|",
               f"| folder scoring, `Detector.score_paths` ({s['clips']} clips, {s['errors']} errors) | "
               f"{s['detector_clips_per_s']} clips/s |",
-              f"| folder scoring, exported bundle (TorchScript, batches of 64) | {s['bundle_clips_per_s']} clips/s |",
+              "| folder scoring, exported bundle (default graph format, batches of 64) | "
+              f"{s['bundle_clips_per_s']} clips/s |",
               f"| `monitor` over {m['recording_s'] / 3600:.2f} h at a 1 s hop ({m['windows']} windows) | "
               f"{m['x_real_time']}x real time ({m['wall_s']} s) |",
               f"| `monitor` peak resident memory (child process) | {m['peak_rss_mib']} MiB |",

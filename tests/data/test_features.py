@@ -64,6 +64,28 @@ def test_batch_equals_clip_by_clip_and_frame_count():
     assert torch.allclose(chunks, batch, atol=1e-4)
 
 
+def test_a_big_cpu_batch_is_computed_in_chunks_with_the_same_result(monkeypatch):
+    import rcmae.data.features as features
+
+    clips = np.stack(list(_clips().values()) * 3)  # 6 clips: 3 chunks of 2
+    m = LogMel()
+    calls = []
+    stft = torch.stft
+    monkeypatch.setattr(torch, "stft", lambda x, *a, **k: calls.append(x.shape[0]) or stft(x, *a, **k))
+    chunked = m(clips)
+    assert calls == [2, 2, 2]
+    calls.clear()
+    monkeypatch.setattr(features, "CPU_CHUNK", 100)  # one batch: what every clip's log-mel was before
+    whole = m(clips)
+    assert calls == [6]
+    assert torch.allclose(chunked, whole, rtol=0, atol=1e-4)  # dB: 1e-4 dB is far below any audible change
+    # A traced module never loops over the batch (the chunk slices of the example batch would be baked in).
+    monkeypatch.setattr(features, "CPU_CHUNK", 2)
+    traced = torch.jit.trace(m, torch.from_numpy(clips[:3]), check_trace=False)
+    out = traced(torch.from_numpy(clips))
+    assert out.shape == whole.shape and torch.allclose(out, whole, atol=1e-4)
+
+
 def test_top_db_floors_relative_to_peak():
     y = _clips()["sine"][:SR]
     c = LogMelConfig(top_db=60.0)

@@ -169,6 +169,39 @@ def test_frame_gaussian_matches_a_direct_covariance_and_sklearn_pca():
     assert h.maha(query) == pytest.approx(g.maha(query), rel=1e-8)
 
 
+@pytest.mark.parametrize("frames", [1, 2, 3, 10, 313])
+def test_band_quantiles_are_torch_quantile_bit_for_bit(frames):
+    from rcmae.scorers.frames import BAND_QUANTILES, band_quantiles
+
+    x = torch.randn(5, 16, frames, generator=torch.Generator().manual_seed(frames)) * 3
+    x[1, 2, frames // 2] = float("nan")  # a row with a NaN is NaN, as torch.quantile's
+    want = torch.quantile(x, torch.tensor(BAND_QUANTILES), dim=-1)
+    got = band_quantiles(x)
+    assert torch.equal(torch.isnan(got), torch.isnan(want)) and int(torch.isnan(got).sum()) == 3
+    assert torch.equal(torch.nan_to_num(got), torch.nan_to_num(want))
+
+
+@pytest.mark.numeric
+@pytest.mark.parametrize("domains", [False, True])
+def test_frame_scores_from_the_logmel_equal_the_context_vector_form(domains):
+    """``pca_residual_logmel`` / ``maha_logmel`` (no context matrix built) equal ``pca_residual`` / ``maha`` of
+    ``context_frames``, on the scale of the residual (float64 both ways: only the summation order differs)."""
+    rng = np.random.default_rng(11)
+    f, t = 16, 60
+    train = [rng.normal(size=(f, t)) + rng.normal(size=(f, 1)) for _ in range(12)]
+    g = FrameGaussian().fit(np.concatenate([context_frames(x, 5) for x in train]))
+    if domains:  # two domain means: the minimum over them
+        g.domain_means = np.stack([g.mean, g.mean + rng.normal(size=g.mean.shape)])
+    for _ in range(4):
+        x = rng.normal(size=(f, t)) * 1.5 + 0.3
+        frames = context_frames(x, 5)
+        want = g.pca_residual(frames, 7)
+        assert g.pca_residual_logmel(x, 7, 5) == pytest.approx(want, rel=1e-10)
+        assert g.maha_logmel(x, 5) == pytest.approx(g.maha(frames), rel=1e-10)
+    with pytest.raises(ValueError, match="shorter than the context of 5 frames"):
+        g.pca_residual_logmel(np.zeros((f, 4)), 7, 5)
+
+
 def _stat_table(rng, units, n, d):
     table = _unit_tables(rng, units, n, d)
     table["z"] = table["z"] * rng.uniform(0.5, 5.0, size=d).astype(np.float32) + 3.0  # unequal scales

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rcmae.deploy.graph.features import WindowEmbedder, band_stats_graph, context_frames_graph
+from rcmae.deploy.graph.features import WindowEmbedder, band_stats_graph, context_frames_graph  # noqa: F401
 from rcmae.deploy.graph.knn import Banks
 from rcmae.deploy.graph.spec import recorded
 from rcmae.models.losses import masked_mse
@@ -90,16 +90,37 @@ class FrameGraph(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor, z: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
-        frames = context_frames_graph(x.double(), self.context)  # [B, S, D]
-        vec = self.eigvec[unit]
+        # From the frames, not the [B, S, context F] context vectors (rcmae.scorers.frames.FrameGaussian
+        # .pca_residuals: the same sums): f_t is frames t .. t+c-1 frame-major, so V^T f_t = sum_j V_j^T x_{t+j}.
+        x = x.double()
+        b, f, t = x.shape
+        c = self.context
+        s = t - c + 1
+        vec = self.eigvec[unit]  # [B, c F, k]
+        k = vec.shape[-1]
+        xt = x.transpose(1, 2)  # [B, T, F]
+        blocks = vec.reshape(b, c, f, k).transpose(1, 2).reshape(b, f, c * k)
+        y = torch.bmm(xt, blocks).reshape(b, t, c, k)
+        proj = y[:, 0:s, 0]
+        for j in range(1, c):
+            proj = proj + y[:, j : j + s, j]
+        sq = (xt * xt).sum(-1)
+        norms = sq[:, 0:s]
+        for j in range(1, c):
+            norms = norms + sq[:, j : j + s]
         per_bank = []
         for m in range(self.unit_banks.shape[1]):
-            d = frames - self.means[self.unit_banks[unit, m]][:, None, :]
-            proj = torch.bmm(d, vec)
+            mean = self.means[self.unit_banks[unit, m]]  # [B, c F]
+            p = proj - torch.bmm(mean[:, None, :], vec)[:, 0][:, None, :]
             if self.kind == "pca":
-                per_frame = (d**2).sum(-1) - (proj**2).sum(-1)
+                dm = torch.bmm(mean.reshape(b, c, f), x)  # [B, c, T]: m_j . x_u
+                dots = dm[:, 0, 0:s]
+                for j in range(1, c):
+                    dots = dots + dm[:, j, j : j + s]
+                d2 = norms - 2.0 * dots + (mean * mean).sum(-1)[:, None]
+                per_frame = d2 - (p * p).sum(-1)
             else:
-                per_frame = ((proj**2) / self.eigval[unit][:, None, :]).sum(-1)
+                per_frame = ((p * p) / self.eigval[unit][:, None, :]).sum(-1)
             per_bank.append(per_frame.mean(1))
         return torch.stack(per_bank).amin(0)
 

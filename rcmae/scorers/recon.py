@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from rcmae.data.datasets import make_generator
+from rcmae.models.losses import masked_mse
 from rcmae.scorers.base import Clips, Scorer
 
 # Fixed stream for the recon masks: a clip gets the same masks wherever and however it is scored.
@@ -25,6 +26,9 @@ def topk_mean(errors: np.ndarray, fraction: float) -> float:
     errors = np.asarray(errors, dtype=np.float64).ravel()
     k = max(1, int(np.ceil(fraction * errors.size)))
     return float(np.partition(errors, errors.size - k)[errors.size - k :].mean())
+
+
+RECON_BATCH = 16  # clips per batched forward (x recon_masks rows)
 
 
 class ReconScorer(Scorer):
@@ -44,19 +48,46 @@ class ReconScorer(Scorer):
         super().__init__(cfg, run)
         self.model, self.windows, self.device = model, windows, device
 
+    def _noise(self) -> torch.Tensor:
+        """The uniform noise ``[recon_masks, L]`` that the scorer's fixed-seed generator draws for its masks (what
+        ``RCMAE.random_masking`` would draw for the clip repeated once per mask): the same masks for every clip."""
+        gen = make_generator(RECON_SEED, device=self.device)
+        return torch.rand(self.cfg.recon_masks, self.model.config.num_patches, generator=gen, device=self.device)
+
+    @torch.no_grad()
+    def window_errors(self, clips: Clips, per_patch: bool = False) -> list[torch.Tensor]:
+        """Per crop window, the errors of every clip: ``[B, masks]`` masked-patch MSEs, or with ``per_patch`` each
+        masked patch's MSE ``[B, masks * masked]``. A batch of clips at a time, each repeated once per mask with
+        the scorer's fixed noise, so a clip's errors do not depend on the batch (as one clip at a time)."""
+        noise, n = self._noise(), self.cfg.recon_masks
+        model, norm_pix = self.model, self.model.config.norm_pix_loss
+        out: list[list[torch.Tensor]] = []
+        for b in range(0, len(clips.x), RECON_BATCH):
+            xb = clips.x[b : b + RECON_BATCH].to(self.device)
+            per_window = []
+            for w in self.windows(xb):
+                reps = w.repeat_interleave(n, dim=0)
+                latent, mask, ids = model.forward_encoder(reps, self.cfg.recon_mask_ratio,
+                                                          noise=noise.repeat(len(w), 1))
+                pred, target = model.forward_decoder(latent, ids), model.target(reps)
+                if not per_patch:
+                    per_window.append(masked_mse(pred, target, mask, norm_pix=norm_pix,
+                                                 reduction="none").float().view(len(w), n))
+                    continue
+                if norm_pix:
+                    target = (target - target.mean(dim=-1, keepdim=True)) / (target.var(dim=-1, keepdim=True)
+                                                                              + 1.0e-6) ** 0.5
+                errors = ((pred - target) ** 2).mean(dim=-1).float()
+                per_window.append(errors[mask.bool()].view(len(w), -1))
+            out.append(per_window)
+        return [torch.cat([batch[k] for batch in out]) for k in range(len(out[0]))] if out else []
+
     @torch.no_grad()
     def score(self, clips: Clips) -> np.ndarray:
-        x, n = clips.x, self.cfg.recon_masks
-        out = np.empty(len(x), dtype=np.float64)
-        for row in range(len(x)):
-            errs = []
-            for w in self.windows(x[row : row + 1].to(self.device)):
-                # The clip repeated once per mask, drawn from a fixed stream: per-clip, batch-independent.
-                gen = make_generator(RECON_SEED, device=self.device)
-                reps = w.expand(n, -1, -1)
-                errs.append(self.model.reconstruction_error(reps, self.cfg.recon_mask_ratio, gen, n_masks=1).mean())
-            out[row] = float(torch.stack(errs).mean())
-        return out
+        if not len(clips.x):
+            return np.empty(0, dtype=np.float64)
+        errs = self.window_errors(clips)
+        return torch.stack([e.mean(1) for e in errs]).mean(0).double().cpu().numpy()
 
 
 class ReconTopkScorer(ReconScorer):
@@ -66,13 +97,7 @@ class ReconTopkScorer(ReconScorer):
 
     @torch.no_grad()
     def score(self, clips: Clips) -> np.ndarray:
-        x = clips.x
-        out = np.empty(len(x), dtype=np.float64)
-        for row in range(len(x)):
-            errs = []
-            for w in self.windows(x[row : row + 1].to(self.device)):
-                gen = make_generator(RECON_SEED, device=self.device)  # the recon scorer's masks
-                errs.append(self.model.masked_patch_errors(w.expand(self.cfg.recon_masks, -1, -1),
-                                                           self.cfg.recon_mask_ratio, gen).flatten())
-            out[row] = topk_mean(torch.cat(errs).cpu().numpy(), self.cfg.recon_topk)
-        return out
+        if not len(clips.x):
+            return np.empty(0, dtype=np.float64)
+        flat = torch.cat(self.window_errors(clips, per_patch=True), dim=1).cpu().numpy()
+        return np.array([topk_mean(row, self.cfg.recon_topk) for row in flat])

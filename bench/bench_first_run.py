@@ -167,10 +167,10 @@ def main() -> None:
     first = (files[0].parent.parent.name, re.search(r"id_(\d\d)", files[0].name).group(1))
     bundle.score_waveforms(load_audio(files[0])[None], [first[0]], [first[1]])  # warm-up, as for the Detector
     t0 = time.perf_counter()
-    waves = np.stack([load_audio(p) for p in files])
     units = [(p.parent.parent.name, re.search(r"id_(\d\d)", p.name).group(1)) for p in files]
-    for b in range(0, len(files), 64):
-        bundle.score_waveforms(waves[b:b + 64], [u[0] for u in units[b:b + 64]], [u[1] for u in units[b:b + 64]])
+    for b in range(0, len(files), 64):  # read and score a batch at a time, as score_paths does
+        waves = np.stack([load_audio(p) for p in files[b:b + 64]])
+        bundle.score_waveforms(waves, [u[0] for u in units[b:b + 64]], [u[1] for u in units[b:b + 64]])
     t_bundle = time.perf_counter() - t0
     res["scoring"] = {"clips": n, "errors": sum(r["error"] is not None for r in rows),
                       "detector_clips_per_s": round(n / t_det, 1), "bundle_clips_per_s": round(n / t_bundle, 1)}

@@ -62,7 +62,9 @@ def build_stats_maha(scorer, ctx: ExportContext) -> nn.Module:
     rows = ctx.unit_rows(table)
     ctx.check_covered(rows, "stats_maha", minimum=2)
     banks = Banks.of(scorer, table, rows, len(ctx.units))
-    return StatsMahaGraph(mean, std, GaussianBanks(*fit_bank_gaussians(ref, banks), banks, "stats_maha"))
+    # A training-free run embeds a clip by these same band statistics (ExportContext.embedder): reuse them.
+    return StatsMahaGraph(mean, std, GaussianBanks(*fit_bank_gaussians(ref, banks), banks, "stats_maha"),
+                          embedded=not ctx.models)
 
 
 def build_norm_knn(scorer, ctx: ExportContext) -> nn.Module:

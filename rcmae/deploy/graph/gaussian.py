@@ -120,8 +120,12 @@ class MahaGraph(nn.Module):
 class StatsMahaGraph(nn.Module):
     """``stats_maha``: band statistics, standardised per dimension, Mahalanobis to the unit's Gaussian."""
 
-    def __init__(self, mean: np.ndarray, std: np.ndarray, gaussians: GaussianBanks) -> None:
+    def __init__(self, mean: np.ndarray, std: np.ndarray, gaussians: GaussianBanks,
+                 embedded: bool = False) -> None:
         super().__init__()
+        # embedded: the detector's embedding z is already these band statistics (a training-free run's
+        # BandStatsEmbedder), so they are not computed twice.
+        self.embedded = bool(embedded)
         self.register_buffer("mean", torch.from_numpy(np.asarray(mean, dtype=np.float64)))
         self.register_buffer("std", torch.from_numpy(np.asarray(std, dtype=np.float64)))
         self.gaussians = gaussians
@@ -130,5 +134,5 @@ class StatsMahaGraph(nn.Module):
         return {"stats_mean": self.mean.numpy(), "stats_std": self.std.numpy(), **self.gaussians.references()}
 
     def forward(self, x: torch.Tensor, z: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
-        q = (band_stats_graph(x).double() - self.mean) / self.std
+        q = ((z if self.embedded else band_stats_graph(x)).double() - self.mean) / self.std
         return self.gaussians(q, unit)

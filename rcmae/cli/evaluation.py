@@ -107,7 +107,7 @@ def add_benchmark(sub) -> None:
     p = sub.add_parser("benchmark", help="run several systems on the same data (or a suite of sets); one table")
     p.add_argument("--data", default=None, help="data folder with train clips and labelled test clips")
     p.add_argument("--suite", default=None, metavar="NAME",
-                   help="run over every set of a suite (default, tiny; `--suite list` shows them) and report "
+                   help="run over every set of a suite (design, report, tiny; `--suite list` shows them) and report "
                         "each set and the mean; see docs/benchmark.md")
     p.add_argument("--suite-data", default=None, metavar="DIR",
                    help="where suite sets are generated and reused (default <workspace>/data/suites)")

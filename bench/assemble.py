@@ -38,6 +38,7 @@ SECTIONS = [
     ("Exported bundles: size and speed", ["export.md"]),
     ("Reliability under faults", ["reliability.md"]),
     ("The paper on a GPU: throughput, AudioLDM, full-schedule hours", ["paper.md", "cost.md"]),
+    ("Decisions: chosen on the design suite, run once on the report suite", ["decisions.md", "intervals-report.md"]),
 ]
 
 

@@ -38,7 +38,8 @@ SECTIONS = [
     ("Exported bundles: size and speed", ["export.md"]),
     ("Reliability under faults", ["reliability.md"]),
     ("The paper on a GPU: throughput, AudioLDM, full-schedule hours", ["paper.md", "cost.md"]),
-    ("Decisions: chosen on the design suite, run once on the report suite", ["decisions.md", "intervals-report.md"]),
+    ("Decisions: chosen on the design suite, run once on the report suite",
+     ["decisions.md", "report-suite.md", "intervals-report.md"]),
 ]
 
 

@@ -3,7 +3,7 @@
     python bench/bench_monitor.py [--minutes 10] [--hop 1.0] [--threads 2]
 
 Trains a ``tiny``-preset run for one epoch per stage on a small demo data set (speed depends on the
-architecture, not on how well it is trained), exports its default scorer as TorchScript, tiles demo clips
+architecture, not on how well it is trained), exports its default scorer (default bundle format), tiles demo clips
 into a recording of ``--minutes`` and times the monitor over it (windows streamed from disk, peak memory
 reported). Writes bench/results/monitor.md.
 """
@@ -29,6 +29,7 @@ from _machine import header, write_result  # noqa: E402
 
 from rcmae.data import demo  # noqa: E402
 from rcmae.deploy import export, monitor
+from rcmae.deploy.bundle import Bundle
 from rcmae.training import stages as train
 
 
@@ -55,7 +56,8 @@ def main() -> None:
             f.write(y)
     seconds = sf.info(rec).duration
     rows = []
-    for label, kw in (("run (Detector)", {"run": run}), ("bundle (TorchScript)", {"bundle": bundle})):
+    fmt = Bundle(bundle).format
+    for label, kw in (("run (Detector)", {"run": run}), (f"bundle ({fmt})", {"bundle": bundle})):
         scorer = monitor.open_scorer(**kw, trust=True)  # the bundle this script just exported
         t0 = time.perf_counter()
         res = monitor.monitor_recording(scorer, rec, "fan", "00", hop=args.hop, progress=False)

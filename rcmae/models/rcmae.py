@@ -466,9 +466,7 @@ class RCMAE(nn.Module):
         """
         if n_masks < 1:
             raise ValueError(f"masked_patch_errors: n_masks={n_masks} must be >= 1")
-        target = self.target(x)
-        if self.config.norm_pix_loss:
-            target = (target - target.mean(dim=-1, keepdim=True)) / (target.var(dim=-1, keepdim=True) + 1.0e-6) ** 0.5
+        target = self._loss_target(x)
         out = []
         for _ in range(n_masks):
             latent, mask, ids_restore = self.forward_encoder(x, mask_ratio, generator)
@@ -476,6 +474,31 @@ class RCMAE(nn.Module):
             # Every clip of the batch has the same number of masked patches (one ratio per call).
             out.append(per_patch[mask.bool()].view(x.shape[0], -1))
         return torch.cat(out, dim=1)
+
+    def _loss_target(self, x: Tensor) -> Tensor:
+        """The patches the reconstruction is compared with (per-patch normalised with ``norm_pix_loss``, as MAE)."""
+        target = self.target(x)
+        if self.config.norm_pix_loss:
+            target = (target - target.mean(dim=-1, keepdim=True)) / (target.var(dim=-1, keepdim=True) + 1.0e-6) ** 0.5
+        return target
+
+    def fixed_mask_errors(self, x: Tensor, mask_ratio: float, noise: Tensor, per_patch: bool = False) -> Tensor:
+        """Errors of every clip of ``x [B, F, T]`` under the same masks, one per row of ``noise [n, L]``.
+
+        Each clip is repeated once per mask and masked by that row (see :meth:`random_masking`), so a clip's errors
+        do not depend on its batch. Returns ``[B, n]`` masked-patch MSEs (``recon``), or with ``per_patch`` each
+        masked patch's MSE ``[B, n * n_masked]``, mask after mask (``recon_topk``). No ``no_grad`` inside: an
+        exported graph calls it with grad on (the transformer's fused inference path has no ONNX translation).
+        """
+        b, n = x.shape[0], noise.shape[0]
+        reps = x.repeat_interleave(n, dim=0)
+        latent, mask, ids_restore = self.forward_encoder(reps, mask_ratio, noise=noise.repeat(b, 1))
+        pred = self.forward_decoder(latent, ids_restore)
+        if not per_patch:
+            return masked_mse(pred, self.target(reps), mask, norm_pix=self.config.norm_pix_loss,
+                              reduction="none").float().view(b, n)
+        errors = ((pred - self._loss_target(reps)) ** 2).mean(dim=-1).float()
+        return errors[mask.bool()].view(b, -1)
 
     def forward(self, x: Tensor) -> Output:
         """Eval pass: ``Output(embedding [B, proj_dim], logits [B, n_classes] or None)``."""

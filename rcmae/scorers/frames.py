@@ -69,6 +69,42 @@ def context_frames(x: np.ndarray | torch.Tensor, n: int = 5) -> np.ndarray:
     return windows.transpose(1, 2, 0).reshape(t - n + 1, n * f)
 
 
+def context_projections(x: torch.Tensor, vec: torch.Tensor, n: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """``V^T f_t`` ``[B, S, k]`` and ``|f_t|^2`` ``[B, S]`` of the context vectors ``f_t`` of log-mels ``x [B, F, T]``,
+    from the frames: ``f_t`` is frames ``t .. t+n-1`` frame-major (:func:`context_frames`), so ``V^T f_t`` is the
+    sum of the per-frame block products ``V_j^T x_{t+j}``, and no ``[S, n F]`` matrix is built.
+
+    ``vec`` is ``[1 or B, n F, k]`` (one basis for every clip, or one per clip). Plain tensor operations only: the
+    scorers and the export graph (TorchScript, ONNX) share it.
+    """
+    b, f, t = x.shape
+    s = t - n + 1
+    if s < 1:
+        raise ValueError(f"context_frames: a clip of {t} frames is shorter than the context of {n} frames")
+    xt = x.transpose(1, 2)  # [B, T, F]
+    k = vec.shape[-1]
+    blocks = vec.reshape(vec.shape[0], n, f, k).transpose(1, 2).reshape(vec.shape[0], f, n * k)
+    y = torch.matmul(xt, blocks).reshape(b, t, n, k)  # y[b, u, j] = V_j^T x_bu
+    proj, sq = y[:, 0:s, 0], (xt * xt).sum(-1)
+    norms = sq[:, 0:s]
+    for j in range(1, n):
+        proj = proj + y[:, j : j + s, j]
+        norms = norms + sq[:, j : j + s]
+    return proj, norms
+
+
+def context_dots(x: torch.Tensor, means: torch.Tensor, n: int = 5) -> torch.Tensor:
+    """``f_t . m`` ``[B, S]`` for the context vectors of ``x [B, F, T]`` and ``means [1 or B, n F]`` (per-frame blocks,
+    as :func:`context_projections`)."""
+    b, f, t = x.shape
+    s = t - n + 1
+    d = torch.matmul(means.reshape(means.shape[0], n, f), x)  # [B, n, T]: m_j . x_bu
+    out = d[:, 0, 0:s]
+    for j in range(1, n):
+        out = out + d[:, j, j : j + s]
+    return out
+
+
 class FrameGaussian:
     """Mean and covariance of a unit's normal context frames, from per-clip sufficient statistics.
 
@@ -138,60 +174,30 @@ class FrameGaussian:
         frames = np.asarray(frames, dtype=np.float64)
         return min(float((((frames - m) @ self.eigvec) ** 2 / self.eigval).sum(1).mean()) for m in self._means())
 
-    def _projections(self, x: np.ndarray, context: int, vec: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
-        """Of log-mels ``x [B, F, T]``: ``V^T f_t [B, S, k]`` and ``|f_t|^2 [B, S]`` of their context vectors
-        ``f_t``, from the frames directly (``f_t`` is frames ``t .. t+context-1`` frame-major, so ``V^T f_t`` is a
-        sum of per-frame blocks): no ``[S, context F]`` matrix is built, and the batch is one matrix product."""
-        x = torch.as_tensor(np.asarray(x), dtype=torch.float64)
-        b, f, t = x.shape
-        s = t - context + 1
-        if s < 1:
-            raise ValueError(f"context_frames: a clip of {t} frames is shorter than the context of {context} frames")
-        xt = x.transpose(1, 2).reshape(b * t, f)  # every frame of every clip: [B T, F]
-        k = vec.shape[1]
-        blocks = torch.from_numpy(np.ascontiguousarray(vec.reshape(context, f, k).transpose(1, 0, 2).reshape(f, -1)))
-        # y[b, u, j] = V_j^T x_bu, then V^T f_bt = sum_j y[b, t + j, j].
-        y = (xt @ blocks).reshape(b, t, context, k)
-        proj = sum(y[:, j : j + s, j] for j in range(context))
-        sq = (xt * xt).sum(1).reshape(b, t)
-        norms = sum(sq[:, j : j + s] for j in range(context))
-        return proj.numpy(), norms.numpy(), f, s
-
-    def _dots(self, x: np.ndarray, m: np.ndarray, f: int, s: int, context: int) -> np.ndarray:
-        """``f_t . m`` for every context vector of ``x [B, F, T]`` -> ``[B, S]`` (per-frame blocks)."""
-        d = np.einsum("jf,bft->bjt", m.reshape(context, f), np.asarray(x, dtype=np.float64))  # m_j . x_bu
-        return sum(d[:, j, j : j + s] for j in range(context))
-
     def pca_residuals(self, x: np.ndarray, components: int, context: int = 5) -> np.ndarray:
         """:meth:`pca_residual` of ``context_frames(x_b, context)`` for each log-mel of ``x [B, F, T]`` -> ``[B]``.
 
         ``|f - m|^2 - |V^T (f - m)|^2`` with ``|f - m|^2 = |f|^2 - 2 f.m + |m|^2``, all in float64, computed from
-        the log-mels themselves in one matrix product for the batch; equal to the context-vector form to
-        rounding (tests/scorers/test_scorers.py).
+        the log-mels themselves (:func:`context_projections`); equal to the context-vector form to rounding
+        (tests/scorers/test_scorers.py).
         """
-        x = np.asarray(x, dtype=np.float64)
-        vec = self.eigvec[:, :components]
-        proj, norms, f, s = self._projections(x, context, vec)
+        x = torch.as_tensor(np.asarray(x), dtype=torch.float64)
+        vec = torch.from_numpy(np.ascontiguousarray(self.eigvec[:, :components]))
+        proj, norms = context_projections(x, vec[None], context)
         out = []
-        for m in self._means():
-            d2 = norms - 2.0 * self._dots(x, m, f, s, context) + float(m @ m)
+        for m in map(torch.from_numpy, self._means()):
+            d2 = norms - 2.0 * context_dots(x, m[None], context) + m @ m
             p = proj - m @ vec
             out.append((d2 - (p * p).sum(-1)).mean(-1))
-        return np.min(out, axis=0)
+        return torch.stack(out).amin(0).numpy()
 
     def mahas(self, x: np.ndarray, context: int = 5) -> np.ndarray:
         """:meth:`maha` of ``context_frames(x_b, context)`` for each log-mel of ``x [B, F, T]`` -> ``[B]``."""
-        proj, _, _, _ = self._projections(x, context, self.eigvec)
-        return np.min([(((proj - m @ self.eigvec) ** 2) / self.eigval).sum(-1).mean(-1) for m in self._means()],
-                      axis=0)
-
-    def pca_residual_logmel(self, x: np.ndarray, components: int, context: int = 5) -> float:
-        """:meth:`pca_residuals` of one log-mel ``x [F, T]``."""
-        return float(self.pca_residuals(np.asarray(x)[None], components, context)[0])
-
-    def maha_logmel(self, x: np.ndarray, context: int = 5) -> float:
-        """:meth:`mahas` of one log-mel ``x [F, T]``."""
-        return float(self.mahas(np.asarray(x)[None], context)[0])
+        x = torch.as_tensor(np.asarray(x), dtype=torch.float64)
+        vec, val = torch.from_numpy(self.eigvec), torch.from_numpy(self.eigval)
+        proj, _ = context_projections(x, vec[None], context)
+        return torch.stack([(((proj - m @ vec) ** 2) / val).sum(-1).mean(-1)
+                            for m in map(torch.from_numpy, self._means())]).amin(0).numpy()
 
     def pca_residual(self, frames: np.ndarray, components: int) -> float:
         """Mean over ``frames [n, D]`` of the squared error after projecting on the top ``components``.

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from rcmae.data.datasets import make_generator
-from rcmae.models.losses import masked_mse
 from rcmae.scorers.base import Clips, Scorer
 
 # Fixed stream for the recon masks: a clip gets the same masks wherever and however it is scored.
@@ -59,27 +58,12 @@ class ReconScorer(Scorer):
         """Per crop window, the errors of every clip: ``[B, masks]`` masked-patch MSEs, or with ``per_patch`` each
         masked patch's MSE ``[B, masks * masked]``. A batch of clips at a time, each repeated once per mask with
         the scorer's fixed noise, so a clip's errors do not depend on the batch (as one clip at a time)."""
-        noise, n = self._noise(), self.cfg.recon_masks
-        model, norm_pix = self.model, self.model.config.norm_pix_loss
+        noise = self._noise()
         out: list[list[torch.Tensor]] = []
         for b in range(0, len(clips.x), RECON_BATCH):
             xb = clips.x[b : b + RECON_BATCH].to(self.device)
-            per_window = []
-            for w in self.windows(xb):
-                reps = w.repeat_interleave(n, dim=0)
-                latent, mask, ids = model.forward_encoder(reps, self.cfg.recon_mask_ratio,
-                                                          noise=noise.repeat(len(w), 1))
-                pred, target = model.forward_decoder(latent, ids), model.target(reps)
-                if not per_patch:
-                    per_window.append(masked_mse(pred, target, mask, norm_pix=norm_pix,
-                                                 reduction="none").float().view(len(w), n))
-                    continue
-                if norm_pix:
-                    target = (target - target.mean(dim=-1, keepdim=True)) / (target.var(dim=-1, keepdim=True)
-                                                                              + 1.0e-6) ** 0.5
-                errors = ((pred - target) ** 2).mean(dim=-1).float()
-                per_window.append(errors[mask.bool()].view(len(w), -1))
-            out.append(per_window)
+            out.append([self.model.fixed_mask_errors(w, self.cfg.recon_mask_ratio, noise, per_patch)
+                        for w in self.windows(xb)])
         return [torch.cat([batch[k] for batch in out]) for k in range(len(out[0]))] if out else []
 
     @torch.no_grad()

@@ -265,6 +265,25 @@ def test_masked_patch_errors_match_manual_loop():
                                rtol=1e-5)
 
 
+@pytest.mark.parametrize("norm_pix", [False, True])
+def test_fixed_mask_errors_equal_one_clip_at_a_time_under_the_same_noise(norm_pix):
+    # The scorers' and the export graph's batched form: every clip under the masks of the rows of `noise`.
+    m = tiny(norm_pix_loss=norm_pix)
+    x = torch.randn(3, 32, 40, generator=gen())
+    noise = torch.rand(4, m.config.num_patches, generator=gen(7))
+    with torch.no_grad():
+        got = m.fixed_mask_errors(x, 0.5, noise)
+        got_patch = m.fixed_mask_errors(x, 0.5, noise, per_patch=True)
+        for b in range(3):
+            # One clip repeated per mask draws exactly `noise` from the same seed: the existing per-clip forms.
+            one = x[b : b + 1].expand(4, -1, -1)
+            want = m.reconstruction_error(one, 0.5, gen(7), n_masks=1)
+            np.testing.assert_allclose(got[b].numpy(), want.numpy(), rtol=1e-5)
+            patches = m.masked_patch_errors(one, 0.5, gen(7)).flatten()
+            np.testing.assert_allclose(got_patch[b].numpy(), patches.numpy(), rtol=1e-5)
+    assert got.shape == (3, 4) and got_patch.shape == (3, 4 * 16)
+
+
 def test_training_step_gives_finite_gradients_to_every_part():
     m = tiny(n_classes=2, stat_fusion=True, pool="cls")
     x = torch.randn(4, 32, 37, generator=gen())

@@ -184,22 +184,20 @@ def test_band_quantiles_are_torch_quantile_bit_for_bit(frames):
 @pytest.mark.numeric
 @pytest.mark.parametrize("domains", [False, True])
 def test_frame_scores_from_the_logmel_equal_the_context_vector_form(domains):
-    """``pca_residual_logmel`` / ``maha_logmel`` (no context matrix built) equal ``pca_residual`` / ``maha`` of
-    ``context_frames``, on the scale of the residual (float64 both ways: only the summation order differs)."""
+    """``pca_residuals`` / ``mahas`` of a batch (no context matrix built) equal ``pca_residual`` / ``maha`` of each
+    clip's ``context_frames`` (float64 both ways: only the summation order differs)."""
     rng = np.random.default_rng(11)
     f, t = 16, 60
     train = [rng.normal(size=(f, t)) + rng.normal(size=(f, 1)) for _ in range(12)]
     g = FrameGaussian().fit(np.concatenate([context_frames(x, 5) for x in train]))
     if domains:  # two domain means: the minimum over them
         g.domain_means = np.stack([g.mean, g.mean + rng.normal(size=g.mean.shape)])
-    for _ in range(4):
-        x = rng.normal(size=(f, t)) * 1.5 + 0.3
-        frames = context_frames(x, 5)
-        want = g.pca_residual(frames, 7)
-        assert g.pca_residual_logmel(x, 7, 5) == pytest.approx(want, rel=1e-10)
-        assert g.maha_logmel(x, 5) == pytest.approx(g.maha(frames), rel=1e-10)
+    xs = rng.normal(size=(4, f, t)) * 1.5 + 0.3
+    want_pca = [g.pca_residual(context_frames(x, 5), 7) for x in xs]
+    np.testing.assert_allclose(g.pca_residuals(xs, 7, 5), want_pca, rtol=1e-10)
+    np.testing.assert_allclose(g.mahas(xs, 5), [g.maha(context_frames(x, 5)) for x in xs], rtol=1e-10)
     with pytest.raises(ValueError, match="shorter than the context of 5 frames"):
-        g.pca_residual_logmel(np.zeros((f, 4)), 7, 5)
+        g.pca_residuals(np.zeros((1, f, 4)), 7, 5)
 
 
 def _stat_table(rng, units, n, d):

@@ -12,9 +12,9 @@ from torch import nn
 from rcmae.deploy.graph.features import WindowEmbedder, band_stats_graph, context_frames_graph  # noqa: F401
 from rcmae.deploy.graph.knn import Banks
 from rcmae.deploy.graph.spec import recorded
-from rcmae.models.losses import masked_mse
 from rcmae.models.rcmae import RCMAE
 from rcmae.scorers.base import Scorer, ScoringError
+from rcmae.scorers.frames import context_dots, context_projections
 
 
 class ExportContext:
@@ -90,34 +90,16 @@ class FrameGraph(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor, z: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
-        # From the frames, not the [B, S, context F] context vectors (rcmae.scorers.frames.FrameGaussian
-        # .pca_residuals: the same sums): f_t is frames t .. t+c-1 frame-major, so V^T f_t = sum_j V_j^T x_{t+j}.
+        # From the frames, as the scorers (rcmae.scorers.frames.context_projections): no context-vector matrix.
         x = x.double()
-        b, f, t = x.shape
-        c = self.context
-        s = t - c + 1
         vec = self.eigvec[unit]  # [B, c F, k]
-        k = vec.shape[-1]
-        xt = x.transpose(1, 2)  # [B, T, F]
-        blocks = vec.reshape(b, c, f, k).transpose(1, 2).reshape(b, f, c * k)
-        y = torch.bmm(xt, blocks).reshape(b, t, c, k)
-        proj = y[:, 0:s, 0]
-        for j in range(1, c):
-            proj = proj + y[:, j : j + s, j]
-        sq = (xt * xt).sum(-1)
-        norms = sq[:, 0:s]
-        for j in range(1, c):
-            norms = norms + sq[:, j : j + s]
+        proj, norms = context_projections(x, vec, self.context)
         per_bank = []
         for m in range(self.unit_banks.shape[1]):
             mean = self.means[self.unit_banks[unit, m]]  # [B, c F]
-            p = proj - torch.bmm(mean[:, None, :], vec)[:, 0][:, None, :]
+            p = proj - torch.matmul(mean[:, None, :], vec)
             if self.kind == "pca":
-                dm = torch.bmm(mean.reshape(b, c, f), x)  # [B, c, T]: m_j . x_u
-                dots = dm[:, 0, 0:s]
-                for j in range(1, c):
-                    dots = dots + dm[:, j, j : j + s]
-                d2 = norms - 2.0 * dots + (mean * mean).sum(-1)[:, None]
+                d2 = norms - 2.0 * context_dots(x, mean, self.context) + (mean * mean).sum(-1)[:, None]
                 per_frame = d2 - (p * p).sum(-1)
             else:
                 per_frame = ((p * p) / self.eigval[unit][:, None, :]).sum(-1)
@@ -187,19 +169,7 @@ class ReconGraph(nn.Module):
 
     def _window_errors(self, w: torch.Tensor) -> torch.Tensor:
         """Errors of one window ``w [B, F, t]``: per mask ``[B, n]`` (recon) or per masked patch (topk)."""
-        model = self.embedder.model
-        b, n = w.shape[0], self.noise.shape[0]
-        reps = w.repeat_interleave(n, dim=0)
-        latent, mask, ids_restore = model.forward_encoder(reps, self.mask_ratio, noise=self.noise.repeat(b, 1))
-        pred = model.forward_decoder(latent, ids_restore)
-        if self.topk is None:
-            return masked_mse(pred, model.target(reps), mask, norm_pix=model.config.norm_pix_loss,
-                              reduction="none").float().view(b, n)
-        target = model.target(reps)
-        if model.config.norm_pix_loss:
-            target = (target - target.mean(dim=-1, keepdim=True)) / (target.var(dim=-1, keepdim=True) + 1.0e-6) ** 0.5
-        per_patch = ((pred - target) ** 2).mean(dim=-1).float()
-        return per_patch[mask.bool()].view(b, -1)
+        return self.embedder.model.fixed_mask_errors(w, self.mask_ratio, self.noise, per_patch=self.topk is not None)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
         e = self.embedder

@@ -106,7 +106,7 @@ def training_flops(preset: str, overrides: Sequence[str] = (), n_classes: int = 
             # SupCon's batch x batch similarities branch on the labels (not traceable on meta): it is counted
             # below, by hand, as the two matrix products of its forward and backward passes.
             finetune_loss(z, model.classify(z), labels, w_scl=0.0)["loss"].backward()
-        supcon = 3 * 2 * cfg.finetune.batch_size * z_dim(model)  # per clip: 3 x (2 B D) multiply-adds
+        supcon = 3 * 2 * cfg.finetune.batch_size * model.config.proj_dim  # per clip: 3 x (2 B D) FLOPs
         return count_flops(run) / batch + supcon
 
     starts = 1
@@ -124,10 +124,6 @@ def training_flops(preset: str, overrides: Sequence[str] = (), n_classes: int = 
             "pretrain_batch": cfg.pretrain.batch_size, "finetune_batch": cfg.finetune.batch_size,
             "pretrain_epochs": cfg.pretrain.epochs, "finetune_epochs": cfg.finetune.epochs,
             "crops_per_clip": cfg.pretrain.crops_per_clip if cfg.pretrain.crop_frames else 1, "eval_windows": starts}
-
-
-def z_dim(model) -> int:
-    return int(model.config.proj_dim)
 
 
 def mean_denoising_steps(steps: tuple[int, int], t0: float) -> float:

@@ -33,13 +33,14 @@ SECTIONS = [
     ("Front-end speed", ["frontend-cpu.md", "frontend-cuda.md"]),
     ("Scoring and training speed", ["speed.md"]),
     ("Augmentation speed", ["augment.md", "audioldm.md"]),
-    ("Workbench quick demo and a newcomer's first run", ["first_run.md", "workbench.md"]),
+    ("Workbench quick demo and a newcomer's first run", ["first_run.md", "pipeline.md", "workbench.md"]),
     ("Monitoring long recordings", ["monitor.md"]),
     ("Exported bundles: size and speed", ["export.md"]),
     ("Reliability under faults", ["reliability.md"]),
     ("The paper on a GPU: throughput, AudioLDM, full-schedule hours", ["paper.md", "cost.md"]),
     ("Decisions: chosen on the design suite, run once on the report suite",
      ["decisions.md", "report-suite.md", "intervals-report.md"]),
+    ("Mutation testing", ["mutation.md"]),
 ]
 
 

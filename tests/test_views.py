@@ -171,7 +171,7 @@ def _domain_scores(seed: int = 3) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_domain_roc_areas_are_the_official_aucs():
+def test_domain_roc_areas_equal_the_reported_domain_aucs():
     from rcmae.evaluation.metrics import evaluate_scores
 
     table = _domain_scores()

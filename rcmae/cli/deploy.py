@@ -44,7 +44,7 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
                                        trust=args.trust,
                                        machine_type=args.machine_type, machine_id=args.machine_id, hop=args.hop,
                                        min_duration=args.min_duration, threshold=args.threshold, plot=args.plot,
-                                       progress=not args.quiet)
+                                       progress=not args.quiet, stream=not args.no_stream)
     for res in results:
         print(f"{res.path}: {res.duration:.1f} s, {len(res.series)} windows, {len(res.events)} event(s) above "
               f"{res.threshold:.4f} ({res.scorer}, {res.machine_type}/{res.machine_id})")
@@ -81,6 +81,9 @@ def add_monitor(sub) -> None:
     p.add_argument("--threshold", type=float, default=None, help="override the machine's fitted threshold")
     p.add_argument("--plot", default="html", choices=["html", "png", "none"], help="plot format (default html)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-stream", action="store_true",
+                   help="compute each window's log-mel on its own instead of sharing the frames of overlapping "
+                        "windows (same scores to float32 rounding; slower; TorchScript/ONNX bundles always do)")
     p.set_defaults(func=_cmd_monitor)
 
 

@@ -115,7 +115,8 @@ def add_benchmark(sub) -> None:
                    help="DCASE 2020 sample folder for the suite's real-slider set "
                         "(default ../shared/data/dcase2020-samples; skipped with a note when absent)")
     p.add_argument("--rescore", action="store_true",
-                   help="score finished rcmae runs in OUT again with the current scorers (no retraining)")
+                   help="score finished rcmae runs in OUT again with the current scorers (no retraining); with "
+                        "--set score.KEY=VALUE, a copy of each run under those score settings")
     p.add_argument("--report-only", action="store_true",
                    help="with --suite: run nothing, report the runs already finished in OUT (and what is missing)")
     p.add_argument("--out", default=None,

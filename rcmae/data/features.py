@@ -92,9 +92,24 @@ class LogMel(nn.Module):
             out = torch.cat([self(x[i : i + CPU_CHUNK]) for i in range(0, x.shape[0], CPU_CHUNK)])
             return out[0] if squeeze else out
         c = self.config
-        if c.center:
-            # torch.stft's own centring only reflects; librosa >= 0.10 pads with zeros by default.
-            x = nn.functional.pad(x[:, None], (c.n_fft // 2, c.n_fft // 2), mode=c.pad_mode)[:, 0]
+        db = self.frames_db(self.pad(x))
+        if c.top_db is not None:
+            db = torch.maximum(db, db.amax(dim=(-2, -1), keepdim=True) - c.top_db)
+        return db[0] if squeeze else db
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, N]`` padded by ``n_fft // 2`` on both sides when centring (``pad_mode``), else unchanged."""
+        c = self.config
+        if not c.center:
+            return x
+        # torch.stft's own centring only reflects; librosa >= 0.10 pads with zeros by default.
+        return nn.functional.pad(x[:, None], (c.n_fft // 2, c.n_fft // 2), mode=c.pad_mode)[:, 0]
+
+    def frames_db(self, x: torch.Tensor) -> torch.Tensor:
+        """dB mel frames ``[B, F, T]`` of already padded signals ``[B, N]``: frame ``t`` is samples
+        ``[t * hop, t * hop + n_fft)`` (no centring, no ``top_db``). A frame depends on its own samples only, so
+        the frames of a long signal are those of any window that contains them (:mod:`rcmae.deploy.stream`)."""
+        c = self.config
         spec = torch.stft(
             x,
             n_fft=c.n_fft,
@@ -110,10 +125,7 @@ class LogMel(nn.Module):
             mag = spec.abs()
         mel = torch.matmul(self.mel_basis, mag)
         scale = 10.0 if c.power == 2.0 else 20.0
-        db = scale * torch.log10(torch.clamp(mel, min=c.amin))
-        if c.top_db is not None:
-            db = torch.maximum(db, db.amax(dim=(-2, -1), keepdim=True) - c.top_db)
-        return db[0] if squeeze else db
+        return scale * torch.log10(torch.clamp(mel, min=c.amin))
 
     @torch.no_grad()
     def transform_batches(

@@ -233,6 +233,26 @@ class Bundle:
         units = [self.unit_index(t, i) for t, i in zip(machine_types, machine_ids, strict=True)]
         return self.run(waves, units)["score"].astype(np.float64)
 
+    @property
+    def logmel(self) -> torch.nn.Module | None:
+        """The graph's log-mel front-end (graph bundles only: ``None`` for TorchScript and ONNX, whose graphs take
+        waveforms alone). With it the streaming monitor computes a recording's log-mel once
+        (:mod:`rcmae.deploy.stream`) and scores it with :meth:`score_logmels`."""
+        if self.format != "graph":
+            return None
+        self._load()
+        return self._model.logmel
+
+    def score_logmels(self, db: torch.Tensor, machine_types: Sequence[str],
+                      machine_ids: Sequence[str]) -> np.ndarray:
+        """Scores ``[B]`` of dB log-mels ``[B, F, T]`` from :attr:`logmel` (graph bundles only)."""
+        if self.logmel is None:
+            raise ExportError(f"{self.path}: a {self.format} bundle scores waveforms only; use score_waveforms")
+        unit = torch.as_tensor([self.unit_index(t, i) for t, i in zip(machine_types, machine_ids, strict=True)],
+                               dtype=torch.int64)
+        with torch.no_grad():
+            return self._model.score_db(db, unit)[0].numpy().astype(np.float64)
+
     def score(self, wave: np.ndarray, machine_type: str, machine_id: str) -> dict:
         """One clip: ``{"score", "threshold", "decision", "embedding", "logmel"}``."""
         out = self.run(self.fit_length(wave)[None], [self.unit_index(machine_type, machine_id)])

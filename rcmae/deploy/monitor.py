@@ -31,6 +31,9 @@ SERIES_COLUMNS = ["start_s", "end_s", "center_s", "score", "threshold", "above"]
 EVENT_COLUMNS = ["event", "start_s", "end_s", "duration_s", "peak_s", "peak_score", "kind"]
 
 
+STREAM_BATCH = 64  # windows per streamed batch: 64 one-second hops share a 73 s stretch of frames
+
+
 class MonitorError(ValueError):
     """A recording or setting the monitor cannot use; the message is one line."""
 
@@ -52,6 +55,10 @@ class WindowScorer:
     threshold: object  # (type, id) -> float | None
     source: str = ""
     extra: dict = field(default_factory=dict)
+    # For the streaming monitor (rcmae.deploy.stream): the log-mel front-end and (dB log-mels [B, F, T], types,
+    # ids) -> scores [B]; None when the scorer takes waveforms only (TorchScript and ONNX bundles).
+    logmel: object = None
+    score_logmels: object = None
 
 
 def open_scorer(bundle: str | os.PathLike | None = None, run: str | os.PathLike | None = None,
@@ -71,7 +78,8 @@ def open_scorer(bundle: str | os.PathLike | None = None, run: str | os.PathLike 
             raise MonitorError(f"{bundle}: the bundle holds scorer {b.scorer}, not {scorer}; export that scorer")
         return WindowScorer(name=b.scorer, sample_rate=b.sample_rate, clip_samples=b.clip_samples,
                             channel=b.meta.get("channel", 0), units=list(b.units), score_waveforms=b.score_waveforms,
-                            threshold=b.threshold, source=str(bundle), extra={"bundle": b})
+                            threshold=b.threshold, source=str(bundle), extra={"bundle": b}, logmel=b.logmel,
+                            score_logmels=b.score_logmels if b.logmel is not None else None)
     from rcmae.scorers.detector import Detector
 
     det = Detector.load(run)
@@ -81,10 +89,13 @@ def open_scorer(bundle: str | os.PathLike | None = None, run: str | os.PathLike 
     def score_waveforms(waves, types, ids):
         return det.score_waveforms(waves, types, ids, name)
 
+    def score_logmels(db, types, ids):  # Detector.features after its log-mel
+        return det.score_logmels(det.stats.apply(db).float(), types, ids, name)
+
     return WindowScorer(name=name, sample_rate=int(det.cfg.data.sample_rate), clip_samples=n,
                         channel=det.cfg.data.channel, units=list(det.units),
                         score_waveforms=score_waveforms, threshold=lambda t, i: det.threshold(name, t, i),
-                        source=str(run), extra={"detector": det})
+                        source=str(run), extra={"detector": det}, logmel=det.logmel, score_logmels=score_logmels)
 
 
 def resolve_unit(scorer: WindowScorer, path: str | os.PathLike, machine_type: str | None,
@@ -242,8 +253,15 @@ class MonitorResult:
 
 def monitor_recording(scorer: WindowScorer, path: str | os.PathLike, machine_type: str | None = None,
                       machine_id: str | None = None, hop: float = 1.0, min_duration: float = 1.0,
-                      threshold: float | None = None, batch_size: int = 16, progress: bool = True) -> MonitorResult:
-    """Score one recording window by window and find its events (nothing is written; see :func:`monitor`)."""
+                      threshold: float | None = None, batch_size: int = 16, progress: bool = True,
+                      stream: bool = True) -> MonitorResult:
+    """Score one recording window by window and find its events (nothing is written; see :func:`monitor`).
+
+    ``stream`` (when the scorer offers its log-mel front-end: runs and graph bundles): compute the log-mel frames
+    shared by overlapping windows once (:mod:`rcmae.deploy.stream`, :data:`STREAM_BATCH` windows at a time);
+    the scores equal the window-by-window ones to float32 rounding of the log-mel. Otherwise each window's
+    waveform is scored on its own (``batch_size`` at a time).
+    """
     path = Path(path)
     if hop <= 0:
         raise MonitorError(f"--hop {hop}: must be > 0 seconds")
@@ -277,15 +295,30 @@ def monitor_recording(scorer: WindowScorer, path: str | os.PathLike, machine_typ
 
     bar = tqdm(total=round(duration, 1), unit="s", desc=f"monitor {path.name}", disable=not progress)
     done = 0.0
-    for start, w in sliding_windows(stream_samples(path, sr, scorer.channel), window, hop_samples):
-        pending.append(np.array(w, dtype=np.float32))
-        pending_starts.append(start)
-        if len(pending) >= batch_size:
-            flush()
+
+    def advance(start: int) -> None:
+        nonlocal done
         now = min(duration, (start + window) / sr)
         bar.update(round(now - done, 1))
         done += round(now - done, 1)
-    flush()
+
+    blocks = stream_samples(path, sr, scorer.channel)
+    if stream and scorer.logmel is not None:
+        from rcmae.deploy.stream import window_batches, window_logmels
+
+        for part, stretch, offset in window_batches(blocks, window, hop_samples, STREAM_BATCH):
+            db = window_logmels(scorer.logmel, stretch, [s - offset for s in part], window)
+            scores.extend(float(v) for v in scorer.score_logmels(db, [mtype] * len(part), [mid] * len(part)))
+            starts.extend(part)
+            advance(part[-1])
+    else:
+        for start, w in sliding_windows(blocks, window, hop_samples):
+            pending.append(np.array(w, dtype=np.float32))
+            pending_starts.append(start)
+            if len(pending) >= batch_size:
+                flush()
+            advance(start)
+        flush()
     bar.close()
     starts_s = np.asarray(starts, dtype=np.float64) / sr
     series = pd.DataFrame({"start_s": starts_s, "end_s": starts_s + window / sr,
@@ -341,9 +374,10 @@ def recordings(paths: Sequence[str | os.PathLike]) -> list[Path]:
 def monitor(paths: Sequence[str | os.PathLike], out: str | os.PathLike, bundle: str | os.PathLike | None = None,
             run: str | os.PathLike | None = None, scorer: str | None = None, machine_type: str | None = None,
             machine_id: str | None = None, hop: float = 1.0, min_duration: float = 1.0,
-            threshold: float | None = None, plot: str = "html", progress: bool = True, trust: bool = False
-            ) -> tuple[list[MonitorResult], list[tuple[str, str]]]:
-    """Monitor every recording of ``paths`` and write its CSVs and plot to ``out``.
+            threshold: float | None = None, plot: str = "html", progress: bool = True, trust: bool = False,
+            stream: bool = True) -> tuple[list[MonitorResult], list[tuple[str, str]]]:
+    """Monitor every recording of ``paths`` and write its CSVs and plot to ``out`` (``stream``: as
+    :func:`monitor_recording`).
 
     Returns:
         ``(results, skipped)``: a bad recording is skipped with its one-line reason, never fatal.
@@ -353,7 +387,7 @@ def monitor(paths: Sequence[str | os.PathLike], out: str | os.PathLike, bundle: 
     for path in recordings(paths):
         try:
             res = monitor_recording(ws, path, machine_type, machine_id, hop=hop, min_duration=min_duration,
-                                    threshold=threshold, progress=progress)
+                                    threshold=threshold, progress=progress, stream=stream)
         except MonitorError as err:
             skipped.append((str(path), str(err)))
             continue

@@ -149,8 +149,11 @@ def _run_child(spec: dict) -> dict:
 
     if spec["kind"] == "rescore":
         # Only scoring: the finished run folder (the contract between training and scoring) is scored again with
-        # the scorers of the code that runs now.
-        results = score.evaluate_run(Path(spec["run"]), data=Path(spec["data"]), progress=False)
+        # the scorers of the code that runs now; with score.* overrides, a copy of it under them.
+        run = Path(spec["run"])
+        if spec.get("score_overrides"):
+            run = rescored_copy(run, Path(spec["out"]) / "run", spec["score_overrides"])
+        results = score.evaluate_run(run, data=Path(spec["data"]), progress=False)
         return {f"{spec['system']}:{name}": res for name, res in results.items()}
     run = out / "run"
     # A run left by an earlier failed attempt starts over: the benchmark resumes per system, not per epoch.
@@ -164,6 +167,44 @@ def _run_child(spec: dict) -> dict:
     # Training never scores: evaluate fits the thresholds and train embeddings of the trained run (fit_run).
     results = score.evaluate_run(run, data=Path(spec["data"]), progress=False)
     return {f"{spec['system']}:{name}": res for name, res in results.items()}
+
+
+def split_rescore_overrides(run: Path, overrides: list[str]) -> list[str]:
+    """The ``score.*`` overrides of a rescore; refuse any other override that would change the trained run.
+
+    A training setting (``pretrain.epochs=...``) that the run already has is accepted (the benchmark passes the
+    overrides it trained with); one that differs needs retraining, so it is an error naming the key.
+    """
+    from rcmae.run.config import apply_overrides, config_to_dict, load_config
+
+    score_part = [o for o in overrides if o.split("=", 1)[0].strip().startswith("score.")]
+    rest = [o for o in overrides if o not in score_part]
+    have = load_config(run / "config.yaml")
+    want = apply_overrides(have, rest)
+    if config_to_dict(want) != config_to_dict(have):
+        changed = [o.split("=", 1)[0].strip() for o in rest
+                   if config_to_dict(apply_overrides(have, [o])) != config_to_dict(have)]
+        raise ValueError(f"{run}: --rescore cannot change training settings ({', '.join(changed)}); only score.* "
+                         "overrides rescore a trained run: drop --rescore to train again")
+    return score_part
+
+
+def rescored_copy(run: Path, dest: Path, score_overrides: list[str]) -> Path:
+    """A copy of ``run`` (weights, references, no ``eval/``) at ``dest`` whose config has ``score_overrides``.
+
+    The original run is never touched; the copy's ``run.json`` records the overrides (``rescore_overrides``) and
+    its scorers are fitted afresh (the score settings are part of every fit's stamp).
+    """
+    from rcmae.run.config import load_config, save_config
+    from rcmae.run.folder import update_run_json
+
+    if dest.exists():
+        check_replaceable(dest, ("run.json", "config.yaml"), "rescored run folder", flag="a rescore")
+        shutil.rmtree(dest)
+    shutil.copytree(run, dest, ignore=shutil.ignore_patterns("eval", "*.lock", "progress.json"))
+    save_config(load_config(dest / "config.yaml", score_overrides), dest / "config.yaml")
+    update_run_json(dest, rescore_overrides=list(score_overrides), rescored_from=str(run))
+    return dest
 
 
 def _child_main(spec_path: str) -> int:
@@ -210,15 +251,23 @@ def _spawn(spec: dict, out: Path) -> dict:
     return record
 
 
-def _rescore(previous: dict, system: str, data: Path, run_out: Path) -> dict:
-    """Score a finished run again with the current scorers; the updated record (training numbers kept)."""
+def _rescore(previous: dict, system: str, data: Path, run_out: Path, overrides: list[str] = ()) -> dict:
+    """Score a finished run again with the current scorers; the updated record (training numbers kept).
+
+    ``overrides`` (the benchmark's ``--set``): its ``score.*`` items rescore a copy of the run under them
+    (``rescore/run``, :func:`rescored_copy`); the record keeps them as ``rescore_overrides``.
+    """
+    try:
+        score_overrides = split_rescore_overrides(run_out / "run", list(overrides))
+    except (ValueError, OSError) as err:
+        return {**previous, "rescore_error": str(err).splitlines()[0]}
     spec = {"kind": "rescore", "system": system, "data": str(data), "run": str(run_out / "run"),
-            "out": str(run_out / "rescore")}
+            "out": str(run_out / "rescore"), "score_overrides": score_overrides}
     record = _spawn(spec, run_out / "rescore")
     if record["status"] != "ok":
         return {**previous, "rescore_error": record["error"]}
     updated = {**previous, "rows": record["rows"], "rescore_wall_s": record["wall_s"],
-               "rescore_cpu_s": record.get("cpu_s"), "rescore_error": None}
+               "rescore_cpu_s": record.get("cpu_s"), "rescore_error": None, "rescore_overrides": score_overrides}
     write_json(run_out / "record.json", updated)
     return updated
 
@@ -398,7 +447,9 @@ def run_benchmark(
     with status ok is not run again, so an interrupted benchmark resumes. With ``rescore``, such a finished
     rcmae-kind run is scored again (``evaluate`` only, in a child process, no training) so that scorers added
     since it trained get their rows; its training wall time, memory and CPU stay in the record, the scoring
-    ones go to ``rescore_wall_s`` / ``rescore_cpu_s``.
+    ones go to ``rescore_wall_s`` / ``rescore_cpu_s``. ``score.*`` overrides (``--set score.ensemble=[...]``)
+    rescore a copy of the run under them (``rescore/run``; the trained run is never edited); an override that
+    would change training is refused for that run (``rescore_error``).
 
     Returns:
         ``out``.
@@ -439,7 +490,7 @@ def run_benchmark(
             previous = read_json(run_out / "record.json")
             if previous.get("status") == "ok":
                 if rescore and entry["kind"] == "rcmae" and (run_out / "run").is_dir():
-                    previous = _rescore(previous, system, data, run_out)
+                    previous = _rescore(previous, system, data, run_out, [*entry["overrides"], *rc_overrides])
                 rec["runs"].append({"seed": seed, **previous})
                 continue
         spec = {"kind": entry["kind"], "system": system, "data": str(data), "out": str(run_out), "seed": seed,

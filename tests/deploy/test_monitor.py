@@ -106,6 +106,27 @@ def test_monitor_finds_both_anomalies_at_the_right_times(demo_run, demo_bundle, 
     assert_close_on_scale(via_run.series["score"].to_numpy(), series["score"].iloc[::5].to_numpy(), rtol=1e-5)
 
 
+@pytest.mark.parametrize("hop", [1.0, 0.7])
+def test_streamed_monitor_scores_equal_window_by_window(demo_run, demo_bundle, demo_bundle_torchscript,
+                                                        long_recording, hop):
+    """The streaming monitor (log-mel frames shared by overlapping windows) against each window scored alone."""
+    from rcmae.deploy.monitor import monitor_recording
+
+    path, _ = long_recording
+    for scorer in (open_scorer(run=demo_run), open_scorer(bundle=demo_bundle)):
+        assert scorer.logmel is not None
+        streamed = monitor_recording(scorer, path, "fan", "00", hop=hop, progress=False)
+        alone = monitor_recording(scorer, path, "fan", "00", hop=hop, progress=False, stream=False)
+        assert streamed.series["start_s"].tolist() == alone.series["start_s"].tolist()
+        assert len(streamed.series) == int((100 - 10) / hop) + 1 + (0 if (90 / hop).is_integer() else 1)
+        assert_close_on_scale(streamed.series["score"], alone.series["score"], rtol=1e-5)
+        same = ["event", "start_s", "end_s", "duration_s", "peak_s", "kind"]
+        assert streamed.events[same].equals(alone.events[same]) and len(alone.events) == 2
+        assert_close_on_scale(streamed.events["peak_score"], alone.events["peak_score"], rtol=1e-5)
+    # A TorchScript bundle's graph takes waveforms only: it is scored window by window.
+    assert open_scorer(bundle=demo_bundle_torchscript, trust=True).logmel is None
+
+
 def test_monitor_reports_bad_input(demo_bundle, tmp_path):
     (tmp_path / "bad.wav").write_bytes(b"not audio")
     with pytest.raises(MonitorError, match="pass exactly one of --bundle BUNDLE or --run RUN"):

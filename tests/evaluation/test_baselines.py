@@ -47,7 +47,7 @@ def test_vectorize_matches_the_baseline_loop():
         vectorize(torch.zeros(1, 128, 4), frames=5)
 
 
-def test_front_end_matches_the_official_librosa_features():
+def test_front_end_matches_librosa_features_computed_as_the_2020_baseline_does():
     """313 frames -> 309 vectors of 640 for a 10 s clip; dB matches 10*log10(S + eps) of librosa's melspectrogram."""
     rng = np.random.default_rng(1)
     t = np.arange(160000) / 16000

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from conftest import check_results
 
 from rcmae.evaluation.benchmark import SYSTEMS, _aggregate, _split_overrides, render_table, run_benchmark
@@ -190,3 +192,37 @@ def test_rescore_scores_the_finished_run_again_without_training(bench, tiny_dcas
     assert after["wall_s"] == before["wall_s"] and after["rescore_wall_s"] > 0 and after["rescore_error"] is None
     assert {p: p.stat().st_mtime_ns for p in ckpts} == ckpts  # nothing retrained
     check_results_dir(bench / "systems/rcmae/seed0/run/eval/knn", tiny_dcase)
+
+
+def test_rescore_with_score_overrides_equals_a_hand_edited_copy_and_leaves_the_run_alone(bench, tiny_dcase,
+                                                                                         tmp_path):
+    from rcmae.evaluation.evaluate import evaluate_run
+
+    seed = bench / "systems/rcmae/seed0"
+    config_before = (seed / "run/config.yaml").read_bytes()
+    members = "score.ensemble=[stats_maha,knn]"
+    run_benchmark(tiny_dcase, bench, ["rcmae"], preset="tiny", overrides=[*TINY, members], progress=False,
+                  rescore=True)
+    after = json.loads((seed / "record.json").read_text())
+    assert after["rescore_error"] is None and after["rescore_overrides"] == [members]
+    assert (seed / "run/config.yaml").read_bytes() == config_before  # the trained run is never edited
+    copy = seed / "rescore/run"
+    assert yaml.safe_load((copy / "config.yaml").read_text())["score"]["ensemble"] == ["stats_maha", "knn"]
+    assert json.loads((copy / "run.json").read_text())["rescore_overrides"] == [members]
+    # The reference: what a hand edit of a copy's config.yaml followed by evaluate gives.
+    hand = tmp_path / "hand"
+    shutil.copytree(seed / "run", hand, ignore=shutil.ignore_patterns("eval"))
+    cfg = yaml.safe_load((hand / "config.yaml").read_text())
+    cfg["score"]["ensemble"] = ["stats_maha", "knn"]
+    (hand / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    ref = evaluate_run(hand, data=tiny_dcase, progress=False)
+    for name in ("ensemble", "stats_maha", "knn"):
+        assert after["rows"][f"rcmae:{name}"]["average"]["auc"] == pytest.approx(ref[name]["average"]["auc"], abs=1e-9)
+        assert after["rows"][f"rcmae:{name}"]["average"]["pauc"] == pytest.approx(ref[name]["average"]["pauc"],
+                                                                                  abs=1e-9)
+    # A training setting the run does not have needs retraining: refused for that run, nothing changed.
+    run_benchmark(tiny_dcase, bench, ["rcmae"], preset="tiny", overrides=["pretrain.epochs=3", "finetune.epochs=1"],
+                  progress=False, rescore=True)
+    refused = json.loads((bench / "benchmark.json").read_text())["systems"]["rcmae"]["runs"][0]
+    assert "cannot change training settings (pretrain.epochs)" in refused["rescore_error"]
+    assert (seed / "run/config.yaml").read_bytes() == config_before

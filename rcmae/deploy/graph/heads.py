@@ -221,6 +221,12 @@ class ExportedDetector(nn.Module):
 
     def forward(self, wave: torch.Tensor, unit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         db = self.logmel(wave)
+        score, z = self.score_db(db, unit)
+        return score, z, db
+
+    def score_db(self, db: torch.Tensor, unit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(score [B], embedding [B, D])`` of dB log-mels ``[B, F, T]`` (what ``forward`` does after the log-mel;
+        the streaming monitor computes the log-mels itself, :mod:`rcmae.deploy.stream`)."""
         x = (db - self.feat_mean) / self.feat_std
         z = self.embedder(x)
-        return self.scorer(x, z, unit), z, db
+        return self.scorer(x, z, unit), z

@@ -1,0 +1,128 @@
+"""The README pipeline at its default settings, side by side with an older checkout and the official AE.
+
+    python bench/bench_pipeline.py --baseline CHECKOUT [--ae] [--epochs default|P,F] [--out DIR]
+
+Issue 18's speed target: ``rcmae pretrain``, ``finetune``, ``evaluate`` (the README's three commands, the ``tiny``
+preset's own epochs) on the default demo set (``rcmae demo-data`` with its defaults: 15 IDs, 50 training and
+20 + 20 test clips each), timed with this checkout and with ``--baseline`` (the checkout before the issue) one
+after the other on the same data and machine. ``--ae`` also times ``rcmae baseline ae`` (the official-settings
+autoencoder, 100 epochs) on the same data.
+
+Each stage's wall time is split into its training loop (``run.json``'s stage ``wall_s``) and everything else
+(start-up, loading log-mels, fitting scorers). The ratio's ceiling is therefore set by the training loop, which
+is the same code in both checkouts: ``(train + other_baseline) / (train + other_now)``.
+
+Writes bench/results/pipeline.md and the raw numbers bench/results/pipeline.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT))
+
+from _machine import header, write_result  # noqa: E402
+from bench_first_run import rcmae  # noqa: E402
+
+
+def pipeline(data: Path, run: Path, epochs: tuple[int, int] | None, checkout: Path) -> dict:
+    """The three README commands with ``checkout``; per stage wall, training-loop and other seconds."""
+    out = {}
+    more = {"pretrain": ["--epochs", str(epochs[0])] if epochs else [],
+            "finetune": ["--epochs", str(epochs[1])] if epochs else []}
+    for stage, args in (("pretrain", ["pretrain", "--data", str(data), "--out", str(run), "--preset", "tiny",
+                                      *more["pretrain"]]),
+                        ("finetune", ["finetune", "--run", str(run), *more["finetune"]]),
+                        ("evaluate", ["evaluate", "--run", str(run)])):
+        wall, log = rcmae(args, checkout)
+        info = json.loads((run / "run.json").read_text())
+        train_s = (info.get("stages", {}).get(stage) or {}).get("wall_s", 0.0) if stage != "evaluate" else 0.0
+        out[stage] = {"wall_s": round(wall, 1), "train_s": round(train_s, 1), "other_s": round(wall - train_s, 1)}
+        if stage == "evaluate":
+            name = info.get("default_scorer") or ""
+            m = re.search(rf"^\s*{re.escape(name)}: AUC ([0-9.]+)\s+pAUC ([0-9.]+)", log, re.M)
+            out[stage]["default"] = {"scorer": name, "auc": float(m.group(1)),
+                                     "pauc": float(m.group(2))} if m and name else None
+        print(checkout.name, stage, out[stage], flush=True)
+    out["total_s"] = round(sum(v["wall_s"] for v in out.values()), 1)
+    out["train_s"] = round(sum(v["train_s"] for k, v in out.items() if isinstance(v, dict)), 1)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--baseline", type=Path, required=True, help="the rcmae checkout to compare with")
+    ap.add_argument("--ae", action="store_true", help="also time `rcmae baseline ae` (official settings)")
+    ap.add_argument("--epochs", default="default", help="'default' (the preset's) or pretrain,finetune epochs")
+    ap.add_argument("--out", type=Path, default=None, help="work folder (default: a temporary one)")
+    args = ap.parse_args()
+    epochs = None if args.epochs == "default" else tuple(int(e) for e in args.epochs.split(","))
+    tmp = args.out or Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    res: dict = {"epochs": epochs or "preset", "load_before": os.getloadavg()[0]}
+    data = tmp / "demo"
+    res["demo_data_s"] = round(rcmae(["demo-data", str(data), "--quiet", "--if-missing"])[0], 1)
+    dev = data / "dev_data"
+    res["now"] = pipeline(dev, tmp / "runs" / "now", epochs, ROOT)
+    res["baseline"] = pipeline(dev, tmp / "runs" / "baseline", epochs, args.baseline.resolve())
+    if args.ae:
+        t0 = time.perf_counter()
+        _, log = rcmae(["baseline", "ae", "--data", str(dev), "--out", str(tmp / "runs" / "ae")])
+        res["ae"] = {"wall_s": round(time.perf_counter() - t0, 1)}
+        print("ae", res["ae"], flush=True)
+    res["load_after"] = os.getloadavg()[0]
+    now, base = res["now"], res["baseline"]
+    ratio = base["total_s"] / now["total_s"]
+    ceiling = base["total_s"] / max(now["train_s"], 1e-9)
+    other = (base["total_s"] - base["train_s"]) / max(now["total_s"] - now["train_s"], 1e-9)
+    res.update(speedup=round(ratio, 2), ceiling=round(ceiling, 2), speedup_outside_training=round(other, 2))
+
+    ep = "the `tiny` preset's own (60 + 20)" if epochs is None else f"{epochs[0]} + {epochs[1]}"
+    lines = ["# The README pipeline, side by side\n", header("pipeline (cpu)"),
+             f"Default demo set (15 IDs, 750 training and 600 test clips); epochs: {ep}; baseline checkout "
+             f"`{args.baseline.name}`.\n",
+             "| checkout | stage | wall (s) | training loop (s) | everything else (s) |", "|---|---|---:|---:|---:|"]
+    for name, pipe in (("this", now), ("baseline", base)):
+        for stage in ("pretrain", "finetune", "evaluate"):
+            st = pipe[stage]
+            lines.append(f"| {name} | `rcmae {stage}` | {st['wall_s']} | {st['train_s'] or ''} | {st['other_s']} |")
+        lines.append(f"| **{name}** | **all three** | **{pipe['total_s']}** | {pipe['train_s']} | "
+                     f"{round(pipe['total_s'] - pipe['train_s'], 1)} |")
+    if "ae" in res:
+        lines.append(f"| official AE | `rcmae baseline ae` (100 epochs) | {res['ae']['wall_s']} | | |")
+    d_now, d_base = now["evaluate"].get("default"), base["evaluate"].get("default")
+    lines += ["", f"- Speed-up of the whole pipeline: **{ratio:.2f}x** (baseline total / this total).",
+              f"- Speed-up of everything outside the training loops (start-up, loading, fitting, scoring): "
+              f"**{other:.2f}x**.",
+              f"- The training loops are the same code in both checkouts, so no change outside them can exceed "
+              f"{ceiling:.2f}x here (baseline total / this checkout's training loops). The loops' own times differ "
+              "between the two runs only by the machine's load.", ""]
+    if d_now and d_base:
+        lines += [f"Default scorer: this checkout `{d_now['scorer']}` AUC {d_now['auc']} / pAUC {d_now['pauc']}; "
+                  f"baseline `{d_base['scorer']}` AUC {d_base['auc']} / pAUC {d_base['pauc']}.", ""]
+    met = "yes" if ratio >= 5 else "**no**"
+    lines += [f"1-minute load average {res['load_before']:.1f} before and {res['load_after']:.1f} after (2 cores). "
+              "Raw numbers: bench/results/pipeline.json.", "",
+              "| target (issue 18) | measured | met |", "|---|---:|---|",
+              f"| README pipeline >= 5x the baseline, same settings | {ratio:.2f}x | {met} |"]
+    if "ae" in res:
+        faster = now["total_s"] < res["ae"]["wall_s"]
+        lines.append(f"| README pipeline faster than `rcmae baseline ae` on the same data | {now['total_s']} s vs "
+                     f"{res['ae']['wall_s']} s | {'yes' if faster else '**no**'} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    (ROOT / "bench" / "results" / "pipeline.json").write_text(json.dumps(res, indent=1) + "\n")
+    print(write_result("pipeline", text))
+
+
+if __name__ == "__main__":
+    main()

@@ -152,6 +152,8 @@ def _run_child(spec: dict) -> dict:
         # the scorers of the code that runs now; with score.* overrides, a copy of it under them.
         run = Path(spec["run"])
         if spec.get("score_overrides"):
+            from rcmae.evaluation.rescore import rescored_copy
+
             run = rescored_copy(run, Path(spec["out"]) / "run", spec["score_overrides"])
         results = score.evaluate_run(run, data=Path(spec["data"]), progress=False)
         return {f"{spec['system']}:{name}": res for name, res in results.items()}
@@ -167,44 +169,6 @@ def _run_child(spec: dict) -> dict:
     # Training never scores: evaluate fits the thresholds and train embeddings of the trained run (fit_run).
     results = score.evaluate_run(run, data=Path(spec["data"]), progress=False)
     return {f"{spec['system']}:{name}": res for name, res in results.items()}
-
-
-def split_rescore_overrides(run: Path, overrides: list[str]) -> list[str]:
-    """The ``score.*`` overrides of a rescore; refuse any other override that would change the trained run.
-
-    A training setting (``pretrain.epochs=...``) that the run already has is accepted (the benchmark passes the
-    overrides it trained with); one that differs needs retraining, so it is an error naming the key.
-    """
-    from rcmae.run.config import apply_overrides, config_to_dict, load_config
-
-    score_part = [o for o in overrides if o.split("=", 1)[0].strip().startswith("score.")]
-    rest = [o for o in overrides if o not in score_part]
-    have = load_config(run / "config.yaml")
-    want = apply_overrides(have, rest)
-    if config_to_dict(want) != config_to_dict(have):
-        changed = [o.split("=", 1)[0].strip() for o in rest
-                   if config_to_dict(apply_overrides(have, [o])) != config_to_dict(have)]
-        raise ValueError(f"{run}: --rescore cannot change training settings ({', '.join(changed)}); only score.* "
-                         "overrides rescore a trained run: drop --rescore to train again")
-    return score_part
-
-
-def rescored_copy(run: Path, dest: Path, score_overrides: list[str]) -> Path:
-    """A copy of ``run`` (weights, references, no ``eval/``) at ``dest`` whose config has ``score_overrides``.
-
-    The original run is never touched; the copy's ``run.json`` records the overrides (``rescore_overrides``) and
-    its scorers are fitted afresh (the score settings are part of every fit's stamp).
-    """
-    from rcmae.run.config import load_config, save_config
-    from rcmae.run.folder import update_run_json
-
-    if dest.exists():
-        check_replaceable(dest, ("run.json", "config.yaml"), "rescored run folder", flag="a rescore")
-        shutil.rmtree(dest)
-    shutil.copytree(run, dest, ignore=shutil.ignore_patterns("eval", "*.lock", "progress.json"))
-    save_config(load_config(dest / "config.yaml", score_overrides), dest / "config.yaml")
-    update_run_json(dest, rescore_overrides=list(score_overrides), rescored_from=str(run))
-    return dest
 
 
 def _child_main(spec_path: str) -> int:
@@ -257,6 +221,8 @@ def _rescore(previous: dict, system: str, data: Path, run_out: Path, overrides: 
     ``overrides`` (the benchmark's ``--set``): its ``score.*`` items rescore a copy of the run under them
     (``rescore/run``, :func:`rescored_copy`); the record keeps them as ``rescore_overrides``.
     """
+    from rcmae.evaluation.rescore import split_rescore_overrides
+
     try:
         score_overrides = split_rescore_overrides(run_out / "run", list(overrides))
     except (ValueError, OSError) as err:

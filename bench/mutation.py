@@ -45,6 +45,8 @@ MODULES = {
     "knn": ("rcmae/scorers/knn.py", ["tests/scorers/test_scorers.py"]),
     "ensemble": ("rcmae/scorers/ensemble.py", ["tests/scorers/test_scorers.py", "tests/scorers/test_score.py"]),
 }
+RAW = ROOT / "bench" / "results" / "mutation.json"
+READINGS = ROOT / "bench" / "mutation_readings.json"
 STATUS = {"killed": "killed", "survived": "survived", "timeout": "timeout", "no tests": "no tests",
           "not checked": "not checked", "suspicious": "suspicious", "segfault": "crashed"}
 
@@ -102,7 +104,14 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=30, help="mutants drawn per module")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=None, help="scratch copy of the checkout (default: temporary)")
+    ap.add_argument("--render", action="store_true", help="only redraw mutation.md from the committed raw results")
     args = ap.parse_args()
+    if args.render:
+        raw = json.loads(RAW.read_text())
+        old = (ROOT / "bench" / "results" / "mutation.md").read_text()
+        head = old[old.index("## "):old.index("| module")] if "| module" in old else header("mutmut")
+        render(raw, head)
+        return
     modules = args.modules.split(",")
     unknown = [m for m in modules if m not in MODULES]
     if unknown:
@@ -126,39 +135,51 @@ def main() -> None:
     raw: dict = {"modules": {}, "seed": args.seed, "sample": args.sample, "mutmut": "3.8.1",
                  "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                           text=True).stdout.strip(),
-                 "wall_s": None}
-    lines = ["# Mutation testing\n", header("mutmut, a seeded sample per module"),
-             "| module | mutants | drawn | killed | survived | other | kill rate (95 % interval) |",
-             "|---|---:|---:|---:|---:|---:|---|"]
-    survivors = []
+                 "command": " ".join(sys.argv), "wall_s": None}
     for m in modules:
         prefix = MODULES[m][0][:-3].replace("/", ".") + "."
-        total = sum(n.startswith(prefix) for n in everything)
         status = {n: final.get(n, "not checked") for n in drawn[m]}
+        raw["modules"][m] = {"source": MODULES[m][0], "tests": MODULES[m][1],
+                             "mutants": sum(n.startswith(prefix) for n in everything), "status": status,
+                             "survivor_diffs": {}}
+        for n, st in status.items():
+            if st == "survived":
+                raw["modules"][m]["survivor_diffs"][n] = [
+                    ln for ln in mutmut(work, "show", n).splitlines()
+                    if ln.startswith(("-", "+")) and not ln.startswith(("---", "+++"))]
+    raw["wall_s"] = round(time.perf_counter() - t0, 1)
+    RAW.write_text(json.dumps(raw, indent=1) + "\n")
+    render(raw, header("mutmut, a seeded sample per module"))
+
+
+def render(raw: dict, head: str) -> None:
+    """bench/results/mutation.md from the raw results and the committed readings of the survivors."""
+    readings = json.loads(READINGS.read_text()) if READINGS.is_file() else {}
+    lines = ["# Mutation testing\n", head,
+             "| module | mutants | drawn | killed | survived | of them equivalent | killed of the number-changing "
+             "(95 % interval) |", "|---|---:|---:|---:|---:|---:|---|"]
+    survivors = []
+    for m in raw["modules"].values():
+        status = m["status"]
         killed = sum(s == "killed" for s in status.values())
         survived = [n for n, s in status.items() if s == "survived"]
-        decided = killed + len(survived)
+        equivalent = [n for n in survived if readings.get(n, "").startswith("equivalent")]
+        decided = killed + len(survived) - len(equivalent)
         lo, hi = wilson(killed, decided)
         rate = f"{killed / decided:.0%} ({lo:.0%}-{hi:.0%})" if decided else "-"
-        lines.append(f"| `{MODULES[m][0]}` | {total} | {len(drawn[m])} | {killed} | {len(survived)} | "
-                     f"{len(drawn[m]) - decided} | {rate} |")
-        raw["modules"][m] = {"source": MODULES[m][0], "tests": MODULES[m][1], "mutants": total,
-                             "status": status}
-        for n in survived:
-            diff = [ln for ln in mutmut(work, "show", n).splitlines() if ln.startswith(("-", "+"))
-                    and not ln.startswith(("---", "+++"))]
-            survivors.append((n, diff))
-            raw["modules"][m].setdefault("survivor_diffs", {})[n] = diff
-    raw["wall_s"] = round(time.perf_counter() - t0, 1)
-    lines += ["", "\"other\": timed out, no test covers it, or not run. Survivors, for reading (an equivalent "
-                  "mutant changes no number):", ""]
+        lines.append(f"| `{m['source']}` | {m['mutants']} | {len(status)} | {killed} | {len(survived)} | "
+                     f"{len(equivalent)} | {rate} |")
+        survivors += [(n, m["survivor_diffs"].get(n, [])) for n in survived]
+    lines += ["", "Survivors and their reading (bench/mutation_readings.json: *equivalent* changes no number; "
+                  "*killed now* names the test added since):", ""]
     for n, diff in survivors:
-        lines += [f"- `{n}`", "", "  ```diff", *[f"  {d}" for d in diff], "  ```", ""]
+        lines += [f"- `{n}`: {readings.get(n, 'not read yet')}", "", "  ```diff", *[f"  {d}" for d in diff],
+                  "  ```", ""]
     if not survivors:
         lines.append("(none)")
-    lines += ["", f"Wall time {raw['wall_s']:.0f} s. Raw: bench/results/mutation.json."]
+    lines += ["", f"Commit {raw['commit']}; wall time {raw['wall_s']:.0f} s. Raw: bench/results/mutation.json "
+                  "(`python bench/mutation.py --render` redraws this page from it)."]
     text = "\n".join(lines) + "\n"
-    (ROOT / "bench" / "results" / "mutation.json").write_text(json.dumps(raw, indent=1) + "\n")
     print(text)
     print(write_result("mutation", text))
 

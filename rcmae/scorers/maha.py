@@ -27,10 +27,18 @@ def fit_gaussian(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     z = np.asarray(z, dtype=np.float64)
     if len(z) < 2:
         raise ScoringError("maha: a machine ID needs at least 2 normal training clips for a covariance")
+    _check_varies(z)
     cov, _ = ledoit_wolf(z)
     # The shrunk covariance is well conditioned: a plain inverse is ~10x faster than the estimator's pinvh,
     # which matters for the leave-one-out fits (one per training clip).
     return z.mean(axis=0), np.linalg.inv(cov)
+
+
+def _check_varies(z: np.ndarray) -> None:
+    """Refuse clips without any variation (every covariance estimate is zero, so no precision exists)."""
+    if not np.any(z != z[:1]):
+        raise ScoringError(f"maha: the {len(z)} normal training clips of a machine ID are all identical, so no "
+                           "covariance can be fitted; check for duplicated or silent training files")
 
 
 def fit_domain_gaussians(z: np.ndarray, banks: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -75,6 +83,7 @@ class ShrunkGaussian:
         n, dim = z.shape
         if n < 2:
             raise ScoringError("maha: a machine ID needs at least 2 normal training clips for a covariance")
+        _check_varies(z)
         own = z.mean(axis=0)
         self.mean = own if location is None else np.asarray(location, dtype=np.float64)
         self.precision: np.ndarray | None = None

@@ -17,7 +17,7 @@ from sklearn.covariance import LedoitWolf
 from rcmae.evaluation.evaluate import evaluate_run
 from rcmae.scorers.detector import Detector
 from rcmae.scorers.fitting import TRAINING_FREE
-from rcmae.scorers.maha import ShrunkGaussian, domain_shrunk_gaussians
+from rcmae.scorers.maha import ShrunkGaussian, domain_shrunk_gaussians, unit_mahalanobis
 from rcmae.scorers.training_free import fit_training_free
 
 pytestmark = pytest.mark.numeric
@@ -48,6 +48,30 @@ def test_domain_gaussians_share_the_within_domain_covariance():
     for (mean, g), b in zip(domain_shrunk_gaussians(z, banks), banks, strict=True):
         ref = _sklearn_distances(within, q, mean=z[b].mean(0))
         assert np.max(np.abs(g.distances(q, mean) - ref)) <= 1e-9 * np.max(ref)
+
+
+@pytest.mark.parametrize("by_domain", [False, True])
+def test_unit_mahalanobis_leaves_each_clip_out_of_its_own_gaussian(by_domain):
+    # One unit of 12 clips (DCASE 2020 names: one domain) and one of 9; each clip's held-out distance against a
+    # loop over sklearn's Ledoit-Wolf fitted on the unit's other clips. In-sample models would differ.
+    rng = np.random.default_rng(11)
+    z = np.concatenate([rng.normal(size=(12, 30)), rng.normal(size=(9, 30)) * 2.0 + 1.0])
+    table = {"path": np.array([f"normal_id_0{u}_{k:08d}.wav" for u, n in ((0, 12), (2, 9)) for k in range(n)])}
+    units = [np.arange(12), np.arange(12, 21)]
+    rows = [units[0]] * 12 + [units[1]] * 9
+    exclude = [k for k in range(12)] + [k for k in range(9)]
+    got = unit_mahalanobis(z, z, table, rows, exclude, by_domain, {}, ("t",))
+    ref = [_sklearn_distances(np.delete(z[r], e, axis=0), z[i : i + 1])[0]
+           for i, (r, e) in enumerate(zip(rows, exclude, strict=True))]
+    assert np.max(np.abs(got - ref)) <= 1e-9 * np.max(ref)
+
+
+def test_identical_training_clips_are_refused_with_one_line():
+    from rcmae.scorers.base import ScoringError
+
+    for z in (np.ones((3, 8)), np.ones((10, 4))):  # the shrunk (n < D) and the dense (n >= D) paths
+        with pytest.raises(ScoringError, match="are all identical, so no covariance can be fitted"):
+            ShrunkGaussian(z)
 
 
 @pytest.fixture(scope="module")

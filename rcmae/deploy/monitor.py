@@ -32,6 +32,7 @@ EVENT_COLUMNS = ["event", "start_s", "end_s", "duration_s", "peak_s", "peak_scor
 
 
 STREAM_BATCH = 64  # windows per streamed batch: 64 one-second hops share a 73 s stretch of frames
+STREAM_SECONDS = 120.0  # and at most about this much audio per batch
 
 
 class MonitorError(ValueError):
@@ -257,8 +258,9 @@ def monitor_recording(scorer: WindowScorer, path: str | os.PathLike, machine_typ
                       stream: bool = True) -> MonitorResult:
     """Score one recording window by window and find its events (nothing is written; see :func:`monitor`).
 
-    ``stream`` (when the scorer offers its log-mel front-end: runs and graph bundles): compute the log-mel frames
-    shared by overlapping windows once (:mod:`rcmae.deploy.stream`, :data:`STREAM_BATCH` windows at a time);
+    ``stream`` (when the scorer offers its log-mel front-end, runs and graph bundles, and windows overlap): compute
+    the log-mel frames shared by overlapping windows once (:mod:`rcmae.deploy.stream`, at most
+    :data:`STREAM_BATCH` windows and about :data:`STREAM_SECONDS` of audio at a time);
     the scores equal the window-by-window ones to float32 rounding of the log-mel. Otherwise each window's
     waveform is scored on its own (``batch_size`` at a time).
     """
@@ -303,10 +305,12 @@ def monitor_recording(scorer: WindowScorer, path: str | os.PathLike, machine_typ
         done += round(now - done, 1)
 
     blocks = stream_samples(path, sr, scorer.channel)
-    if stream and scorer.logmel is not None:
+    if stream and scorer.logmel is not None and hop_samples < window:  # windows that overlap share frames
         from rcmae.deploy.stream import window_batches, window_logmels
 
-        for part, stretch, offset in window_batches(blocks, window, hop_samples, STREAM_BATCH):
+        # At most STREAM_BATCH windows and about STREAM_SECONDS of audio per batch (memory stays bounded at long hops).
+        batch = max(1, min(STREAM_BATCH, (int(STREAM_SECONDS * sr) - window) // hop_samples + 1))
+        for part, stretch, offset in window_batches(blocks, window, hop_samples, batch):
             db = window_logmels(scorer.logmel, stretch, [s - offset for s in part], window)
             scores.extend(float(v) for v in scorer.score_logmels(db, [mtype] * len(part), [mid] * len(part)))
             starts.extend(part)

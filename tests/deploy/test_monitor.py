@@ -106,7 +106,7 @@ def test_monitor_finds_both_anomalies_at_the_right_times(demo_run, demo_bundle, 
     assert_close_on_scale(via_run.series["score"].to_numpy(), series["score"].iloc[::5].to_numpy(), rtol=1e-5)
 
 
-@pytest.mark.parametrize("hop", [1.0, 0.7])
+@pytest.mark.parametrize("hop", [1.0, 0.7, 12.0])  # 12 s: windows do not overlap, nothing to share
 def test_streamed_monitor_scores_equal_window_by_window(demo_run, demo_bundle, demo_bundle_torchscript,
                                                         long_recording, hop):
     """The streaming monitor (log-mel frames shared by overlapping windows) against each window scored alone."""

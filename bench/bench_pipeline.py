@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -31,32 +30,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
 from _machine import header, write_result  # noqa: E402
-from bench_first_run import fitted_seconds, rcmae  # noqa: E402
-
-
-def pipeline(data: Path, run: Path, epochs: tuple[int, int] | None, checkout: Path) -> dict:
-    """The three README commands with ``checkout``; per stage wall, training-loop and other seconds."""
-    out = {}
-    more = {"pretrain": ["--epochs", str(epochs[0])] if epochs else [],
-            "finetune": ["--epochs", str(epochs[1])] if epochs else []}
-    for stage, args in (("pretrain", ["pretrain", "--data", str(data), "--out", str(run), "--preset", "tiny",
-                                      *more["pretrain"]]),
-                        ("finetune", ["finetune", "--run", str(run), *more["finetune"]]),
-                        ("evaluate", ["evaluate", "--run", str(run)])):
-        wall, log = rcmae(args, checkout)
-        info = json.loads((run / "run.json").read_text())
-        train_s = (info.get("stages", {}).get(stage) or {}).get("wall_s", 0.0) if stage != "evaluate" else 0.0
-        out[stage] = {"wall_s": round(wall, 1), "train_s": round(train_s, 1), "other_s": round(wall - train_s, 1),
-                      "fit_s": round(fitted_seconds(log), 1)}  # what the checkout printed ("fitted in X s")
-        if stage == "evaluate":
-            name = info.get("default_scorer") or ""
-            m = re.search(rf"^\s*{re.escape(name)}: AUC ([0-9.]+)\s+pAUC ([0-9.]+)", log, re.M)
-            out[stage]["default"] = {"scorer": name, "auc": float(m.group(1)),
-                                     "pauc": float(m.group(2))} if m and name else None
-        print(checkout.name, stage, out[stage], flush=True)
-    out["total_s"] = round(sum(v["wall_s"] for v in out.values()), 1)
-    out["train_s"] = round(sum(v["train_s"] for k, v in out.items() if isinstance(v, dict)), 1)
-    return out
+from bench_first_run import pipeline, rcmae  # noqa: E402
 
 
 def main() -> None:

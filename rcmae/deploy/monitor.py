@@ -163,31 +163,12 @@ def sliding_windows(blocks: Iterator[np.ndarray], window: int, hop: int) -> Iter
     """``(start_sample, window)`` at starts ``0, hop, 2 hop, ...``, plus one window ending at the end.
 
     A recording shorter than one window gives one zero-padded window at 0. Only ``window + block``
-    samples are held at a time.
+    samples are held at a time (one window per batch of :func:`rcmae.deploy.stream.window_batches`).
     """
-    buf = np.zeros(0, np.float32)
-    offset = 0  # absolute sample index of buf[0]
-    next_start = 0
-    total = 0
-    last_start = None
-    for block in blocks:
-        buf = np.concatenate([buf, block])
-        total += len(block)
-        while next_start + window <= offset + len(buf):
-            s = next_start - offset
-            yield next_start, buf[s : s + window]
-            last_start = next_start
-            next_start += hop
-        drop = min(next_start - offset, max(0, len(buf) - window))
-        if drop > 0:
-            buf = buf[drop:]
-            offset += drop
-    if total == 0:
-        return
-    if total < window:
-        yield 0, np.pad(buf, (0, window - len(buf)))
-    elif last_start is None or last_start + window < total:
-        yield total - window, buf[len(buf) - window :]
+    from rcmae.deploy.stream import window_batches
+
+    for (start,), stretch, offset in window_batches(blocks, window, hop, 1):
+        yield start, stretch[start - offset : start - offset + window]
 
 
 def read_segment(path: str | os.PathLike, start_s: float, end_s: float,

@@ -87,7 +87,8 @@ def window_logmels(logmel: LogMel, stretch: np.ndarray | torch.Tensor, starts: S
 
 def window_batches(blocks: Iterator[np.ndarray], window: int, hop: int,
                    batch: int) -> Iterator[tuple[list[int], np.ndarray, int]]:
-    """``(starts, stretch, offset)`` batches of the windows of :func:`rcmae.deploy.monitor.sliding_windows`.
+    """``(starts, stretch, offset)``: the monitor's windows, ``batch`` at a time (the one window schedule; the
+    window-by-window :func:`rcmae.deploy.monitor.sliding_windows` takes them one at a time).
 
     ``starts`` are absolute sample indices (``0, hop, 2 hop, ...``, plus one window ending at the end of the
     recording; a recording shorter than one window gives one zero-padded window at 0); window ``s`` is

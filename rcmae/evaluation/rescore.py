@@ -6,10 +6,12 @@ overrides, and the copy is fitted and scored. The trained run is never touched.
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
-from rcmae.files import check_replaceable
+from rcmae.files import check_replaceable, read_json
 
 
 def split_rescore_overrides(run: Path, overrides: list[str]) -> list[str]:
@@ -42,9 +44,21 @@ def rescored_copy(run: Path, dest: Path, score_overrides: list[str]) -> Path:
     from rcmae.run.folder import update_run_json
 
     if dest.exists():
-        check_replaceable(dest, ("run.json", "config.yaml"), "rescored run folder", flag="a rescore")
-        shutil.rmtree(dest)
-    shutil.copytree(run, dest, ignore=shutil.ignore_patterns("eval", "*.lock", "progress.json"))
-    save_config(load_config(dest / "config.yaml", score_overrides), dest / "config.yaml")
-    update_run_json(dest, rescore_overrides=list(score_overrides), rescored_from=str(run))
+        # Only an earlier rescored copy goes: a folder whose run.json records rescore_overrides (a trained run
+        # that happens to sit there, or any other folder, is refused).
+        check_replaceable(dest, "run.json", "rescored run folder", flag="a rescore")
+        if any(dest.iterdir()) and "rescore_overrides" not in read_json(dest / "run.json"):
+            raise ValueError(f"{dest}: a run folder that is not a rescored copy (its run.json has no "
+                             "rescore_overrides); a rescore replaces only its own copies. Move it away")
+    # Built beside dest in a folder made now, then moved into place: an interrupted copy never looks finished.
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}-"))
+    copy = staging / dest.name
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("eval", "*.lock", "progress.json"))
+    save_config(load_config(copy / "config.yaml", score_overrides), copy / "config.yaml")
+    update_run_json(copy, rescore_overrides=list(score_overrides), rescored_from=str(run))
+    if dest.exists():
+        shutil.rmtree(dest)  # checked above: empty or an earlier rescored copy
+    os.replace(copy, dest)
+    staging.rmdir()
     return dest

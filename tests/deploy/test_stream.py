@@ -47,13 +47,26 @@ def test_window_logmels_refuses_windows_outside_the_stretch():
         window_logmels(LogMel(), np.zeros(2000, np.float32), [1500], 1024)
 
 
+def _direct_windows(y: np.ndarray, window: int, hop: int) -> list[tuple[int, np.ndarray]]:
+    """The schedule written out: starts 0, hop, ... while a window fits, then one ending at the end; a recording
+    shorter than a window is one zero-padded window at 0."""
+    if len(y) == 0:
+        return []
+    if len(y) < window:
+        return [(0, np.pad(y, (0, window - len(y))))]
+    starts = list(range(0, len(y) - window + 1, hop))
+    if starts[-1] + window < len(y):
+        starts.append(len(y) - window)
+    return [(s, y[s : s + window]) for s in starts]
+
+
 @pytest.mark.parametrize("total", [0, 500, 16000, 16001, 45_500, 80_000])
 @pytest.mark.parametrize("hop,block,batch", [(4000, 7000, 3), (1000, 16000, 64), (20000, 3000, 2), (3333, 900, 1)])
-def test_window_batches_hold_the_windows_of_sliding_windows(total, hop, block, batch):
+def test_window_batches_hold_the_windows_of_the_recording(total, hop, block, batch):
     window = 16000
     y = np.random.default_rng(total).standard_normal(total).astype(np.float32)
     blocks = [y[i : i + block] for i in range(0, total, block)]
-    ref = [(s, w.copy()) for s, w in sliding_windows(iter(blocks), window, hop)]
+    ref = _direct_windows(y, window, hop)
     got = []
     for starts, stretch, offset in window_batches(iter(blocks), window, hop, batch):
         assert 1 <= len(starts) <= batch
@@ -61,6 +74,10 @@ def test_window_batches_hold_the_windows_of_sliding_windows(total, hop, block, b
     assert [s for s, _ in got] == [s for s, _ in ref]
     for (_, a), (_, b) in zip(got, ref, strict=True):
         assert a.shape == (window,) and np.array_equal(a, b)
+    # The window-by-window form is the same schedule, one window at a time.
+    one = [(s, w.copy()) for s, w in sliding_windows(iter(blocks), window, hop)]
+    assert [s for s, _ in one] == [s for s, _ in ref]
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(one, ref, strict=True))
 
 
 def test_window_logmels_on_a_batch_stream_equal_the_windows_of_a_recording():

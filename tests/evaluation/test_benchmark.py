@@ -226,3 +226,32 @@ def test_rescore_with_score_overrides_equals_a_hand_edited_copy_and_leaves_the_r
     refused = json.loads((bench / "benchmark.json").read_text())["systems"]["rcmae"]["runs"][0]
     assert "cannot change training settings (pretrain.epochs)" in refused["rescore_error"]
     assert (seed / "run/config.yaml").read_bytes() == config_before
+
+
+def test_rescored_copy_replaces_only_its_own_copies(tmp_path):
+    from rcmae.evaluation.rescore import rescored_copy
+    from rcmae.run.config import load_config, save_config
+
+    run = tmp_path / "run"
+    save_config(load_config("tiny"), run / "config.yaml")
+    (run / "run.json").write_text(json.dumps({"data": "d"}))
+    (run / "weights.bin").write_bytes(b"w")
+    dest = tmp_path / "rescore" / "run"
+    rescored_copy(run, dest, ["score.knn_k=3"])
+    assert yaml.safe_load((dest / "config.yaml").read_text())["score"]["knn_k"] == 3
+    assert json.loads((dest / "run.json").read_text()) == {"data": "d", "rescore_overrides": ["score.knn_k=3"],
+                                                           "rescored_from": str(run)}
+    rescored_copy(run, dest, ["score.knn_k=5"])  # an earlier copy is replaced
+    assert yaml.safe_load((dest / "config.yaml").read_text())["score"]["knn_k"] == 5
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["run"]  # no staging folder left
+    # A trained run (no rescore_overrides) or a foreign folder in its place is refused and kept.
+    shutil.copytree(run, tmp_path / "other" / "run")
+    with pytest.raises(ValueError, match="not a rescored copy"):
+        rescored_copy(run, tmp_path / "other" / "run", ["score.knn_k=5"])
+    assert (tmp_path / "other" / "run" / "weights.bin").read_bytes() == b"w"
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="no run.json"):
+        rescored_copy(run, tmp_path / "foreign", ["score.knn_k=5"])
+    assert (tmp_path / "foreign" / "notes.txt").read_text() == "mine"
+    assert yaml.safe_load((run / "config.yaml").read_text())["score"]["knn_k"] == load_config("tiny").score.knn_k

@@ -78,6 +78,17 @@ def results(work: Path) -> dict[str, str]:
     return out
 
 
+def load_raw() -> dict:
+    """The committed raw results, each module's record carrying the run it comes from (older files kept the run's
+    seed, sample, commit and command once, at the top)."""
+    raw = json.loads(RAW.read_text()) if RAW.is_file() else {"modules": {}}
+    legacy = {k: raw.pop(k) for k in ("seed", "sample", "mutmut", "commit", "command", "wall_s") if k in raw}
+    for rec in raw["modules"].values():
+        for k, v in legacy.items():
+            rec.setdefault(k, v)
+    return raw
+
+
 def prepare(work: Path, modules: list[str]) -> None:
     """A copy of the tracked files with mutmut's configuration for ``modules``."""
     if work.exists():
@@ -107,7 +118,7 @@ def main() -> None:
     ap.add_argument("--render", action="store_true", help="only redraw mutation.md from the committed raw results")
     args = ap.parse_args()
     if args.render:
-        raw = json.loads(RAW.read_text())
+        raw = load_raw()
         old = (ROOT / "bench" / "results" / "mutation.md").read_text()
         head = old[old.index("## "):old.index("| module")] if "| module" in old else header("mutmut")
         render(raw, head)
@@ -132,22 +143,25 @@ def main() -> None:
         print(f"{m}: {len(names)} mutants, {len(drawn[m])} drawn", flush=True)
     mutmut(work, "run", "--max-children", "2", *[n for names in drawn.values() for n in names])
     final = results(work)
-    raw: dict = {"modules": {}, "seed": args.seed, "sample": args.sample, "mutmut": "3.8.1",
-                 "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                          text=True).stdout.strip(),
-                 "command": " ".join(sys.argv), "wall_s": None}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    # Modules measured before (other modules, by other runs) stay; the modules of this run replace theirs. Each
+    # module's record says which run (commit, seed, sample, command, date) it comes from.
+    raw = load_raw()
+    wall = round(time.perf_counter() - t0, 1)
     for m in modules:
         prefix = MODULES[m][0][:-3].replace("/", ".") + "."
         status = {n: final.get(n, "not checked") for n in drawn[m]}
         raw["modules"][m] = {"source": MODULES[m][0], "tests": MODULES[m][1],
                              "mutants": sum(n.startswith(prefix) for n in everything), "status": status,
-                             "survivor_diffs": {}}
+                             "survivor_diffs": {}, "seed": args.seed, "sample": args.sample, "mutmut": "3.8.1",
+                             "commit": commit, "command": " ".join(sys.argv), "wall_s": wall,
+                             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
         for n, st in status.items():
             if st == "survived":
                 raw["modules"][m]["survivor_diffs"][n] = [
                     ln for ln in mutmut(work, "show", n).splitlines()
                     if ln.startswith(("-", "+")) and not ln.startswith(("---", "+++"))]
-    raw["wall_s"] = round(time.perf_counter() - t0, 1)
     RAW.write_text(json.dumps(raw, indent=1) + "\n")
     render(raw, header("mutmut, a seeded sample per module"))
 
@@ -159,6 +173,7 @@ def render(raw: dict, head: str) -> None:
              "| module | mutants | drawn | killed | survived | of them equivalent | killed of the number-changing "
              "(95 % interval) |", "|---|---:|---:|---:|---:|---:|---|"]
     survivors = []
+    pooled = [0, 0]
     for m in raw["modules"].values():
         status = m["status"]
         killed = sum(s == "killed" for s in status.values())
@@ -169,7 +184,15 @@ def render(raw: dict, head: str) -> None:
         rate = f"{killed / decided:.0%} ({lo:.0%}-{hi:.0%})" if decided else "-"
         lines.append(f"| `{m['source']}` | {m['mutants']} | {len(status)} | {killed} | {len(survived)} | "
                      f"{len(equivalent)} | {rate} |")
+        pooled[0] += killed
+        pooled[1] += decided
         survivors += [(n, m["survivor_diffs"].get(n, [])) for n in survived]
+    lo, hi = wilson(*pooled)
+    lines.append(f"| **all drawn** | | | {pooled[0]} | | | **{pooled[0] / max(pooled[1], 1):.0%} ({lo:.0%}-{hi:.0%})** |")
+    lines += ["", "Each module's sample (mutmut 3.8.1, mutants on covered lines, drawn with `random.Random(seed)`):", ""]
+    lines += [f"- `{m['source']}`: {m['sample']} drawn with seed {m['seed']} at commit {m['commit']}"
+              + (f", {m['date']}" if m.get("date") else "") + f" (`{m['command']}`, {m['wall_s']:.0f} s)"
+              for m in raw["modules"].values()]
     lines += ["", "Survivors and their reading (bench/mutation_readings.json: *equivalent* changes no number; "
                   "*killed now* names the test added since):", ""]
     for n, diff in survivors:
@@ -177,8 +200,7 @@ def render(raw: dict, head: str) -> None:
                   "  ```", ""]
     if not survivors:
         lines.append("(none)")
-    lines += ["", f"Commit {raw['commit']}; wall time {raw['wall_s']:.0f} s. Raw: bench/results/mutation.json "
-                  "(`python bench/mutation.py --render` redraws this page from it)."]
+    lines += ["", "Raw: bench/results/mutation.json (`python bench/mutation.py --render` redraws this page from it)."]
     text = "\n".join(lines) + "\n"
     print(text)
     print(write_result("mutation", text))

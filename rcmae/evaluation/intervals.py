@@ -5,6 +5,10 @@ convention, :mod:`rcmae.evaluation.metrics`). One bootstrap resample draws, with
 and its anomalous clips with replacement (stratified, so each unit keeps its class counts), and recomputes that
 number for both detectors on the *same* clips; the interval of the difference is the 2.5-97.5 % percentile range
 of those paired differences. A difference is called a win only when its interval excludes zero.
+
+Several end-to-end seeds of a system score the same test clips: give its scores as ``[seeds, clips]`` and every
+number (the point value and each resample's) is the mean over the seeds, all seeds on the same resampled clips.
+The interval is then the clip-sampling interval of the seed-mean; the spread between seeds is reported beside it.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ def _set_means(units: Mapping[tuple[str, str], tuple[np.ndarray, np.ndarray]], p
     per_type: dict[str, list[tuple[float, float]]] = {}
     for (mtype, _), (y, s) in units.items():
         rows = slice(None) if pick is None else pick[(mtype, _)]
-        per_type.setdefault(mtype, []).append(auc_pauc(y[rows], s[rows], max_fpr))
+        per_seed = [auc_pauc(y[rows], row[rows], max_fpr) for row in np.atleast_2d(s)]
+        per_type.setdefault(mtype, []).append(np.mean(per_seed, axis=0))
     means = [np.mean(v, axis=0) for v in per_type.values()]
     return {m: float(np.mean([v[k] for v in means])) for k, m in enumerate(METRICS)}
 
@@ -41,7 +46,8 @@ def paired_bootstrap(
 
     Args:
         labels: per unit ``(machine_type, machine_id)``, its test clips' labels (0 normal, 1 anomalous).
-        scores_a, scores_b: per unit, the two detectors' scores of the same clips, in the same order.
+        scores_a, scores_b: per unit, the two detectors' scores of the same clips, in the same order: ``[clips]``,
+            or ``[seeds, clips]`` for several seeds of a detector (numbers are then seed means).
         n: bootstrap resamples.
         seed: the resampling seed (the same seed gives the same intervals).
         level: the interval's coverage.
@@ -58,9 +64,9 @@ def paired_bootstrap(
     for u in units:
         y = np.asarray(labels[u], dtype=int)
         a, b = np.asarray(scores_a[u], dtype=np.float64), np.asarray(scores_b[u], dtype=np.float64)
-        if not (len(y) == len(a) == len(b)):
-            raise ValueError(f"paired_bootstrap: unit {u[0]}/{u[1]} has {len(y)} labels but {len(a)} and {len(b)} "
-                             "scores")
+        if not (a.ndim in (1, 2) and b.ndim in (1, 2) and len(y) == a.shape[-1] == b.shape[-1]):
+            raise ValueError(f"paired_bootstrap: unit {u[0]}/{u[1]} has {len(y)} labels but scores of shape "
+                             f"{a.shape} and {b.shape} (want [clips] or [seeds, clips])")
         data_a[u], data_b[u] = (y, a), (y, b)
     point_a, point_b = _set_means(data_a, max_fpr=max_fpr), _set_means(data_b, max_fpr=max_fpr)
     rng = np.random.default_rng(seed)

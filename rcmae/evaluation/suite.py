@@ -51,8 +51,9 @@ class SuiteSet:
     Attributes:
         name: folder-safe name (``demo-s0``).
         about: one line for the report.
-        source: ``"demo"`` (``rcmae.data.demo.make_demo_data(**params)``) or ``"real-slider"``
-            (``build_real_slider(samples, out, **params)``).
+        source: ``"demo"`` (``rcmae.data.demo.make_demo_data(**params)``), ``"families"``
+            (``rcmae.data.families.make_family_data(**params)``, a generator written apart from the demo factory)
+            or ``"real-slider"`` (``build_real_slider(samples, out, **params)``).
         params: keyword arguments of the builder.
     """
 
@@ -96,6 +97,10 @@ SUITES: dict[str, tuple[SuiteSet, ...]] = {
         _demo("report-domain-shift", "30 source + 3 target-condition train clips per ID, pump + slider; test from "
               "both conditions (seed 13)", seed=13, train_per_id=30, test_per_id=5, mode="domain-shift",
               target_train_per_id=3, machine_types=list(REPORT_TYPES)),
+        SuiteSet("report-families", "belt conveyors and piston compressors from a generator written apart from the "
+                 "demo factory (rcmae.data.families; every clip's loudness drawn from one distribution): 3 IDs "
+                 "each, 30 train, 10 + 10 test per ID (seed 14)", "families",
+                 {"seed": 14, "ids": 3, "train_per_id": 30, "test_per_id": 10}),
     ),
     # Seconds, not minutes: for trying the command and for the tests.
     "tiny": (
@@ -171,9 +176,14 @@ def prepare_set(entry: SuiteSet, data_root: str | os.PathLike, real_samples: str
         from rcmae.data.demo.generate import make_demo_data
 
         return make_demo_data(out, progress=progress, **entry.params)
+    if entry.source == "families":
+        from rcmae.data.families import make_family_data
+
+        return make_family_data(out, progress=progress, **entry.params)
     if entry.source == "real-slider":
         return build_real_slider(real_samples or REAL_SAMPLES_DEFAULT, out, **entry.params)
-    raise ValueError(f"suite set {entry.name!r}: unknown source {entry.source!r}; use 'demo' or 'real-slider'")
+    raise ValueError(f"suite set {entry.name!r}: unknown source {entry.source!r}; use 'demo', 'families' or "
+                     "'real-slider'")
 
 
 # ---------------------------------------------------------------- aggregation
@@ -255,6 +265,10 @@ def render_suite(report: dict) -> str:
                  else f"**{s['status']}**: {s['note']}")
         if s["status"] == "ok" and s.get("missing"):
             state += f"; **not run: {', '.join(s['missing'])}**"
+        loud = s.get("loudness")
+        if loud and loud["deviation"]["auc"] is not None:
+            state += (f"; loudness alone: AUC {100 * loud['deviation']['auc']:.1f} / pAUC "
+                      f"{100 * loud['deviation']['pauc']:.1f}")
         lines.append(f"- `{s['name']}`: {s['about']} ({state})")
     head = ["row"] + [f"{s} {m}" for s in sets for m in ("AUC", "pAUC")] + ["mean AUC", "mean pAUC"]
     lines += ["", "| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
@@ -297,6 +311,17 @@ def render_suite(report: dict) -> str:
 
 
 # ---------------------------------------------------------------- running
+def _loudness(data: Path) -> dict | None:
+    """The set's loudness-only check (:func:`rcmae.evaluation.loudness.loudness_auc`); None when its data is gone."""
+    from rcmae.evaluation.loudness import loudness_auc
+
+    try:
+        return loudness_auc(data)
+    except (FileNotFoundError, ValueError) as err:  # a report-only run whose data folder was removed
+        print(f"loudness check of {data} skipped: {err}", file=sys.stderr)
+        return None
+
+
 def collect_set(set_out: str | os.PathLike) -> dict:
     """A benchmark-like dict (``{"systems": {system: {"runs": [...]}}}``) from the finished runs' ``record.json``.
 
@@ -379,7 +404,8 @@ def run_suite(
                    for sy, rec in bench["systems"].items() if any(r.get("cpu_s") for r in rec["runs"])}
             wall = sum(r.get("wall_s") or 0.0 for rec in bench["systems"].values() for r in rec["runs"])
             set_info.append({**info, "status": "ok", "data": str(data), "wall_s": round(wall, 1), "cpu_s": cpu,
-                             "note": f"missing: {', '.join(missing)}" if missing else "", "missing": missing})
+                             "note": f"missing: {', '.join(missing)}" if missing else "", "missing": missing,
+                             "loudness": _loudness(data)})
             continue
         if progress:
             print(f"suite set {entry.name}: {data}", flush=True)
@@ -393,7 +419,7 @@ def run_suite(
                for system, rec in bench["systems"].items()}
         set_info.append({**info, "status": "ok", "note": "", "data": str(data),
                          "wall_s": round((dt.datetime.now(dt.UTC) - t0).total_seconds(), 1),
-                         "cpu_s": cpu})
+                         "cpu_s": cpu, "loudness": _loudness(data)})
     report = {
         "suite": suite,
         "systems": list(systems),

@@ -52,5 +52,45 @@ def test_mismatched_units_or_lengths_are_refused():
     with pytest.raises(ValueError, match="cover the same units"):
         paired_bootstrap(labels, a, {k: v for k, v in b.items() if k[0] == "fan"})
     b[("fan", "00")] = b[("fan", "00")][:-1]
-    with pytest.raises(ValueError, match="unit fan/00 has 40 labels but 40 and 39 scores"):
+    with pytest.raises(ValueError, match=r"unit fan/00 has 40 labels but scores of shape \(40,\) and \(39,\)"):
         paired_bootstrap(labels, a, b)
+
+
+def test_several_seeds_give_seed_means_on_the_same_resampled_clips():
+    rng = np.random.default_rng(5)
+    labels, a, b = _units(rng, 0.8, 1.2, n0=12, n1=8)
+    # Three seeds of each system: the same clips, other scores.
+    a3 = {u: np.stack([v + 0.4 * rng.normal(size=len(v)) for _ in range(3)]) for u, v in a.items()}
+    b3 = {u: np.stack([v + 0.4 * rng.normal(size=len(v)) for _ in range(3)]) for u, v in b.items()}
+    n, seed = 25, 7
+    res = paired_bootstrap(labels, a3, b3, n=n, seed=seed)
+
+    def set_number(scores, picks, max_fpr=None):
+        per_type = []
+        for t in ("fan", "pump"):
+            per_id = []
+            for i in ("00", "02"):
+                y, rows = labels[(t, i)], picks[(t, i)]
+                per_id.append(np.mean([roc_auc_score(y[rows], s[rows], max_fpr=max_fpr) for s in scores[(t, i)]]))
+            per_type.append(np.mean(per_id))
+        return np.mean(per_type)
+
+    every = {u: np.arange(len(y)) for u, y in labels.items()}
+    assert res["a"]["auc"]["value"] == pytest.approx(set_number(a3, every), abs=1e-12)
+    assert res["b"]["pauc"]["value"] == pytest.approx(set_number(b3, every, 0.1), abs=1e-9)
+    # The resamples, written out: one stratified draw per unit (sorted), shared by both systems and all seeds.
+    draw = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(n):
+        picks = {}
+        for u in sorted(labels):
+            y = labels[u]
+            normal, anomalous = np.flatnonzero(y == 0), np.flatnonzero(y == 1)
+            picks[u] = np.concatenate([draw.choice(normal, len(normal)), draw.choice(anomalous, len(anomalous))])
+        diffs.append(set_number(b3, picks) - set_number(a3, picks))
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    assert (res["diff"]["auc"]["lo"], res["diff"]["auc"]["hi"]) == pytest.approx((lo, hi), abs=1e-12)
+    # One seed given as [1, clips] is the plain one-seed bootstrap.
+    one = {u: v[:1] for u, v in b3.items()}
+    plain = {u: v[0] for u, v in b3.items()}
+    assert paired_bootstrap(labels, a, one, n=20) == paired_bootstrap(labels, a, plain, n=20)

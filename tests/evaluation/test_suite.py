@@ -14,7 +14,9 @@ import soundfile as sf
 from sklearn.metrics import roc_auc_score
 
 from rcmae import cli
+from rcmae.data.families import FAMILIES
 from rcmae.evaluation import suite
+from rcmae.evaluation.loudness import loudness_auc
 
 
 def _set_average(folder: Path) -> tuple[float, float]:
@@ -59,6 +61,11 @@ def test_tiny_suite_end_to_end_mean_equals_the_recomputed_per_set_numbers(tmp_pa
         line = next(ln for ln in (out / "suite.md").read_text().splitlines() if ln.startswith(f"| {name} |"))
         assert line.split("|")[-3].strip() == f"{mean_auc * 100:.1f}"
     assert "Difference to `ae`" in printed
+    # Each set lists what loudness alone gets on it (the check itself is tested in test_loudness.py).
+    loud = report["sets"][0]["loudness"]
+    assert loud == loudness_auc(tmp_path / "data" / "demo")
+    assert (f"loudness alone: AUC {100 * loud['deviation']['auc']:.1f} / pAUC {100 * loud['deviation']['pauc']:.1f}"
+            in (out / "suite.md").read_text())
     rows_near_ae = rows["ae"]["per_set"]["near-identical"]["auc"]["mean"]
     # A second call resumes: nothing is rerun, the report is the same.
     before = {r["row"]: r["mean"] for r in report["rows"]}
@@ -170,10 +177,15 @@ def test_the_report_suite_holds_nothing_a_choice_was_made_on():
     design, report = suite.SUITES["design"], suite.SUITES["report"]
     assert design is suite.SUITES["default"]  # the suite every default so far was chosen on, under its old name too
     kinds = {e.source for e in report}
-    assert kinds == {"demo"}  # real recordings: none on this machine yet (docs/benchmark.md)
+    # Real recordings: none on this machine yet (docs/benchmark.md); "families" is the generator written apart
+    # from the demo factory (rcmae.data.families).
+    assert kinds == {"demo", "families"}
     # No synthetic machine family of a design set (design's only slider is the real DCASE one).
     design_types = {t for e in design if e.source == "demo" for t in e.params["machine_types"]}
-    report_types = {t for e in report for t in e.params["machine_types"]}
+    report_types = {t for e in report if e.source == "demo" for t in e.params["machine_types"]}
+    family_types = {t for e in report if e.source == "families" for t in e.params.get("machine_types", FAMILIES)}
     assert design_types == {"fan", "gearbox", "valve"} and report_types == {"pump", "slider"}
+    assert family_types == {"conveyor", "compressor"}
     assert not {e.params["seed"] for e in design if e.source == "demo"} & {e.params["seed"] for e in report}
-    assert {e.params.get("mode") for e in report} == {e.params.get("mode") for e in design if e.source == "demo"}
+    demo_report = [e for e in report if e.source == "demo"]
+    assert {e.params.get("mode") for e in demo_report} == {e.params.get("mode") for e in design if e.source == "demo"}

@@ -1,14 +1,33 @@
-"""Assemble BENCHMARKS.md from the tables the bench scripts wrote to bench/results/.
+"""Rebuild the tables that rest on committed raw results, then BENCHMARKS.md from bench/results/.
 
-    python bench/assemble.py
+    python bench/assemble.py            # rewrite them
+    python bench/assemble.py --check    # exit 1 if any committed table differs from its rebuild
+
+From the raw files alone (nothing is rerun):
+- each suite's table, bench/results/<name>-suite.md, from bench/results/raw/suite-<name>/ (one JSON per run, written
+  by bench/collect_suite.py), aggregated by the product's own ``rcmae.evaluation.suite.aggregate_suite`` and drawn
+  by ``render_suite``;
+- its intervals page, bench/results/intervals-<name>.md, from intervals-<name>.json (bench/suite_intervals.py
+  computes that file from the same raw files);
+- the README's "What to expect" table (between its ``expect`` markers), from the report suite's raw files and
+  intervals;
+- pages whose bench script keeps raw JSON and a renderer (mutation: ``bench/mutation.py --render``).
+Then BENCHMARKS.md concatenates the pages of bench/results/ under the section titles below.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
+RAW = RESULTS / "raw"
+README = ROOT / "README.md"
+EXPECT = ("<!-- expect:start (bench/assemble.py writes this table) -->", "<!-- expect:end -->")
+sys.path.insert(0, str(ROOT / "bench"))
 
 INTRO = """# BENCHMARKS
 
@@ -52,14 +71,115 @@ def demote(text: str) -> str:
     return "\n".join("#" + line if line.startswith("#") else line for line in lines).strip() + "\n"
 
 
+def suite_report(name: str) -> dict:
+    """The suite report (as ``run_suite`` writes it) rebuilt from the committed raw files of one suite call."""
+    from rcmae.evaluation.suite import aggregate_suite
+
+    base = RAW / f"suite-{name}"
+    meta = json.loads((base / "suite.json").read_text())
+    benches = {}
+    for s in meta["sets"]:
+        if s["status"] != "ok":
+            continue
+        systems: dict[str, dict] = {}
+        for path in sorted((base / s["name"]).glob("*.json")):
+            run = json.loads(path.read_text())
+            systems.setdefault(run["system"], {"runs": []})["runs"].append(
+                {"seed": run["seed"], "status": "ok", "rows": {r: {"average": v["average"]} for r, v in
+                                                               run["rows"].items()}})
+        for rec in systems.values():
+            rec["runs"].sort(key=lambda r: r["seed"])
+        benches[s["name"]] = {"systems": systems}
+    return {**meta, "rows": aggregate_suite(benches), "set_failures": {}}
+
+
+def suite_page(name: str) -> str:
+    from rcmae.evaluation.suite import render_suite
+
+    commits = sorted({json.loads(p.read_text())["commit"] or "unknown"
+                      for p in (RAW / f"suite-{name}").glob("*/*.json")})
+    return (render_suite(suite_report(name)) + f"\nRebuilt by `python bench/assemble.py` from the raw files in "
+            f"bench/results/raw/suite-{name}/ (one per run; the runs' commits: "
+            f"{', '.join(c[:7] for c in commits)}).\n")
+
+
+def expect_table(name: str = "report", row: str = "rcmae:ensemble", base: str = "ae") -> str:
+    """README's table: per report set, the default and the AE (seed means) and their difference with intervals."""
+    report = suite_report(name)
+    intervals = json.loads((RESULTS / f"intervals-{name}.json").read_text())["sets"]
+    rows = {r["row"]: r for r in report["rows"]}
+    ours, theirs = rows[row], rows[base]
+    lines = ["| set | rcmae `tiny` default (ensemble of `stats_maha` + `frame_pca`) | DCASE 2020 AE (official "
+             "settings) | difference: AUC / pAUC [95 % interval] |", "|---|---:|---:|---:|"]
+    for s in report["sets"]:
+        n = s["name"]
+        if n not in ours["per_set"] or n not in theirs["per_set"]:
+            continue
+        a, b = ours["per_set"][n], theirs["per_set"][n]
+        cell = " / ".join(f"{100 * x[m]['mean']:.1f}" for x in (a,) for m in ("auc", "pauc"))
+        cell_b = " / ".join(f"{100 * b[m]['mean']:.1f}" for m in ("auc", "pauc"))
+        diff = []
+        for m in ("auc", "pauc"):
+            d = intervals[n]["diff"][m]
+            diff.append(f"{100 * d['value']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
+                        + ("" if d["win"] else " (no call)"))
+        seeds = len(intervals[n]["seeds"])
+        lines.append(f"| {n} ({seeds} seed{'s' if seeds > 1 else ''}) | {cell} | {cell_b} | {' / '.join(diff)} |")
+    mean = " / ".join(f"**{100 * ours['mean'][m]['mean']:.1f}**" for m in ("auc", "pauc"))
+    mean_b = " / ".join(f"**{100 * theirs['mean'][m]['mean']:.1f}**" for m in ("auc", "pauc"))
+    d = " / ".join(f"**{100 * (ours['mean'][m]['mean'] - theirs['mean'][m]['mean']):+.1f}**" for m in ("auc", "pauc"))
+    lines.append(f"| **mean of the {len(ours['sets'])} sets** | {mean} | {mean_b} | {d} |")
+    return "\n".join(lines) + "\n"
+
+
+def rebuilt() -> dict[Path, str]:
+    """Every file this script writes, as it would write it now."""
+    out: dict[Path, str] = {}
+    for base in sorted(RAW.glob("suite-*")):
+        name = base.name.removeprefix("suite-")
+        out[RESULTS / f"{name}-suite.md"] = suite_page(name)
+        if (RESULTS / f"intervals-{name}.json").is_file():
+            import suite_intervals
+
+            out[RESULTS / f"intervals-{name}.md"] = suite_intervals.render(name)
+    if (RAW / "suite-report").is_dir() and (RESULTS / "intervals-report.json").is_file():
+        text = README.read_text()
+        start, end = text.index(EXPECT[0]) + len(EXPECT[0]), text.index(EXPECT[1])
+        out[README] = text[:start] + "\n" + expect_table() + text[end:]
+    import mutation
+
+    if mutation.RAW.is_file():
+        out[RESULTS / "mutation.md"] = mutation.render_text(mutation.load_raw(), mutation.committed_head())
+    return out
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="write nothing; exit 1 if a committed table differs")
+    args = ap.parse_args()
+    tables = rebuilt()
+    if args.check:
+        stale = [p for p, text in tables.items() if not p.is_file() or p.read_text() != text]
+        stale += [ROOT / "BENCHMARKS.md"] if (ROOT / "BENCHMARKS.md").read_text() != benchmarks_page(tables) else []
+        for p in stale:
+            print(f"{p.relative_to(ROOT)}: differs from its rebuild; run python bench/assemble.py")
+        sys.exit(1 if stale else 0)
+    for path, text in tables.items():
+        path.write_text(text)
+    (ROOT / "BENCHMARKS.md").write_text(benchmarks_page(tables))
+    print(f"wrote {len(tables)} tables and {ROOT / 'BENCHMARKS.md'}")
+
+
+def benchmarks_page(tables: dict[Path, str]) -> str:
+    def read(path: Path) -> str:
+        return tables[path] if path in tables else path.read_text()
+
     parts = [INTRO, "## Contents\n" + "".join(f"{i}. {title}\n" for i, (title, _) in enumerate(SECTIONS, 1))]
     for i, (title, files) in enumerate(SECTIONS, 1):
-        bodies = [demote((RESULTS / f).read_text()) for f in files if (RESULTS / f).is_file()]
+        bodies = [demote(read(RESULTS / f)) for f in files if (RESULTS / f) in tables or (RESULTS / f).is_file()]
         if bodies:
             parts.append(f"## {i}. {title}\n\n" + "\n".join(bodies))
-    (ROOT / "BENCHMARKS.md").write_text("\n".join(parts))
-    print(f"wrote {ROOT / 'BENCHMARKS.md'}")
+    return "\n".join(parts)
 
 
 if __name__ == "__main__":

@@ -118,10 +118,7 @@ def main() -> None:
     ap.add_argument("--render", action="store_true", help="only redraw mutation.md from the committed raw results")
     args = ap.parse_args()
     if args.render:
-        raw = load_raw()
-        old = (ROOT / "bench" / "results" / "mutation.md").read_text()
-        head = old[old.index("## "):old.index("| module")] if "| module" in old else header("mutmut")
-        render(raw, head)
+        render(load_raw(), committed_head())
         return
     modules = args.modules.split(",")
     unknown = [m for m in modules if m not in MODULES]
@@ -166,7 +163,20 @@ def main() -> None:
     render(raw, header("mutmut, a seeded sample per module"))
 
 
+def committed_head() -> str:
+    """The machine / date / command header of the committed page (the last run's)."""
+    path = ROOT / "bench" / "results" / "mutation.md"
+    old = path.read_text() if path.is_file() else ""
+    return old[old.index("## "):old.index("| module")].rstrip() + "\n\n" if "| module" in old else header("mutmut")
+
+
 def render(raw: dict, head: str) -> None:
+    text = render_text(raw, head)
+    print(text)
+    print(write_result("mutation", text))
+
+
+def render_text(raw: dict, head: str) -> str:
     """bench/results/mutation.md from the raw results and the committed readings of the survivors."""
     readings = json.loads(READINGS.read_text()) if READINGS.is_file() else {}
     lines = ["# Mutation testing\n", head,
@@ -188,8 +198,10 @@ def render(raw: dict, head: str) -> None:
         pooled[1] += decided
         survivors += [(n, m["survivor_diffs"].get(n, [])) for n in survived]
     lo, hi = wilson(*pooled)
-    lines.append(f"| **all drawn** | | | {pooled[0]} | | | **{pooled[0] / max(pooled[1], 1):.0%} ({lo:.0%}-{hi:.0%})** |")
-    lines += ["", "Each module's sample (mutmut 3.8.1, mutants on covered lines, drawn with `random.Random(seed)`):", ""]
+    rate = pooled[0] / max(pooled[1], 1)
+    lines.append(f"| **all drawn** | | | {pooled[0]} | | | **{rate:.0%} ({lo:.0%}-{hi:.0%})** |")
+    lines += ["", "Each module's sample (mutmut 3.8.1, mutants on covered lines, drawn with "
+                  "`random.Random(seed)`):", ""]
     lines += [f"- `{m['source']}`: {m['sample']} drawn with seed {m['seed']} at commit {m['commit']}"
               + (f", {m['date']}" if m.get("date") else "") + f" (`{m['command']}`, {m['wall_s']:.0f} s)"
               for m in raw["modules"].values()]
@@ -201,9 +213,7 @@ def render(raw: dict, head: str) -> None:
     if not survivors:
         lines.append("(none)")
     lines += ["", "Raw: bench/results/mutation.json (`python bench/mutation.py --render` redraws this page from it)."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    print(write_result("mutation", text))
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -57,3 +58,13 @@ def check_replaceable(folder: str | os.PathLike, marker: str | tuple[str, ...], 
     if folder.is_dir() and any(folder.iterdir()) and not any((folder / m).is_file() for m in markers):
         raise ValueError(f"{folder}: not a {what} (no {' or '.join(markers)}); {flag} replaces only a {what}, "
                          "never other folders. Choose another folder")
+
+
+def current_git_commit() -> str | None:
+    """The commit of the rcmae source tree, when it is a git checkout."""
+    try:
+        out = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "HEAD"],
+                             capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None

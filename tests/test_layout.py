@@ -121,3 +121,11 @@ def test_import_contracts_catch_an_upward_import(tmp_path):
     broken = check()
     assert broken.returncode != 0
     assert "rcmae.data is not allowed to import rcmae.training" in broken.stdout
+
+
+def test_committed_tables_equal_their_rebuild_from_the_committed_raw_results():
+    """The suite tables, their intervals page, README's "What to expect" and BENCHMARKS.md are what
+    ``bench/assemble.py`` draws from bench/results/raw/ and the raw JSON beside them: none was edited by hand."""
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "assemble.py"), "--check"], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rcmae.files import atomic_write_text, check_replaceable, read_json, write_json
+from rcmae.files import atomic_write_text, check_replaceable, current_git_commit, read_json, write_json
 
 # One table of named systems: the rcmae ablations are override sets on the same pipeline.
 # aug "bank" = the augmentation bank built once per benchmark with the backend --aug names (procedural:
@@ -204,7 +204,7 @@ def _spawn(spec: dict, out: Path) -> dict:
         proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - start
     record = {"wall_s": round(wall, 2), "peak_mib": round(usage.ru_maxrss / 1024, 1), "returncode": proc.returncode,
-              "log": str(out / "log.txt"),
+              "log": str(out / "log.txt"), "commit": current_git_commit(),
               # CPU seconds (user + system) of the child and its children: the cost on a shared, loaded machine.
               "cpu_s": round(usage.ru_utime + usage.ru_stime, 2)}
     if proc.returncode == 0 and (out / "rows.json").is_file():

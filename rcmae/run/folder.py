@@ -8,7 +8,6 @@ import importlib.metadata
 import math
 import os
 import platform
-import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 
 import rcmae
-from rcmae.files import read_json, write_json
+from rcmae.files import current_git_commit, read_json, write_json  # noqa: F401 (current_git_commit: re-exported)
 
 STAGES = ("pretrain", "finetune")
 METRIC_COLUMNS = [
@@ -68,18 +67,6 @@ def update_run_json(run: str | os.PathLike, **fields: object) -> dict:
     info.update(fields)
     write_json(path, info)
     return info
-
-
-def current_git_commit() -> str | None:
-    """The commit of the rcmae source tree, when it is a git checkout."""
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(Path(rcmae.__file__).resolve().parent), "rev-parse", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def package_versions() -> dict[str, str]:

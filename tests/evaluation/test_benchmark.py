@@ -105,6 +105,14 @@ def test_table_md_parses_and_agrees_with_the_json(bench):
 
 
 def test_rerun_resumes_finished_systems(bench, tiny_dcase):
+    # Each run's record names the code it ran (the raw files committed under bench/results/raw/ carry it).
+    import subprocess
+
+    import rcmae
+
+    head = subprocess.run(["git", "-C", str(Path(rcmae.__file__).parent), "rev-parse", "HEAD"], capture_output=True,
+                          text=True).stdout.strip() or None
+    assert json.loads((bench / "systems/ae/seed0/record.json").read_text())["commit"] == head
     before = json.loads((bench / "benchmark.json").read_text())
     stamp = (bench / "systems/ae/seed0/record.json").stat().st_mtime_ns
     run_benchmark(tiny_dcase, bench, ["ae", "knn"], overrides=TINY, progress=False)

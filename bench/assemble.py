@@ -11,7 +11,10 @@ From the raw files alone (nothing is rerun):
   computes that file from the same raw files);
 - the README's "What to expect" table (between its ``expect`` markers), from the report suite's raw files and
   intervals;
-- pages whose bench script keeps raw JSON and a renderer (mutation: ``bench/mutation.py --render``).
+- pages whose bench script keeps raw JSON and draws its page from it alone: mutation, cost, first_run, monitor,
+  pipeline (each script's ``render``).
+The other pages of bench/results/ were written by their scripts before raw files were kept; they are included as
+they are (docs/benchmark.md lists them) until their benches are rerun.
 Then BENCHMARKS.md concatenates the pages of bench/results/ under the section titles below.
 """
 
@@ -150,6 +153,16 @@ def rebuilt() -> dict[Path, str]:
 
     if mutation.RAW.is_file():
         out[RESULTS / "mutation.md"] = mutation.render_text(mutation.load_raw(), mutation.committed_head())
+    # Bench scripts that keep their raw numbers beside the page and draw the page from them alone.
+    import bench_cost
+    import bench_first_run
+    import bench_monitor
+    import bench_pipeline
+
+    for name, module in (("cost", bench_cost), ("first_run", bench_first_run), ("monitor", bench_monitor),
+                         ("pipeline", bench_pipeline)):
+        if (RESULTS / f"{name}.json").is_file():
+            out[RESULTS / f"{name}.md"] = module.render(json.loads((RESULTS / f"{name}.json").read_text()))
     return out
 
 

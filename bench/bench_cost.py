@@ -23,17 +23,29 @@ def main() -> None:
     train = cost.training_flops("paper")
     bank = cost.audioldm_flops()
     clips = cost.dcase2020_counts("all")
-    rows, raw = [], {"training": train, "audioldm": bank, "clips": clips, "per_gpu": {}}
+    raw = {"training": train, "audioldm": bank, "clips": clips, "per_gpu": {},
+           "header": header("The reproduction's cost from FLOPs (no GPU needed)")}
+    for key in cost.GPUS:
+        raw["per_gpu"][key] = cost.gpu_hours(train, clips, ARMS, cost.Throughput(key), bank=bank, per_clip=4)
+    text = render(json.loads(json.dumps(raw, default=float)))
+    path = write_result("cost", text)
+    (path.parent / "cost.json").write_text(json.dumps(raw, indent=1, default=float) + "\n")
+    print(text)
+    print(f"wrote {path} and cost.json")
+
+
+def render(raw: dict) -> str:
+    """bench/results/cost.md from the raw numbers (and the GPU table in rcmae.evaluation.reproduce.cost)."""
+    train, bank, clips = raw["training"], raw["audioldm"], raw["clips"]
+    rows = []
     for key, (name, peak) in cost.GPUS.items():
-        res = cost.gpu_hours(train, clips, ARMS, cost.Throughput(key), bank=bank, per_clip=4)
-        raw["per_gpu"][key] = res
+        res = raw["per_gpu"][key]
         st = res["steps"]
         rows.append(f"| {name} | {peak / 1e12:.0f} | {st['pretrain']['step_s']:.3f} | "
                     f"{st['bank']['s_per_generation']:.3f} | {res['arms']['rcmae']['gpu_hours']:.1f} | "
                     f"{res['arms']['rcmae-nodda']['gpu_hours']:.1f} | {res['total_gpu_hours']:.1f} |")
     t, g = 1e12, 1e9
-    text = header("The reproduction's cost from FLOPs (no GPU needed)")
-    text += (
+    return raw["header"] + (
         f"`paper` preset ({train['params'] / 1e6:.1f} M parameters), DCASE 2020's published clip counts: "
         f"{clips['pretrain']:,} pretraining clips (`--pretrain-data all`), {clips['finetune']:,} fine-tuning clips "
         f"(41 IDs), {clips['test']:,} test clips; 4 AudioLDM copies per pretraining clip.\n\n"
@@ -53,10 +65,6 @@ def main() -> None:
         + "\n".join(rows) + "\n\n"
         "GPU hours do not depend on how many GPUs share them (wall hours = GPU hours / GPUs at perfect scaling). "
         "The bank is about a third of the with-DDA arm; pretraining is nearly all of the rest.\n")
-    path = write_result("cost", text)
-    (path.parent / "cost.json").write_text(json.dumps(raw, indent=1, default=float) + "\n")
-    print(text)
-    print(f"wrote {path} and cost.json")
 
 
 if __name__ == "__main__":

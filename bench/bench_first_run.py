@@ -193,9 +193,19 @@ def main() -> None:
     res["load_after"] = os.getloadavg()[0]
     res["peak_rss_bench_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
+    res["header"] = header("first run (cpu)")
+    text = render(res)
+    print(text)
+    (ROOT / "bench" / "results" / "first_run.json").write_text(json.dumps(res, indent=1) + "\n")
+    print(write_result("first_run", text))
+
+
+def render(res: dict) -> str:
+    """bench/results/first_run.md from the raw numbers alone (bench/assemble.py calls it)."""
+    epochs, load_before = res["epochs"], res["load_before"]
     q, p, s, m = res["quick_demo"], res["pipeline"], res["scoring"], res["monitor"]
     lines = [
-        "# A newcomer's first run\n", header("first run (cpu)"),
+        "# A newcomer's first run\n", res["header"],
         "| step | wall (s) | training loop (s) | everything else: start-up, loading, fitting scorers (s) |",
         "|---|---:|---:|---:|",
         f"| quick demo: demo-data (small set + 3-min recording) | {q['demo_data_s']} | | |",
@@ -227,10 +237,7 @@ def main() -> None:
               "", f"1-minute load average {load_before:.1f} before and {res['load_after']:.1f} after (2 cores): "
               "wall times are upper bounds on an idle machine. Raw numbers: bench/results/first_run.json.", ""]
     lines += targets_table(res)
-    text = "\n".join(lines)
-    print(text)
-    (ROOT / "bench" / "results" / "first_run.json").write_text(json.dumps(res, indent=1) + "\n")
-    print(write_result("first_run", text))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

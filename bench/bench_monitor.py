@@ -56,7 +56,7 @@ def main() -> None:
         for _ in range(reps):
             f.write(y)
     seconds = sf.info(rec).duration
-    rows, raw = [], []
+    raw = []
     fmt = Bundle(bundle).format
     for label, kw in (("run (Detector)", {"run": run}), (f"bundle ({fmt})", {"bundle": bundle})):
         scorer = monitor.open_scorer(**kw, trust=True)  # the bundle this script just exported
@@ -64,28 +64,34 @@ def main() -> None:
             t0 = time.perf_counter()
             res = monitor.monitor_recording(scorer, rec, "fan", "00", hop=args.hop, progress=False, stream=stream)
             wall = time.perf_counter() - t0
-            mode = "streamed" if stream else "window by window (`--no-stream`)"
-            rows.append(f"| {label} | {mode} | {scorer.name} | {seconds / 60:.1f} | {len(res.series)} | {wall:.1f} | "
-                        f"{seconds / wall:.0f} |")
             raw.append({"detector": label, "stream": stream, "scorer": scorer.name, "seconds": seconds,
                         "windows": len(res.series), "wall_s": round(wall, 2), "x_real_time": round(seconds / wall, 1)})
-    load_after = os.getloadavg()[0]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    text = ("# Monitoring long recordings\n\n" + header("rcmae monitor speed (cpu)") +
+    raw = {"hop": args.hop, "threads": args.threads, "load_before": load_before, "load_after": os.getloadavg()[0],
+           "peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+           "header": header("rcmae monitor speed (cpu)"), "rows": raw}
+    (Path(__file__).parent / "results" / "monitor.json").write_text(json.dumps(raw, indent=1) + "\n")
+    text = render(raw)
+    print(text)
+    print(write_result("monitor", text))
+
+
+def render(raw: dict) -> str:
+    """bench/results/monitor.md from the raw numbers alone (bench/assemble.py calls it)."""
+    rows = []
+    for r in raw["rows"]:
+        mode = "streamed" if r["stream"] else "window by window (`--no-stream`)"
+        rows.append(f"| {r['detector']} | {mode} | {r['scorer']} | {r['seconds'] / 60:.1f} | {r['windows']} | "
+                    f"{r['wall_s']:.1f} | {r['x_real_time']:.1f} |")
+    return ("# Monitoring long recordings\n\n" + raw["header"] +
             "| detector | log-mel | scorer | recording (min) | windows | wall (s) | x real time |\n"
             "|---|---|---|---:|---:|---:|---:|\n" + "\n".join(rows) + "\n\n"
-            f"`tiny` preset (0.18 M parameters), 10 s windows every {args.hop:g} s (streamed: 64 windows per batch "
+            f"`tiny` preset (0.18 M parameters), 10 s windows every {raw['hop']:g} s (streamed: 64 windows per batch "
             "share their log-mel frames, rcmae.deploy.stream; window by window: batches of 16), "
-            f"{args.threads} torch threads; the recording is streamed from disk in 10 s blocks (peak resident "
-            f"memory of the whole benchmark process, training included: {peak:.0f} MiB). The machine was shared: "
-            f"1-minute load average {load_before:.1f} before and {load_after:.1f} after on its 2 cores, so these "
-            "are lower bounds of the speed on an idle machine. A hop of h seconds "
+            f"{raw['threads']} torch threads; the recording is streamed from disk in 10 s blocks (peak resident "
+            f"memory of the whole benchmark process, training included: {raw['peak_mib']:.0f} MiB). The machine was "
+            f"shared: 1-minute load average {raw['load_before']:.1f} before and {raw['load_after']:.1f} after on its "
+            "2 cores, so these are lower bounds of the speed on an idle machine. A hop of h seconds "
             "scores 1/h windows per second of audio, so the speed scales with the hop.\n")
-    print(text)
-    (Path(__file__).parent / "results" / "monitor.json").write_text(json.dumps(
-        {"hop": args.hop, "threads": args.threads, "load_before": load_before, "load_after": load_after,
-         "rows": raw}, indent=1) + "\n")
-    print(write_result("monitor", text))
 
 
 if __name__ == "__main__":

@@ -63,16 +63,31 @@ def main() -> None:
         res["ae"] = {"wall_s": round(time.perf_counter() - t0, 1), "load_before": load,
                      "load_after": os.getloadavg()[0]}
         print("ae", res["ae"], flush=True)
+    res.setdefault("header", header("pipeline (cpu)"))
+    res["baseline_name"] = args.baseline.name
+    now, base = res["now"], res["baseline"]
+    res.update(speedup=round(base["total_s"] / now["total_s"], 2),
+               ceiling=round(base["total_s"] / max(now["train_s"], 1e-9), 2),
+               speedup_outside_training=round((base["total_s"] - base["train_s"])
+                                              / max(now["total_s"] - now["train_s"], 1e-9), 2))
+    text = render(res)
+    print(text)
+    raw_path.write_text(json.dumps(res, indent=1) + "\n")
+    print(write_result("pipeline", text))
+
+
+def render(res: dict) -> str:
+    """bench/results/pipeline.md from the raw numbers alone (bench/assemble.py calls it)."""
     now, base = res["now"], res["baseline"]
     ratio = base["total_s"] / now["total_s"]
     ceiling = base["total_s"] / max(now["train_s"], 1e-9)
     other = (base["total_s"] - base["train_s"]) / max(now["total_s"] - now["train_s"], 1e-9)
-    res.update(speedup=round(ratio, 2), ceiling=round(ceiling, 2), speedup_outside_training=round(other, 2))
 
+    epochs = None if res["epochs"] == "preset" else res["epochs"]
     ep = "the `tiny` preset's own (60 + 20)" if epochs is None else f"{epochs[0]} + {epochs[1]}"
-    lines = ["# The README pipeline, side by side\n", header("pipeline (cpu)"),
+    lines = ["# The README pipeline, side by side\n", res["header"],
              f"Default demo set (15 IDs, 750 training and 600 test clips); epochs: {ep}; baseline checkout "
-             f"`{args.baseline.name}`.\n",
+             f"`{res['baseline_name']}`.\n",
              "| checkout | stage | wall (s) | training loop (s) | everything else (s) | of which fitting (s) |",
              "|---|---|---:|---:|---:|---:|"]
     for name, pipe in (("this", now), ("baseline", base)):
@@ -109,10 +124,7 @@ def main() -> None:
         faster = now["total_s"] < res["ae"]["wall_s"]
         lines.append(f"| README pipeline faster than `rcmae baseline ae` on the same data | {now['total_s']} s vs "
                      f"{res['ae']['wall_s']} s | {'yes' if faster else '**no**'} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    raw_path.write_text(json.dumps(res, indent=1) + "\n")
-    print(write_result("pipeline", text))
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -33,14 +33,22 @@ def loudness_auc(data: str | os.PathLike) -> dict:
     """The loudness-only detectors' AUC / pAUC on ``data`` (a DCASE-layout folder with labelled test clips).
 
     Returns:
-        ``{"deviation": {"auc", "pauc"}, "level": {"auc", "pauc"}, "clips": n}``: ``deviation`` scores ``|z|`` of
-        the clip's dB level against its unit's training clips, ``level`` the dB level itself. Units without
-        training clips or without both test labels are left out (as :func:`evaluate_scores` does).
+        ``{"deviation": {"auc", "pauc"}, "level": {"auc", "pauc"}, "clips": n, "skipped": [...]}``: ``deviation``
+        scores ``|z|`` of the clip's dB level against its unit's training clips, ``level`` the dB level itself.
+        Units without training clips or without both test labels are left out (as :func:`evaluate_scores` does);
+        a file that cannot be read is skipped and listed as ``"path: problem"``.
     """
     index = index_dataset(Path(data))
     index = index[index["label"].isin(["normal", "anomaly"]) | (index["split"] == "train")]
-    levels = np.array([clip_level_db(p) for p in index["path"]])
+    levels, skipped = [], []
+    for path in index["path"]:
+        try:
+            levels.append(clip_level_db(path))
+        except (RuntimeError, OSError, ValueError) as err:  # soundfile's errors are RuntimeErrors
+            levels.append(np.nan)
+            skipped.append(f"{path}: {str(err).splitlines()[0]}")
     index = index.assign(level=levels)
+    index = index[np.isfinite(index["level"])]
     test = index[index["split"] == "test"].copy()
     train = index[index["split"] == "train"]
     stats = train.groupby(["machine_type", "machine_id"])["level"].agg(["mean", "std"])
@@ -51,7 +59,7 @@ def loudness_auc(data: str | os.PathLike) -> dict:
     mean = np.array([stats.loc[k, "mean"] for k in keys])
     std = np.array([stats.loc[k, "std"] for k in keys])
     std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
-    out = {"clips": int(len(test))}
+    out: dict = {"clips": int(len(test)), "skipped": skipped}
     for name, score in (("deviation", np.abs(test["level"].to_numpy() - mean) / std),
                         ("level", test["level"].to_numpy())):
         table = pd.DataFrame({"path": test["path"], "machine_type": test["machine_type"],

@@ -55,3 +55,10 @@ def test_level_and_both_detectors_equal_a_loop_with_sklearn(tmp_path):
     assert res["deviation"]["auc"] > res["level"]["auc"]
     p = next(iter(levels))
     assert clip_level_db(p) == pytest.approx(level(p), abs=1e-9)
+    assert res["skipped"] == []
+    # A damaged clip is skipped and named; the others give the same numbers as before.
+    bad = tmp_path / "dev_data" / "fan" / "test" / "normal_id_00_00000099.wav"
+    bad.write_bytes(b"RIFF\x00\x00not a wav")
+    again = loudness_auc(tmp_path)
+    assert len(again["skipped"]) == 1 and again["skipped"][0].startswith(f"{bad}: ")
+    assert again["deviation"] == res["deviation"] and again["clips"] == res["clips"]

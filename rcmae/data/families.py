@@ -136,7 +136,8 @@ def _hum(r: np.random.Generator, t: np.ndarray, line: float, shaft: float, harmo
     return y
 
 
-def _conveyor(u: dict, r: np.random.Generator, kind: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+def _conveyor(u: dict, r: np.random.Generator, kind: str | None, severity: float = 1.0
+              ) -> tuple[np.ndarray, np.ndarray | None]:
     n = int(SR * SECONDS)
     t = np.arange(n) / SR
     speed = 1.0 + 0.01 * r.standard_normal()
@@ -173,7 +174,8 @@ def _conveyor(u: dict, r: np.random.Generator, kind: str | None) -> tuple[np.nda
     return normal, extra
 
 
-def _compressor(u: dict, r: np.random.Generator, kind: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+def _compressor(u: dict, r: np.random.Generator, kind: str | None, severity: float = 1.0
+                ) -> tuple[np.ndarray, np.ndarray | None]:
     n = int(SR * SECONDS)
     t = np.arange(n) / SR
     crank = u["crank"] * (1.0 + 0.01 * r.standard_normal())
@@ -188,9 +190,13 @@ def _compressor(u: dict, r: np.random.Generator, kind: str | None) -> tuple[np.n
             envelope[lo:hi] += np.hanning(burst)[lo - s: hi - s]
     pulses = envelope * _band_noise(r, n, 40.0, u["pulse_hi"])
     worn = kind == "valve"
-    scatter = (0.08 if worn else 0.01) / crank
+    # A worn spring: the click scatters up to 8x more and rings 10-20 % lower, both scaled by the severity.
+    # (Written so that severity 1 computes exactly what the first recipe did.)
+    spread = 0.08 if severity == 1.0 else 0.01 + 0.07 * severity
+    scatter = (spread if worn else 0.01) / crank
     click_times = strokes + u["valve_at"] / crank + scatter * r.standard_normal(len(strokes))
-    valve_f = u["valve_f"] * (r.uniform(0.8, 0.9) if worn else 1.0)
+    shift = r.uniform(0.8, 0.9) if worn else 1.0
+    valve_f = u["valve_f"] * (shift if severity == 1.0 else 1.0 - severity * (1.0 - shift))
     clicks = _resonator(_strikes(n, click_times, r.lognormal(0.0, 0.2, len(strokes))), valve_f, 0.004)
     w = u["mix"]
     normal = w[0] * _unit_rms(hum) + w[1] * _unit_rms(pulses) + w[2] * _unit_rms(clicks)
@@ -205,18 +211,23 @@ def _compressor(u: dict, r: np.random.Generator, kind: str | None) -> tuple[np.n
     return normal, extra
 
 
-def synthesize(seed: int, clip: Clip) -> tuple[np.ndarray, dict]:
-    """One clip's waveform (float32, 10 s at 16 kHz) and its ground truth (kind, snr_db, level_db)."""
+def synthesize(seed: int, clip: Clip, severity: float = 1.0) -> tuple[np.ndarray, dict]:
+    """One clip's waveform (float32, 10 s at 16 kHz) and its ground truth (kind, snr_db, level_db).
+
+    ``severity`` in (0, 1] scales every anomaly: an added component by ``20 log10(severity)`` dB, a worn valve's
+    shift and scatter proportionally. 1 is the recipe as written first; the same draws are made at every severity,
+    so only the anomalies' strength changes.
+    """
     unit = int(clip.machine_id)
     u = _unit(seed, clip.machine_type, unit)
     r = _rng(seed, _TYPE_CODE[clip.machine_type], unit, _SPLIT_CODE[(clip.split, clip.label)], clip.number)
     kinds = KINDS[clip.machine_type]
     kind = kinds[int(r.integers(len(kinds)))] if clip.label == "anomaly" else None
     make = _conveyor if clip.machine_type == "conveyor" else _compressor
-    normal, extra = make(u, r, kind)
+    normal, extra = make(u, r, kind, severity)
     snr = None
     if extra is not None:
-        snr = float(r.uniform(*SNR_DB[kind]))
+        snr = float(r.uniform(*SNR_DB[kind])) + 20 * np.log10(severity)
         normal = normal + _unit_rms(extra) * np.sqrt(np.mean(normal * normal)) * 10 ** (snr / 20)
     # Room and microphone: a pinkish floor 25-35 dB under the machine.
     floor = signal.lfilter([1.0], [1.0, -0.97], r.standard_normal(len(normal)))
@@ -240,7 +251,8 @@ def plan(seed: int, machine_types: Sequence[str], ids: int, train_per_id: int, t
 
 
 def make_family_data(out: str | Path, seed: int = 0, machine_types: Sequence[str] = FAMILIES, ids: int = 2,
-                     train_per_id: int = 30, test_per_id: int = 10, progress: bool = True) -> Path:
+                     train_per_id: int = 30, test_per_id: int = 10, severity: float = 1.0,
+                     progress: bool = True) -> Path:
     """Write a conveyor / compressor set under ``out/dev_data/`` (DCASE 2020 layout) and return ``out``.
 
     Args:
@@ -251,6 +263,7 @@ def make_family_data(out: str | Path, seed: int = 0, machine_types: Sequence[str
         ids: machine IDs per type (named 00, 02, 04, ...).
         train_per_id: normal training clips per ID.
         test_per_id: normal and anomalous test clips (each) per ID.
+        severity: anomaly strength in (0, 1] (:func:`synthesize`); normal clips do not depend on it.
 
     Ground truth (anomaly kind, its strength, every clip's level) goes to ``families_clips.csv``; ``families.json``
     is written last, so its presence means the set is complete.
@@ -262,8 +275,12 @@ def make_family_data(out: str | Path, seed: int = 0, machine_types: Sequence[str
     for name, value in (("seed", seed), ("ids", ids), ("train_per_id", train_per_id), ("test_per_id", test_per_id)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < (0 if name == "seed" else 1):
             raise ValueError(f"{name}={value!r}: must be a {'non-negative' if name == 'seed' else 'positive'} integer")
+    if not 0.0 < float(severity) <= 1.0:
+        raise ValueError(f"severity={severity!r}: must be in (0, 1] (1 = the anomalies as first written)")
     settings = {"generator": "rcmae.data.families", "seed": int(seed), "machine_types": types, "ids": int(ids),
                 "train_per_id": int(train_per_id), "test_per_id": int(test_per_id)}
+    if severity != 1.0:  # (sets written before severity existed keep their settings, and so their marker)
+        settings["severity"] = float(severity)
 
     def read(path: Path) -> dict | None:
         try:
@@ -291,7 +308,7 @@ def make_family_data(out: str | Path, seed: int = 0, machine_types: Sequence[str
     atomic_write_text(out / PARTIAL, json.dumps(settings, indent=2))
     truth = []
     for clip in tqdm(clips, desc="family data", unit="clip", disable=not progress):
-        y, info = synthesize(seed, clip)
+        y, info = synthesize(seed, clip, severity)
         truth.append((clip, info))
         if not (resumable and (out / clip.path).exists()):
             write_wav(out / clip.path, y, SR)

@@ -2,8 +2,10 @@
 
 The report suite (docs/benchmark.md) needs machine sounds that no choice of rcmae ever looked at and that do not
 come from the demo factory's recipe, whose quirks every default was chosen on. This module shares no synthesis
-code with :mod:`rcmae.data.demo` (an import contract in pyproject.toml forbids the import): its own sources, its own units,
-its own anomalies, written down before any detector ran on them and never tuned on a detector's result.
+code with :mod:`rcmae.data.demo` (an import contract in pyproject.toml forbids the import): its own sources, its
+own units, its own anomalies, written down before any detector ran on them. Only their strength (``severity``)
+was set afterwards, once, on a seed that is never reported and with the `knn` baseline alone
+(bench/results/decisions.md, decision 2).
 
 - ``conveyor``: a belt conveyor. Motor hum (twice the line frequency) and shaft harmonics, idler rollers struck
   as the belt passes (each strike rings the roller's own resonance), belt friction noise swelling once per belt
@@ -16,8 +18,8 @@ its own anomalies, written down before any detector ran on them and never tuned 
   valve spring: the click rings lower and its timing scatters; nothing is added).
 
 Loudness cannot tell the classes apart by construction: every clip, normal or anomalous, is scaled to an RMS level
-drawn from one distribution (uniform in ``LEVEL_DB``). The suite reports a per-clip loudness detector's AUC beside each set
-(:func:`rcmae.evaluation.loudness.loudness_auc`) to show it.
+drawn from one distribution (uniform in ``LEVEL_DB``). The suite reports a per-clip loudness detector's AUC beside
+each set (:func:`rcmae.evaluation.loudness.loudness_auc`) to show it.
 
 Layout: DCASE 2020 (``dev_data/<type>/train/normal_id_XX_NNNNNNNN.wav``, ``test/{normal,anomaly}_id_...``), 16 kHz,
 10 s, 16-bit PCM. The same seed gives byte-identical files; each clip depends only on (seed, type, unit, split,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import csv
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -143,3 +144,22 @@ def test_resume_reuse_and_refusals(tmp_path):
         make_family_data(tmp_path / "g", machine_types=["fan"], progress=False)
     with pytest.raises(ValueError, match="train_per_id=0: must be a positive integer"):
         make_family_data(tmp_path / "g", train_per_id=0, progress=False)
+
+
+def test_severity_weakens_only_the_anomalies(tmp_path):
+    full = make_family_data(tmp_path / "full", seed=4, ids=1, train_per_id=2, test_per_id=3, progress=False)
+    half = make_family_data(tmp_path / "half", seed=4, ids=1, train_per_id=2, test_per_id=3, severity=0.5,
+                            progress=False)
+    a, b = _digests(full), _digests(half)
+    normals = [k for k in a if "/normal_" in k]
+    assert normals and all(a[k] == b[k] for k in normals)  # normal clips do not depend on the severity
+    assert all(a[k] != b[k] for k in a if "/anomaly_" in k)
+    ta = {r["path"]: r for r in _truth(full)}
+    for r in _truth(half):
+        if r["snr_db"]:
+            # The same draw, 20 log10(0.5) = -6.02 dB weaker.
+            assert float(r["snr_db"]) == pytest.approx(float(ta[r["path"]]["snr_db"]) - 6.0206, abs=0.01)
+        assert r["kind"] == ta[r["path"]]["kind"]
+    assert json.loads((half / families.MARKER).read_text())["settings"]["severity"] == 0.5
+    with pytest.raises(ValueError, match=r"severity=0: must be in \(0, 1\]"):
+        make_family_data(tmp_path / "bad", severity=0, progress=False)

@@ -12,7 +12,7 @@ From the raw files alone (nothing is rerun):
 - the README's "What to expect" table (between its ``expect`` markers), from the report suite's raw files and
   intervals;
 - pages whose bench script keeps raw JSON and draws its page from it alone: mutation, cost, first_run, monitor,
-  pipeline (each script's ``render``).
+  pipeline, families-calibration (each script's ``render``).
 The other pages of bench/results/ were written by their scripts before raw files were kept; they are included as
 they are (docs/benchmark.md lists them) until their benches are rerun.
 Then BENCHMARKS.md concatenates the pages of bench/results/ under the section titles below.
@@ -61,7 +61,7 @@ SECTIONS = [
     ("Reliability under faults", ["reliability.md"]),
     ("The paper on a GPU: throughput, AudioLDM, full-schedule hours", ["paper.md", "cost.md"]),
     ("Decisions: chosen on the design suite, run once on the report suite",
-     ["decisions.md", "report-suite.md", "intervals-report.md"]),
+     ["decisions.md", "report-suite.md", "intervals-report.md", "families-calibration.md"]),
     ("Mutation testing", ["mutation.md"]),
 ]
 
@@ -158,9 +158,10 @@ def rebuilt() -> dict[Path, str]:
     import bench_first_run
     import bench_monitor
     import bench_pipeline
+    import families_calibration
 
     for name, module in (("cost", bench_cost), ("first_run", bench_first_run), ("monitor", bench_monitor),
-                         ("pipeline", bench_pipeline)):
+                         ("pipeline", bench_pipeline), ("families-calibration", families_calibration)):
         if (RESULTS / f"{name}.json").is_file():
             out[RESULTS / f"{name}.md"] = module.render(json.loads((RESULTS / f"{name}.json").read_text()))
     return out

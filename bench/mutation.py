@@ -180,18 +180,20 @@ def render_text(raw: dict, head: str) -> str:
     """bench/results/mutation.md from the raw results and the committed readings of the survivors."""
     readings = json.loads(READINGS.read_text()) if READINGS.is_file() else {}
     lines = ["# Mutation testing\n", head,
-             "| module | mutants | drawn | killed | survived | of them equivalent | killed of the number-changing "
-             "(95 % interval) |", "|---|---:|---:|---:|---:|---:|---|"]
+             "| module | mutants | drawn | killed | survived | of them changing no number | killed of the "
+             "number-changing (95 % interval) |", "|---|---:|---:|---:|---:|---:|---|"]
     survivors = []
     pooled = [0, 0]
     for m in raw["modules"].values():
         status = m["status"]
         killed = sum(s == "killed" for s in status.values())
         survived = [n for n, s in status.items() if s == "survived"]
-        equivalent = [n for n in survived if readings.get(n, "").startswith("equivalent")]
+        # Equivalent (nothing changes) and "no number" (only an error message or a guard on inputs that never occur)
+        # survivors are listed but are not number-changing mutants.
+        equivalent = [n for n in survived if readings.get(n, "").startswith(("equivalent", "no number"))]
         decided = killed + len(survived) - len(equivalent)
         lo, hi = wilson(killed, decided)
-        rate = f"{killed / decided:.0%} ({lo:.0%}-{hi:.0%})" if decided else "-"
+        rate = f"{killed / decided:.1%} ({lo:.1%}-{hi:.1%})" if decided else "-"
         lines.append(f"| `{m['source']}` | {m['mutants']} | {len(status)} | {killed} | {len(survived)} | "
                      f"{len(equivalent)} | {rate} |")
         pooled[0] += killed
@@ -199,14 +201,16 @@ def render_text(raw: dict, head: str) -> str:
         survivors += [(n, m["survivor_diffs"].get(n, [])) for n in survived]
     lo, hi = wilson(*pooled)
     rate = pooled[0] / max(pooled[1], 1)
-    lines.append(f"| **all drawn** | | | {pooled[0]} | | | **{rate:.0%} ({lo:.0%}-{hi:.0%})** |")
+    lines.append(f"| **all drawn** | | | {pooled[0]} | | | **{rate:.1%} ({lo:.1%}-{hi:.1%})** |")
     lines += ["", "Each module's sample (mutmut 3.8.1, mutants on covered lines, drawn with "
                   "`random.Random(seed)`):", ""]
     lines += [f"- `{m['source']}`: {m['sample']} drawn with seed {m['seed']} at commit {m['commit']}"
               + (f", {m['date']}" if m.get("date") else "") + f" (`{m['command']}`, {m['wall_s']:.0f} s)"
               for m in raw["modules"].values()]
-    lines += ["", "Survivors and their reading (bench/mutation_readings.json: *equivalent* changes no number; "
-                  "*killed now* names the test added since):", ""]
+    lines += ["", "Survivors and their reading (bench/mutation_readings.json: *equivalent* changes nothing; *no "
+                  "number* changes only an error message or a guard against inputs that never occur; *killed now* "
+                  "names the test added since; the table counts each survivor at the commit it was measured on):",
+              ""]
     for n, diff in survivors:
         lines += [f"- `{n}`: {readings.get(n, 'not read yet')}", "", "  ```diff", *[f"  {d}" for d in diff],
                   "  ```", ""]

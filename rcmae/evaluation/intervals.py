@@ -17,9 +17,28 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from rcmae.evaluation.metrics import auc_pauc
-
 METRICS = ("auc", "pauc")
+
+
+def roc_areas(y: np.ndarray, s: np.ndarray, max_fpr: float = 0.1) -> tuple[float, float]:
+    """AUC and McClish-standardised pAUC of one unit, as :func:`rcmae.evaluation.metrics.auc_pauc` computes them,
+    without sklearn's input checks (the bootstrap calls this tens of thousands of times; tests compare the two).
+
+    The ROC is sklearn's ``roc_curve(drop_intermediate=False)``: scores in descending order, one point per distinct
+    score (ties move diagonally), starting at (0, 0).
+    """
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted, y_sorted = s[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(s_sorted)), len(s_sorted) - 1]
+    tps = np.cumsum(y_sorted)[last]
+    fps = 1 + last - tps
+    tpr = np.r_[0.0, tps / tps[-1]]
+    fpr = np.r_[0.0, fps / fps[-1]]
+    auc = float(np.trapezoid(tpr, fpr))
+    stop = np.searchsorted(fpr, max_fpr, side="right")
+    area = float(np.trapezoid(np.append(tpr[:stop], np.interp(max_fpr, fpr, tpr)), np.append(fpr[:stop], max_fpr)))
+    min_area = 0.5 * max_fpr**2
+    return auc, 0.5 * (1 + (area - min_area) / (max_fpr - min_area))
 
 
 def _set_means(units: Mapping[tuple[str, str], tuple[np.ndarray, np.ndarray]], pick=None, max_fpr: float = 0.1
@@ -27,7 +46,7 @@ def _set_means(units: Mapping[tuple[str, str], tuple[np.ndarray, np.ndarray]], p
     per_type: dict[str, list[tuple[float, float]]] = {}
     for (mtype, _), (y, s) in units.items():
         rows = slice(None) if pick is None else pick[(mtype, _)]
-        per_seed = [auc_pauc(y[rows], row[rows], max_fpr) for row in np.atleast_2d(s)]
+        per_seed = [roc_areas(y[rows], row[rows], max_fpr) for row in np.atleast_2d(s)]
         per_type.setdefault(mtype, []).append(np.mean(per_seed, axis=0))
     means = [np.mean(v, axis=0) for v in per_type.values()]
     return {m: float(np.mean([v[k] for v in means])) for k, m in enumerate(METRICS)}

@@ -94,3 +94,20 @@ def test_several_seeds_give_seed_means_on_the_same_resampled_clips():
     one = {u: v[:1] for u, v in b3.items()}
     plain = {u: v[0] for u, v in b3.items()}
     assert paired_bootstrap(labels, a, one, n=20) == paired_bootstrap(labels, a, plain, n=20)
+
+
+def test_roc_areas_equal_the_metrics_module_with_and_without_ties():
+    from rcmae.evaluation.intervals import roc_areas
+    from rcmae.evaluation.metrics import auc_pauc
+
+    rng = np.random.default_rng(11)
+    for trial in range(300):
+        n0, n1 = rng.integers(1, 30, 2)
+        y = np.r_[np.zeros(n0, int), np.ones(n1, int)]
+        s = rng.normal(size=len(y)) + 0.7 * y
+        if trial % 3 == 0:
+            s = np.round(s, 1)  # ties, within and across the classes
+        if trial % 7 == 0:
+            s[:] = 1.0  # all tied: chance
+        for max_fpr in (0.1, 0.05, 1.0):
+            assert roc_areas(y, s, max_fpr) == pytest.approx(auc_pauc(y, s, max_fpr), abs=1e-12)

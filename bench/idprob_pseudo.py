@@ -96,7 +96,11 @@ def run_variant(data: Path, work: Path, name: str, overrides: list[str], pre: Pa
     det = score.Detector.load(run, fit=False)
     k = det._families["idprob"].n_transforms
     types, ids = list(test["machine_type"].astype(str)), list(test["machine_id"].astype(str))
-    unit = np.asarray(det._class_indices(types, ids))
+    # One class per clip here (machine-ID classes; attribute classes would give several).
+    classes = det._class_indices(types, ids)
+    if any(len(c) != 1 for c in classes):
+        raise ValueError(f"{data}: a test clip maps to several classes; this study needs one class per clip")
+    unit = np.asarray([c[0] for c in classes])
     logits = window_logits(det, x)
     np.savez_compressed(work / f"{name}.npz", logits=logits.astype(np.float32), unit=unit,
                         anomaly=(test["label"] == "anomaly").to_numpy())

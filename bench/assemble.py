@@ -128,10 +128,10 @@ def expect_table(name: str = "report", row: str = "rcmae:ensemble", base: str = 
                         + ("" if d["win"] else " (no call)"))
         seeds = len(intervals[n]["seeds"])
         lines.append(f"| {n} ({seeds} seed{'s' if seeds > 1 else ''}) | {cell} | {cell_b} | {' / '.join(diff)} |")
-    mean = " / ".join(f"**{100 * ours['mean'][m]['mean']:.1f}**" for m in ("auc", "pauc"))
-    mean_b = " / ".join(f"**{100 * theirs['mean'][m]['mean']:.1f}**" for m in ("auc", "pauc"))
-    d = " / ".join(f"**{100 * (ours['mean'][m]['mean'] - theirs['mean'][m]['mean']):+.1f}**" for m in ("auc", "pauc"))
-    lines.append(f"| **mean of the {len(ours['sets'])} sets** | {mean} | {mean_b} | {d} |")
+    mean = " / ".join(f"{100 * ours['mean'][m]['mean']:.1f}" for m in ("auc", "pauc"))
+    mean_b = " / ".join(f"{100 * theirs['mean'][m]['mean']:.1f}" for m in ("auc", "pauc"))
+    d = " / ".join(f"{100 * (ours['mean'][m]['mean'] - theirs['mean'][m]['mean']):+.1f}" for m in ("auc", "pauc"))
+    lines.append(f"| **mean of the {len(ours['sets'])} sets** | **{mean}** | **{mean_b}** | **{d}** |")
     return "\n".join(lines) + "\n"
 
 

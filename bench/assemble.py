@@ -12,7 +12,7 @@ From the raw files alone (nothing is rerun):
 - the README's "What to expect" table (between its ``expect`` markers), from the report suite's raw files and
   intervals;
 - pages whose bench script keeps raw JSON and draws its page from it alone: mutation, cost, first_run, monitor,
-  pipeline, families-calibration (each script's ``render``).
+  pipeline, families-calibration, idprob-report (each script's ``render``).
 The other pages of bench/results/ were written by their scripts before raw files were kept; they are included as
 they are (docs/benchmark.md lists them) until their benches are rerun.
 Then BENCHMARKS.md concatenates the pages of bench/results/ under the section titles below.
@@ -50,7 +50,7 @@ SECTIONS = [
     ("Scorers on unlike data sets: accuracy and speed", ["scorers.md"]),
     ("A real-data sanity check (DCASE 2020 slider)", ["real_slider.md"]),
     ("The angular-margin classifier family (STgram-style, ArcFace)", ["classifier.md"]),
-    ("The paper's own score (idprob): what moves it", ["idprob.md"]),
+    ("The paper's own score (idprob): what moves it", ["idprob-report.md", "idprob.md"]),
     ("The demo data: difficulty and generation time", ["demo.md"]),
     ("Front-end speed", ["frontend-cpu.md", "frontend-cuda.md"]),
     ("Scoring and training speed", ["speed.md"]),
@@ -159,9 +159,11 @@ def rebuilt() -> dict[Path, str]:
     import bench_monitor
     import bench_pipeline
     import families_calibration
+    import idprob_report
 
     for name, module in (("cost", bench_cost), ("first_run", bench_first_run), ("monitor", bench_monitor),
-                         ("pipeline", bench_pipeline), ("families-calibration", families_calibration)):
+                         ("pipeline", bench_pipeline), ("families-calibration", families_calibration),
+                         ("idprob-report", idprob_report)):
         if (RESULTS / f"{name}.json").is_file():
             out[RESULTS / f"{name}.md"] = module.render(json.loads((RESULTS / f"{name}.json").read_text()))
     return out

@@ -119,7 +119,7 @@ def expect_table(name: str = "report", row: str = "rcmae:ensemble", base: str = 
         if n not in ours["per_set"] or n not in theirs["per_set"]:
             continue
         a, b = ours["per_set"][n], theirs["per_set"][n]
-        cell = " / ".join(f"{100 * x[m]['mean']:.1f}" for x in (a,) for m in ("auc", "pauc"))
+        cell = " / ".join(f"{100 * a[m]['mean']:.1f}" for m in ("auc", "pauc"))
         cell_b = " / ".join(f"{100 * b[m]['mean']:.1f}" for m in ("auc", "pauc"))
         diff = []
         for m in ("auc", "pauc"):

@@ -20,24 +20,35 @@ Only runs with status ok are collected. Collecting again replaces the folder's f
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import re
 import shutil
 from pathlib import Path
 
+from rcmae.views import load_score_table
+
 ROOT = Path(__file__).resolve().parent.parent
 RAW = ROOT / "bench" / "results" / "raw"
-CSV_NAME = re.compile(r"anomaly_score_(.+)_id_(\d+)\.csv$")
+MARK = "bench/collect_suite.py"  # suite.json's "collected_by": the folder is this script's to replace
 
 
 def read_scores(folder: Path) -> dict[str, dict[str, float]]:
-    out = {}
-    for path in sorted(folder.glob("anomaly_score_*_id_*.csv")):
-        m = CSV_NAME.search(path.name)
-        with path.open() as fh:
-            out[f"{m.group(1)}/{m.group(2)}"] = {name: float(score) for name, score in csv.reader(fh)}
-    return out
+    """Per unit ``"type/id"``, each clip's score, from the challenge CSVs (``rcmae.views.load_score_table``)."""
+    table = load_score_table(folder)
+    return {f"{t}/{i}": dict(zip(g["path"], g["score"].astype(float), strict=True))
+            for (t, i), g in table.groupby(["machine_type", "machine_id"], sort=True)}
+
+
+def replace_folder(dest: Path) -> None:
+    """Empty ``dest`` for a new collection: only a folder this script wrote (suite.json says so) is removed."""
+    if dest.exists():
+        marker = dest / "suite.json"
+        mine = marker.is_file() and json.loads(marker.read_text()).get("collected_by") == MARK
+        if not mine:
+            raise SystemExit(f"{dest}: not a folder bench/collect_suite.py wrote (no suite.json collected_by "
+                             f"{MARK!r}); move it away or pick another --name")
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
 
 
 def collect_run(run_dir: Path) -> dict | None:
@@ -68,13 +79,13 @@ def main() -> None:
     ap.add_argument("suite_out", type=Path)
     ap.add_argument("--name", required=True, help="the suite's name in bench/results/raw/suite-<name>/")
     args = ap.parse_args()
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", args.name):
+        raise SystemExit(f"--name {args.name!r}: letters, digits, '-' and '_' only (it names a folder under {RAW})")
     suite = json.loads((args.suite_out / "suite.json").read_text())
     dest = RAW / f"suite-{args.name}"
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
+    replace_folder(dest)
     keep = ("suite", "systems", "preset", "repeat", "overrides", "machine", "date", "wall_s", "command")
-    meta = {k: suite.get(k) for k in keep}
+    meta = {"collected_by": MARK, **{k: suite.get(k) for k in keep}}
     meta["sets"] = [{k: s.get(k) for k in ("name", "about", "source", "params", "status", "note", "wall_s", "cpu_s",
                                            "loudness")} for s in suite["sets"]]
     (dest / "suite.json").write_text(json.dumps(meta, indent=1) + "\n")

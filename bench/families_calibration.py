@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -49,8 +50,6 @@ def main() -> None:
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="families_calibration_"))
     raw = {"seed": args.seed, "limit": LIMIT, "rows": [], "header": header("knn baseline per severity (cpu)")}
-    import math
-
     for sev in (float(s) for s in args.severities.split(",")):
         data = make_family_data(work / f"sev{sev:g}", seed=args.seed, ids=3, train_per_id=30, test_per_id=10,
                                 severity=sev, progress=False)

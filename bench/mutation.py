@@ -79,14 +79,8 @@ def results(work: Path) -> dict[str, str]:
 
 
 def load_raw() -> dict:
-    """The committed raw results, each module's record carrying the run it comes from (older files kept the run's
-    seed, sample, commit and command once, at the top)."""
-    raw = json.loads(RAW.read_text()) if RAW.is_file() else {"modules": {}}
-    legacy = {k: raw.pop(k) for k in ("seed", "sample", "mutmut", "commit", "command", "wall_s") if k in raw}
-    for rec in raw["modules"].values():
-        for k, v in legacy.items():
-            rec.setdefault(k, v)
-    return raw
+    """The committed raw results: per module, its sample's statuses and the run it comes from."""
+    return json.loads(RAW.read_text()) if RAW.is_file() else {"modules": {}}
 
 
 def prepare(work: Path, modules: list[str]) -> None:

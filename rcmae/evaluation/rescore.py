@@ -34,6 +34,17 @@ def split_rescore_overrides(run: Path, overrides: list[str]) -> list[str]:
     return score_part
 
 
+def _check_rescored_copy(dest: Path) -> None:
+    """Refuse, in one line, a ``dest`` that is not empty and not an earlier rescored copy (a folder whose run.json
+    records rescore_overrides): a trained run that happens to sit there, or any other folder, is never replaced."""
+    if not dest.exists():
+        return
+    check_replaceable(dest, "run.json", "rescored run folder", flag="a rescore")
+    if any(dest.iterdir()) and "rescore_overrides" not in read_json(dest / "run.json"):
+        raise ValueError(f"{dest}: a run folder that is not a rescored copy (its run.json has no "
+                         "rescore_overrides); a rescore replaces only its own copies. Move it away")
+
+
 def rescored_copy(run: Path, dest: Path, score_overrides: list[str]) -> Path:
     """A copy of ``run`` (weights, references, no ``eval/``) at ``dest`` whose config has ``score_overrides``.
 
@@ -43,22 +54,19 @@ def rescored_copy(run: Path, dest: Path, score_overrides: list[str]) -> Path:
     from rcmae.run.config import load_config, save_config
     from rcmae.run.folder import update_run_json
 
-    if dest.exists():
-        # Only an earlier rescored copy goes: a folder whose run.json records rescore_overrides (a trained run
-        # that happens to sit there, or any other folder, is refused).
-        check_replaceable(dest, "run.json", "rescored run folder", flag="a rescore")
-        if any(dest.iterdir()) and "rescore_overrides" not in read_json(dest / "run.json"):
-            raise ValueError(f"{dest}: a run folder that is not a rescored copy (its run.json has no "
-                             "rescore_overrides); a rescore replaces only its own copies. Move it away")
+    _check_rescored_copy(dest)
     # Built beside dest in a folder made now, then moved into place: an interrupted copy never looks finished.
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}-"))
     copy = staging / dest.name
-    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("eval", "*.lock", "progress.json"))
-    save_config(load_config(copy / "config.yaml", score_overrides), copy / "config.yaml")
-    update_run_json(copy, rescore_overrides=list(score_overrides), rescored_from=str(run))
-    if dest.exists():
-        shutil.rmtree(dest)  # checked above: empty or an earlier rescored copy
-    os.replace(copy, dest)
-    staging.rmdir()
+    try:
+        shutil.copytree(run, copy, ignore=shutil.ignore_patterns("eval", "*.lock", "progress.json"))
+        save_config(load_config(copy / "config.yaml", score_overrides), copy / "config.yaml")
+        update_run_json(copy, rescore_overrides=list(score_overrides), rescored_from=str(run))
+        if dest.exists():
+            _check_rescored_copy(dest)  # again, right before it goes: the copy above took a while
+            shutil.rmtree(dest)
+        os.replace(copy, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # the folder mkdtemp made for this call, nothing else
     return dest

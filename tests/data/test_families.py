@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import csv
 import hashlib
 import json
@@ -111,13 +110,6 @@ def test_a_worn_valve_rings_lower_and_scatters_in_time():
             for y, info in [synthesize(0, Clip("x", "compressor", "02", "test", "anomaly", i))]
             if info["kind"] == "valve"]
     assert worn and all(0.75 * normal_peak < p < 0.93 * normal_peak for p in worn)
-
-
-def test_the_generator_imports_nothing_from_the_demo_factory():
-    tree = ast.parse(Path(families.__file__).read_text())
-    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
-        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    assert imported and not any(m.startswith("rcmae.data.demo") for m in imported)
 
 
 def test_resume_reuse_and_refusals(tmp_path):

@@ -236,7 +236,7 @@ def test_rescore_with_score_overrides_equals_a_hand_edited_copy_and_leaves_the_r
     assert (seed / "run/config.yaml").read_bytes() == config_before
 
 
-def test_rescored_copy_replaces_only_its_own_copies(tmp_path):
+def test_rescored_copy_replaces_only_its_own_copies(tmp_path, monkeypatch):
     from rcmae.evaluation.rescore import rescored_copy
     from rcmae.run.config import load_config, save_config
 
@@ -263,3 +263,18 @@ def test_rescored_copy_replaces_only_its_own_copies(tmp_path):
         rescored_copy(run, tmp_path / "foreign", ["score.knn_k=5"])
     assert (tmp_path / "foreign" / "notes.txt").read_text() == "mine"
     assert yaml.safe_load((run / "config.yaml").read_text())["score"]["knn_k"] == load_config("tiny").score.knn_k
+    # A trained run that appears at dest while the copy is made is still refused, kept, and no staging is left.
+    import rcmae.evaluation.rescore as rescore_module
+
+    late = tmp_path / "late" / "run"
+    real_copytree = shutil.copytree
+
+    def copy_while_someone_writes(src, dst, **kw):
+        real_copytree(run, late)  # a trained run (no rescore_overrides) lands at dest meanwhile
+        return real_copytree(src, dst, **kw)
+
+    monkeypatch.setattr(rescore_module.shutil, "copytree", copy_while_someone_writes)
+    with pytest.raises(ValueError, match="not a rescored copy"):
+        rescored_copy(run, late, ["score.knn_k=5"])
+    assert (late / "weights.bin").read_bytes() == b"w" and "rescore_overrides" not in (late / "run.json").read_text()
+    assert sorted(p.name for p in late.parent.iterdir()) == ["run"]

@@ -44,6 +44,18 @@ MODULES = {
     "frames": ("rcmae/scorers/frames.py", ["tests/scorers/test_scorers.py", "tests/scorers/test_fitting.py"]),
     "knn": ("rcmae/scorers/knn.py", ["tests/scorers/test_scorers.py"]),
     "ensemble": ("rcmae/scorers/ensemble.py", ["tests/scorers/test_scorers.py", "tests/scorers/test_score.py"]),
+    "base": ("rcmae/scorers/base.py",
+             ["tests/scorers/test_ensemble.py", "tests/scorers/test_fitting.py", "tests/scorers/test_scorers.py"]),
+    "detector": ("rcmae/scorers/detector.py",
+                 ["tests/scorers/test_score.py", "tests/scorers/test_scorers.py", "tests/scorers/test_fitting.py"]),
+    "domains": ("rcmae/scorers/domains.py", ["tests/scorers/test_scorers_domains.py"]),
+    "fitting": ("rcmae/scorers/fitting.py", ["tests/scorers/test_fitting.py", "tests/scorers/test_scorers.py"]),
+    "idprob": ("rcmae/scorers/idprob.py",
+               ["tests/scorers/test_score.py", "tests/scorers/test_scorers.py",
+                "tests/training/test_attribute_classes.py"]),
+    "recon": ("rcmae/scorers/recon.py", ["tests/scorers/test_score.py", "tests/scorers/test_scorers.py"]),
+    "training_free": ("rcmae/scorers/training_free.py",
+                      ["tests/scorers/test_fitting.py", "tests/scorers/test_scorers.py"]),
 }
 RAW = ROOT / "bench" / "results" / "mutation.json"
 READINGS = ROOT / "bench" / "mutation_readings.json"

@@ -31,3 +31,25 @@ def write_result(name: str, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
+
+
+def raw_path(name: str) -> Path:
+    return Path(__file__).parent / "results" / f"{name}.json"
+
+
+def save_raw(name: str, raw: dict) -> Path:
+    """Write bench/results/<name>.json (the numbers a page is drawn from) atomically."""
+    import json
+
+    path = raw_path(name)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(raw, indent=1) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def load_raw(name: str) -> dict | None:
+    import json
+
+    path = raw_path(name)
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -11,8 +11,8 @@ From the raw files alone (nothing is rerun):
   computes that file from the same raw files);
 - the README's "What to expect" table (between its ``expect`` markers), from the report suite's raw files and
   intervals;
-- pages whose bench script keeps raw JSON and draws its page from it alone: mutation, cost, first_run, monitor,
-  pipeline, families-calibration, idprob-report (each script's ``render``).
+- pages whose bench script keeps raw JSON and draws its page from it alone: mutation and the pages in
+  ``RENDERED`` below (each script's ``render``).
 The other pages of bench/results/ were written by their scripts before raw files were kept; they are included as
 they are (docs/benchmark.md lists them) until their benches are rerun.
 Then BENCHMARKS.md concatenates the pages of bench/results/ under the section titles below.
@@ -40,6 +40,13 @@ given with it; `python bench/run_all.py` reruns the speed and difficulty scripts
 sessions that measured these: every number is from a 2-core AMD EPYC VM shared with other jobs (load
 average 2-8), so wall times are upper bounds.
 """
+
+# Pages drawn by a bench script's ``render(raw)`` from bench/results/<page>.json alone: (page, script).
+RENDERED = [("cost", "bench_cost"), ("first_run", "bench_first_run"), ("monitor", "bench_monitor"),
+            ("pipeline", "bench_pipeline"), ("families-calibration", "families_calibration"),
+            ("idprob-report", "idprob_report"), ("frontend-cpu", "bench_frontend"),
+            ("frontend-cuda", "bench_frontend"), ("speed", "bench_scoring"), ("augment", "bench_augment"),
+            ("audioldm", "bench_audioldm"), ("export", "bench_export"), ("reliability", "bench_reliability")]
 
 SECTIONS = [
     ("Generalization: rcmae vs the AE and kNN baselines over a suite of unlike data sets", ["generalization.md"]),
@@ -154,18 +161,12 @@ def rebuilt() -> dict[Path, str]:
     if mutation.RAW.is_file():
         out[RESULTS / "mutation.md"] = mutation.render_text(mutation.load_raw(), mutation.committed_head())
     # Bench scripts that keep their raw numbers beside the page and draw the page from them alone.
-    import bench_cost
-    import bench_first_run
-    import bench_monitor
-    import bench_pipeline
-    import families_calibration
-    import idprob_report
+    import importlib
 
-    for name, module in (("cost", bench_cost), ("first_run", bench_first_run), ("monitor", bench_monitor),
-                         ("pipeline", bench_pipeline), ("families-calibration", families_calibration),
-                         ("idprob-report", idprob_report)):
+    for name, module in RENDERED:
         if (RESULTS / f"{name}.json").is_file():
-            out[RESULTS / f"{name}.md"] = module.render(json.loads((RESULTS / f"{name}.json").read_text()))
+            render = importlib.import_module(module).render
+            out[RESULTS / f"{name}.md"] = render(json.loads((RESULTS / f"{name}.json").read_text()))
     return out
 
 

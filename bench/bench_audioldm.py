@@ -14,6 +14,9 @@ Usage::
 
 On a shared, oversubscribed CPU keep the default of one thread: OpenMP threads that spin-wait for each other made
 the tiny pipeline's UNet step 10-40x slower with 2 threads under a load average of 6 on 2 cores.
+
+Keeps the raw numbers in bench/results/audioldm.json and draws audioldm.md from them alone (``render``;
+bench/assemble.py redraws it).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from rcmae.augment.audioldm_sizes import build_real_size_pipeline
 from rcmae.augment.audioldm_testing import build_tiny_pipeline
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _machine import header, write_result  # noqa: E402
+from _machine import header, save_raw, write_result  # noqa: E402
 
 
 def _millions(module: torch.nn.Module) -> float:
@@ -83,7 +86,7 @@ def main() -> None:
     parser.add_argument("--t0", type=float, default=0.5, help="t0 (default 0.5)")
     parser.add_argument("--repeat", type=int, default=1, help="clips timed for the tiny pipeline (default 1)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, see above)")
-    parser.add_argument("--print-only", action="store_true", help="do not write bench/results/audioldm.md")
+    parser.add_argument("--print-only", action="store_true", help="do not write bench/results/audioldm.json / .md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -102,9 +105,23 @@ def main() -> None:
         rows.append({"pipeline": "real-size, random weights", "params_M": sizes, "build_s": build_s,
                      # One clip, no warm-up: a real-size clip costs minutes of a shared CPU.
                      **time_clip(aug, args.seconds, args.steps, args.t0, 1, warmup=False)})
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    table = [f"Clip {args.seconds:g} s, S = {args.steps}, t0 = {args.t0} ({rows[0]['denoising_steps']} guided DDIM "
-             f"steps), guidance 2.5, float32 on CPU, {torch.get_num_threads()} torch thread(s); load average at the "
+    raw = {"header": header("AudioLDM audio-to-audio: seconds per clip"), "seconds": args.seconds,
+           "steps": args.steps, "t0": args.t0, "threads": torch.get_num_threads(),
+           "load_after": [round(v, 2) for v in os.getloadavg()], "rows": rows}
+    text = render(raw)
+    print(json.dumps(rows, indent=2))
+    print(text)
+    if not args.print_only:
+        save_raw("audioldm", raw)
+        print(f"wrote {write_result('audioldm', text)}")
+
+
+def render(raw: dict) -> str:
+    """bench/results/audioldm.md from the raw numbers alone (bench/assemble.py calls it)."""
+    rows = raw["rows"]
+    load = ", ".join(f"{v:.1f}" for v in raw["load_after"])
+    table = [f"Clip {raw['seconds']:g} s, S = {raw['steps']}, t0 = {raw['t0']} ({rows[0]['denoising_steps']} guided "
+             f"DDIM steps), guidance 2.5, float32 on CPU, {raw['threads']} torch thread(s); load average at the "
              f"end {load} (the machine is shared, so treat these as upper bounds).", "",
              "| pipeline | parameters (M): UNet / VAE / CLAP text / vocoder | wall s per clip (runs) "
              "| CPU s per clip | VAE encode s | one guided UNet step s | VAE decode + vocoder s |",
@@ -121,12 +138,7 @@ def main() -> None:
               "projection) with random weights; its parameter counts reproduce the published 421 M "
               "(UNet 185 M, VAE 55 M, CLAP text 125 M, HiFi-GAN 55 M). Random weights cost the same time as "
               "trained ones. Wall time on a shared machine depends on the other jobs; CPU time much less so."]
-    text = "\n".join(table) + "\n"
-    print(json.dumps(rows, indent=2))
-    print(text)
-    if not args.print_only:
-        print(f"wrote {write_result('audioldm', header('AudioLDM audio-to-audio: seconds per clip') + text)}")
-
+    return raw["header"] + "\n".join(table) + "\n"
 
 if __name__ == "__main__":
     main()

@@ -11,6 +11,9 @@ Usage::
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_augment.py                 # all backends, print
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_augment.py --backend procedural --repeat 20 --write
+
+``--write`` keeps the raw numbers in bench/results/augment.json and draws augment.md from them alone (``render``;
+bench/assemble.py redraws it).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _machine import header, write_result  # noqa: E402
+from _machine import header, save_raw, write_result  # noqa: E402
 
 SR = 16000
 
@@ -134,7 +137,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="AudioLDM S (default 10)")
     parser.add_argument("--t0", type=float, default=0.5, help="AudioLDM t0 (default 0.5)")
     parser.add_argument("--bank-clips", type=int, default=40, help="clips in the bank throughput run (default 40)")
-    parser.add_argument("--write", action="store_true", help="write bench/results/augment.md")
+    parser.add_argument("--write", action="store_true", help="write bench/results/augment.json and .md")
     args = parser.parse_args()
     names = list(BACKENDS) if args.backend == "all" else [b for b in args.backend.split(",") if b]
     unknown = [b for b in names if b not in BACKENDS]
@@ -142,19 +145,26 @@ def main() -> None:
         parser.error(f"unknown backend(s) {unknown}; choose from {', '.join(BACKENDS)}")
     load = os.getloadavg()[0]
     rows = [row for name in names for row in BACKENDS[name](args)]
-    lines = [f"Clip {args.seconds:g} s at 16 kHz; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}; "
-             f"median and minimum of {args.repeat} timed calls after one warm-up. Load average {load:.1f} on "
-             f"{os.cpu_count()} CPUs at the start: on a busy machine the minimum is the better estimate of "
-             f"one idle core.", "",
-             "| backend | case | ms per clip (median) | ms per clip (min) |", "|---|---|---:|---:|"]
-    for r in rows:
-        best = "" if np.isnan(r["min_s"]) else f"{1000 * r['min_s']:.1f}"
-        lines.append(f"| {r['backend']} | {r['case']} | {1000 * r['median_s']:.1f} | {best} |")
-    text = "\n".join(lines) + "\n"
+    raw = {"header": header("Augmentation backends: time per clip"), "seconds": args.seconds, "repeat": args.repeat,
+           "omp_threads": os.environ.get("OMP_NUM_THREADS"), "load_before": load, "cpus": os.cpu_count(),
+           "rows": [{**r, "min_s": None if np.isnan(r["min_s"]) else r["min_s"]} for r in rows]}
+    text = render(raw)
     print(text)
     if args.write:
-        print(f"wrote {write_result('augment', header('Augmentation backends: time per clip') + text)}")
+        save_raw("augment", raw)
+        print(f"wrote {write_result('augment', text)}")
 
+
+def render(raw: dict) -> str:
+    """bench/results/augment.md from the raw numbers alone (bench/assemble.py calls it)."""
+    lines = [f"Clip {raw['seconds']:g} s at 16 kHz; OMP_NUM_THREADS={raw['omp_threads']}; median and minimum of "
+             f"{raw['repeat']} timed calls after one warm-up. Load average {raw['load_before']:.1f} on "
+             f"{raw['cpus']} CPUs at the start: on a busy machine the minimum is the better estimate of one idle "
+             "core.", "", "| backend | case | ms per clip (median) | ms per clip (min) |", "|---|---|---:|---:|"]
+    for r in raw["rows"]:
+        best = "" if r["min_s"] is None else f"{1000 * r['min_s']:.1f}"
+        lines.append(f"| {r['backend']} | {r['case']} | {1000 * r['median_s']:.1f} | {best} |")
+    return raw["header"] + "\n".join(lines) + "\n"
 
 if __name__ == "__main__":
     main()

@@ -6,7 +6,8 @@ Trains a ``tiny``-preset run for one epoch per stage on demo data (one machine t
 depend on the architecture and the unit count, not on how well it is trained), exports each scorer in the
 default format (``graph``: a JSON spec plus arrays), the default scorer as TorchScript too (and as ONNX with
 ``--onnx``), and times scoring the test clips in batches of
-16 with the bundle and with the run's ``Detector``. Writes bench/results/export.md.
+16 with the bundle and with the run's ``Detector``. Keeps the raw numbers in bench/results/export.json and
+draws export.md from them alone (``render``; bench/assemble.py redraws it).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _machine import header, write_result  # noqa: E402
+from _machine import header, save_raw, write_result  # noqa: E402
 
 from rcmae.data import demo  # noqa: E402
 from rcmae.data.audio import load_audio  # noqa: E402
@@ -76,7 +77,7 @@ def main() -> None:
     scorers = [*dict.fromkeys([*members, "maha", "frame_maha", default])]
     # The default format (graph: data) for every scorer; TorchScript (code) and ONNX for the default scorer.
     jobs = [(s, "graph") for s in scorers] + [(default, "torchscript")] + ([(default, "onnx")] if args.onnx else [])
-    rows = []
+    rows: list[dict] = []
     for scorer, fmt in jobs:
         t0 = time.perf_counter()
         path = export.export_run(run, tmp / f"{scorer}-{fmt}", format=fmt, scorer=scorer, examples=0)
@@ -89,20 +90,33 @@ def main() -> None:
         run_rate = _clips_per_s(lambda w, t, i, s=scorer: det.score_waveforms(w, t, i, s), waves, types, ids)
         label = f"{scorer} [{', '.join(members)}]" if scorer == "ensemble" else scorer
         model_mib = _mib(path / bundle.meta["model_file"]) + (_mib(path / "graph.npz") if fmt == "graph" else 0.0)
-        rows.append(f"| {label} | {fmt} | {model_mib:.2f} | "
-                    f"{_mib(path / 'references.npz'):.2f} | {_mib(path):.2f} | {export_s:.1f} | {bundle_rate:.1f} | "
-                    f"{run_rate:.1f} | {err:.1e} |")
+        rows.append({"scorer": label, "format": fmt, "model_mib": round(model_mib, 4),
+                     "references_mib": round(_mib(path / "references.npz"), 4), "bundle_mib": round(_mib(path), 4),
+                     "export_s": round(export_s, 2), "bundle_clips_per_s": round(bundle_rate, 2),
+                     "run_clips_per_s": round(run_rate, 2), "max_rel_diff": err})
         print(rows[-1], flush=True)
-    load_after = os.getloadavg()[0]
-    n_units = len(det.classes)
-    text = ("# Exported bundles: size and speed\n\n" + header("rcmae export: bundle size and clips/s (cpu)") +
+    raw = {"header": header("rcmae export: bundle size and clips/s (cpu)"), "units": len(det.classes),
+           "train_per_id": args.train_per_id, "clips": len(waves), "batch": BATCH, "threads": args.threads,
+           "load_before": load_before, "load_after": os.getloadavg()[0], "rows": rows}
+    save_raw("export", raw)
+    text = render(raw)
+    print(text)
+    print(write_result("export", text))
+
+
+def render(raw: dict) -> str:
+    """bench/results/export.md from the raw numbers alone (bench/assemble.py calls it)."""
+    rows = [f"| {r['scorer']} | {r['format']} | {r['model_mib']:.2f} | {r['references_mib']:.2f} | "
+            f"{r['bundle_mib']:.2f} | {r['export_s']:.1f} | {r['bundle_clips_per_s']:.1f} | "
+            f"{r['run_clips_per_s']:.1f} | {r['max_rel_diff']:.1e} |" for r in raw["rows"]]
+    return ("# Exported bundles: size and speed\n\n" + raw["header"] +
             "| scorer | format | model files (MiB) | references.npz (MiB) | bundle (MiB) | export (s) | "
             "bundle clips/s | run clips/s | max diff / max score |\n"
             "|---|---|---:|---:|---:|---:|---:|---:|---:|\n" + "\n".join(rows) + "\n\n"
-            f"`tiny` preset trained 1 + 1 epochs on demo data (fan, {n_units} units, {args.train_per_id} training "
-            f"clips per unit), bundles without example clips (`--examples 0`; each example adds ~320 kB). Speed: "
-            f"{len(waves)} test clips of 10 s scored twice in batches of {BATCH} after one warm-up batch, "
-            f"{args.threads} torch thread(s) (onnxruntime: its default threads); *run* is "
+            f"`tiny` preset trained 1 + 1 epochs on demo data (fan, {raw['units']} units, {raw['train_per_id']} "
+            "training clips per unit), bundles without example clips (`--examples 0`; each example adds ~320 kB). "
+            f"Speed: {raw['clips']} test clips of 10 s scored twice in batches of {raw['batch']} after one warm-up "
+            f"batch, {raw['threads']} torch thread(s) (onnxruntime: its default threads); *run* is "
             "`Detector.score_waveforms` on the same clips. A bundle always computes the clip's embedding (an "
             "output: the demo app finds the nearest example clips with it), which the network-free scorers' runs "
             "skip. The last column is the largest bundle-vs-run score difference relative to the largest score.\n\n"
@@ -112,11 +126,8 @@ def main() -> None:
             "precision as a multiple of the identity plus a correction of rank (training clips - 1) "
             "(`rcmae.deploy.graph.compress_precisions`), so they grow with the clips per unit up to the full "
             "matrix (`stats_maha`: 768 x 768, 4.5 MiB) once a unit has as many clips as dimensions.\n\n"
-            f"The machine was shared: 1-minute load average {load_before:.1f} before and {load_after:.1f} after on "
-            "its 2 cores, so the speeds are lower bounds.\n")
-    print(text)
-    print(write_result("export", text))
-
+            f"The machine was shared: 1-minute load average {raw['load_before']:.1f} before and "
+            f"{raw['load_after']:.1f} after on its 2 cores, so the speeds are lower bounds.\n")
 
 if __name__ == "__main__":
     main()

@@ -1,11 +1,12 @@
 """Fault-injection figures: run the `reliability` tests and count faults tried, survived and lost.
 
-    python bench/bench_reliability.py            # writes bench/results/reliability.md
+    python bench/bench_reliability.py            # writes bench/results/reliability.json and .md
 
 Each test marked `reliability` (tests/test_reliability.py and the bad-input suites) injects one fault:
 a kill -9 at a random step, a torn or empty file, racing processes, a hostile or broken input. It
 *survives* when rcmae recovers exactly (bit-identical weights, same bank sha256) or stops with one
-line naming the file and the fix; a failing test is a *lost* fault.
+line naming the file and the fix; a failing test is a *lost* fault. The page is drawn from the raw per-test
+outcomes alone (``render``; bench/assemble.py redraws it).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import header, write_result  # noqa: E402
+from _machine import header, save_raw, write_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,6 +72,23 @@ def main() -> None:
     if not rows:
         sys.exit(f"no reliability results (pytest exit {proc.returncode}):\n{proc.stdout[-2000:]}"
                  f"{proc.stderr[-2000:]}")
+    raw = {"header": header("Reliability under faults (issues 11 and 19)"), "wall_s": round(wall, 1),
+           "cpu_s": round(cpu, 1), "load_before": load_before, "load_after": load_after,
+           "returncode": proc.returncode,
+           "rows": [{"nodeid": r["nodeid"], "outcome": r["outcome"], "duration": round(r["duration"], 3)}
+                    for r in rows]}
+    save_raw("reliability", raw)
+    text = render(raw)
+    path = write_result("reliability", text)
+    if any(r["outcome"] != "passed" for r in rows):
+        print(proc.stdout[-6000:])  # pytest's account of the lost faults
+    print(text)
+    print(f"wrote {path}")
+
+
+def render(raw: dict) -> str:
+    """bench/results/reliability.md from the raw per-test outcomes alone (bench/assemble.py calls it)."""
+    rows = raw["rows"]
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         file, _, test = r["nodeid"].partition("::")
@@ -86,23 +104,19 @@ def main() -> None:
     total = len(rows)
     survived = sum(r["outcome"] == "passed" for r in rows)
     lost = [r["nodeid"] for r in rows if r["outcome"] != "passed"]
-    text = header("Reliability under faults (issues 11 and 19)")
+    text = raw["header"]
     text += ("`pytest -m reliability` (tests/test_reliability.py and the bad-input suites test_checkpoint, "
              "test_access, test_inputs, test_jobs_safety, test_llm_client): each test injects one fault. "
              "Survived = exact recovery (bit-identical weights via torch.equal, identical bank sha256) or one "
              "line naming the file and the fix; lost = anything else.\n\n")
     text += "\n".join(lines) + "\n\n"
-    text += (f"**{total} faults tried, {survived} survived, {total - survived} lost**; whole suite {wall:.0f} s wall, "
-             f"{cpu:.0f} CPU-s (pytest and its subprocesses), load average {load_before:.1f} -> {load_after:.1f} "
-             f"on the shared machine (pytest exit {proc.returncode}).\n")
+    text += (f"**{total} faults tried, {survived} survived, {total - survived} lost**; whole suite "
+             f"{raw['wall_s']:.0f} s wall, {raw['cpu_s']:.0f} CPU-s (pytest and its subprocesses), load average "
+             f"{raw['load_before']:.1f} -> {raw['load_after']:.1f} on the shared machine (pytest exit "
+             f"{raw['returncode']}).\n")
     if lost:
         text += "\nLost:\n" + "".join(f"- `{n}`\n" for n in lost)
-    path = write_result("reliability", text)
-    if lost:
-        print(proc.stdout[-6000:])  # pytest's account of the lost faults
-    print(text)
-    print(f"wrote {path}")
-
+    return text
 
 if __name__ == "__main__":
     main()

@@ -4,41 +4,63 @@
 
 Random-initialised models (speed does not depend on the weights): the same Detector.score_waveforms
 path that ``rcmae evaluate``/``rcmae score`` use, log-mel front-end included. Real-time factor =
-processing time / audio duration (below 1 is faster than real time). Writes the "Scoring speed"
-section of bench/results/speed.md.
+processing time / audio duration (below 1 is faster than real time). Keeps its raw numbers in the
+"Scoring speed (<device>)" section of bench/results/speed.json (bench/bench_training.py keeps "Training speed" there)
+and draws bench/results/speed.md from that file alone (``render``; bench/assemble.py redraws it).
 """
 
 from __future__ import annotations
 
 import argparse
-import re
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from _machine import header
+from _machine import header, load_raw, save_raw, write_result
 
 from rcmae.data.features import FeatureStats
 from rcmae.models.rcmae import RCMAE, count_parameters
 from rcmae.run.config import load_config
 from rcmae.scorers.detector import Detector
 
-RESULTS = Path(__file__).parent / "results" / "speed.md"
 N_CLASSES = 4
 
 
-def update_section(path: Path, title: str, text: str) -> Path:
-    """Replace the ``## title`` section of ``path`` (or append it), keeping the other scripts' sections."""
-    old = path.read_text() if path.is_file() else "# Speed benchmarks\n\n"
-    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
-    new = pattern.sub(lambda _: text, old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(new)
-    tmp.replace(path)
-    return path
+def update_section(title: str, raw: dict) -> None:
+    """Put one script's raw numbers under ``title`` in speed.json (other sections stay) and redraw speed.md."""
+    everything = load_raw("speed") or {"sections": {}}
+    everything["sections"][title] = raw
+    save_raw("speed", everything)
+    text = render(everything)
+    print(text)
+    print(write_result("speed", text))
+
+
+def render(raw: dict) -> str:
+    """bench/results/speed.md from speed.json alone: scoring sections first, then training."""
+    from bench_training import render_training
+
+    order = sorted(raw["sections"], key=lambda t: (not t.startswith("Scoring"), t))
+    parts = [render_scoring(raw["sections"][t]) if t.startswith("Scoring") else render_training(raw["sections"][t])
+             for t in order]
+    return "# Speed benchmarks\n\n" + "".join(parts).rstrip("\n") + "\n"
+
+
+def render_scoring(raw: dict) -> str:
+    lines = ["| preset | parameters | scorer | clips/s | real-time factor | x real time |",
+             "|---|---:|---|---:|---:|---:|"]
+    for r in raw["rows"]:
+        rtf = r["wall_s"] / (raw["clips"] * raw["seconds"])
+        lines.append(f"| {r['preset']} | {r['parameters'] / 1e6:.2f} M | {r['scorer']} | "
+                     f"{raw['clips'] / r['wall_s']:.2f} | {rtf:.4f} | {1 / rtf:.0f} |")
+    return (raw["header"] + "\n".join(lines) + "\n" +
+            f"\n{raw['clips']} clips of {raw['seconds']:.0f} s per cell, batch = the preset's score.batch_size, "
+            f"device {raw['device']}, {raw['threads']} torch threads; random-initialised models (timing only); recon "
+            "averages the preset's score.recon_masks random masks per clip. 1-minute load average "
+            f"{raw['load_before']:.1f} before and {raw['load_after']:.1f} after on the shared machine.\n\n")
 
 
 def build_detector(preset: str, device: str, run: Path) -> Detector:
@@ -56,7 +78,9 @@ def build_detector(preset: str, device: str, run: Path) -> Detector:
         z = torch.randn(50 * N_CLASSES, cfg.model.proj_dim, generator=gen).numpy()
         refs[space] = {"z": z, "machine_type": np.array(["machine"] * len(z)),
                        "machine_id": np.repeat([c[1] for c in classes], 50), "path": np.array([""] * len(z))}
-    return Detector(run, cfg, stats, classes, {"pretrain": pre, "finetune": fin}, {}, refs, device)
+    det = Detector(run, cfg, stats, classes, {"pretrain": pre, "finetune": fin}, {}, refs, device)
+    det.autofit = False  # random references stand in for a fit (there is no run folder to fit from)
+    return det
 
 
 def time_scorer(det: Detector, waves: np.ndarray, scorer: str, device: str) -> float:
@@ -83,28 +107,21 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     seconds = 10.0
+    load_before = os.getloadavg()[0]
     waves = np.random.default_rng(0).normal(scale=0.1, size=(args.clips, int(seconds * 16000))).astype(np.float32)
-    lines = ["| preset | parameters | scorer | clips/s | real-time factor | x real time |",
-             "|---|---:|---|---:|---:|---:|"]
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.presets.split(","):
             det = build_detector(preset, args.device, Path(tmp))
             n_params = count_parameters(det.models["finetune"])
             for scorer in args.scorers.split(","):
                 t = time_scorer(det, waves, scorer, args.device)
-                rate = args.clips / t
-                rtf = t / (args.clips * seconds)
-                lines.append(f"| {preset} | {n_params / 1e6:.2f} M | {scorer} | {rate:.2f} | {rtf:.4f} | "
-                             f"{1 / rtf:.0f} |")
-                print(lines[-1], flush=True)
-    table = "\n".join(lines) + "\n"
-    note = (f"\n{args.clips} clips of {seconds:.0f} s per cell, batch = the preset's score.batch_size, device "
-            f"{args.device}, {args.threads} torch threads; random-initialised models (timing only); recon "
-            "averages the preset's score.recon_masks random masks per clip.\n\n")
-    print(table)
-    update_section(RESULTS, f"Scoring speed ({args.device.split(':')[0]})", header(
-        f"Scoring speed ({args.device.split(':')[0]})") + table + note)
-
+                rows.append({"preset": preset, "parameters": n_params, "scorer": scorer, "wall_s": round(t, 4)})
+                print(rows[-1], flush=True)
+    device = args.device.split(":")[0]
+    update_section(f"Scoring speed ({device})", {
+        "header": header(f"Scoring speed ({device})"), "clips": args.clips, "seconds": seconds, "device": args.device,
+        "threads": args.threads, "load_before": load_before, "load_after": os.getloadavg()[0], "rows": rows})
 
 if __name__ == "__main__":
     main()

@@ -6,19 +6,20 @@
 Each step is the real ``training_step`` of rcmae.training's PretrainModule / FinetuneModule (pairs by
 SpecAugment, masking, both branches, losses) plus backward and an optimizer step, outside the
 Lightning Trainer loop. Part 1: both stages per preset (paper preset at a small batch on CPU).
-Part 2 (tiny preset, pretraining): step time over clip length (tokens) x batch size. Writes the
-"Training speed" section of bench/results/speed.md.
+Part 2 (tiny preset, pretraining): step time over clip length (tokens) x batch size. Keeps its raw numbers
+in the "Training speed (<device>)" section of bench/results/speed.json and redraws bench/results/speed.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 import warnings
 
 import torch
 from _machine import header
-from bench_scoring import RESULTS, update_section
+from bench_scoring import update_section
 
 from rcmae.models.rcmae import RCMAE, count_parameters
 from rcmae.run.config import load_config
@@ -75,38 +76,52 @@ def main() -> None:
     on_gpu = args.device.startswith("cuda")
     batches = dict(item.split("=") for item in args.batch.split(",")) if args.batch else {}
 
-    part1 = ["| preset | stage | parameters | tokens | batch | s/step | samples/s |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    load_before = os.getloadavg()[0]
+    part1 = []
     for preset in args.presets.split(","):
         default = load_config(preset).pretrain.batch_size if on_gpu else (4 if preset == "paper" else 32)
         batch = int(batches.get(preset, default))
         for stage in ("pretrain", "finetune"):
             sec, n_params, tokens = step_seconds(stage, preset, batch, args.steps, args.device)
-            part1.append(f"| {preset} | {stage} | {n_params / 1e6:.2f} M | {tokens} | {batch} | {sec:.3f} | "
-                         f"{batch / sec:.1f} |")
+            part1.append({"preset": preset, "stage": stage, "parameters": n_params, "tokens": tokens,
+                          "batch": batch, "s_per_step": round(sec, 5)})
             print(part1[-1], flush=True)
 
     frames = [int(f) for f in args.grid_frames.split(",")]
     grid_batches = [int(b) for b in args.grid_batch.split(",")]
-    part2 = ["| frames (clip s) | tokens | " + " | ".join(f"batch {b}: s/step" for b in grid_batches) + " |",
-             "|---|---:|" + "---:|" * len(grid_batches)]
+    part2 = []
     for n in frames:
         cells, tokens = [], 0
         for b in grid_batches:
             sec, _, tokens = step_seconds("pretrain", "tiny", b, args.steps, args.device, [f"model.n_frames={n}"])
-            cells.append(f"{sec:.3f}")
-        part2.append(f"| {n} ({n * 512 / 16000:.1f} s) | {tokens} | " + " | ".join(cells) + " |")
+            cells.append(round(sec, 5))
+        part2.append({"frames": n, "tokens": tokens, "s_per_step": cells})
         print(part2[-1], flush=True)
+    device = args.device.split(":")[0]
+    update_section(f"Training speed ({device})", {
+        "header": header(f"Training speed ({device})"), "steps": args.steps, "threads": args.threads,
+        "device": args.device, "load_before": load_before, "load_after": os.getloadavg()[0], "part1": part1,
+        "grid_batches": grid_batches, "part2": part2})
 
-    text = (header(f"Training speed ({args.device.split(':')[0]})")
-            + "Per preset (one optimizer step = training_step + backward + Adam):\n\n" + "\n".join(part1)
-            + "\n\nTiny preset pretraining, step time over clip length (tokens) and batch size:\n\n"
-            + "\n".join(part2)
-            + f"\n\n{args.steps} timed steps per cell after one warm-up, {args.threads} torch threads, "
-              f"device {args.device}.\n\n")
-    print(text)
-    update_section(RESULTS, f"Training speed ({args.device.split(':')[0]})", text)
 
+def render_training(raw: dict) -> str:
+    """The "Training speed" section of speed.md from its raw numbers alone."""
+    part1 = ["| preset | stage | parameters | tokens | batch | s/step | samples/s |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for r in raw["part1"]:
+        part1.append(f"| {r['preset']} | {r['stage']} | {r['parameters'] / 1e6:.2f} M | {r['tokens']} | "
+                     f"{r['batch']} | {r['s_per_step']:.3f} | {r['batch'] / r['s_per_step']:.1f} |")
+    part2 = ["| frames (clip s) | tokens | " + " | ".join(f"batch {b}: s/step" for b in raw["grid_batches"]) + " |",
+             "|---|---:|" + "---:|" * len(raw["grid_batches"])]
+    for r in raw["part2"]:
+        n = r["frames"]
+        part2.append(f"| {n} ({n * 512 / 16000:.1f} s) | {r['tokens']} | "
+                     + " | ".join(f"{c:.3f}" for c in r["s_per_step"]) + " |")
+    return (raw["header"] + "Per preset (one optimizer step = training_step + backward + Adam):\n\n"
+            + "\n".join(part1) + "\n\nTiny preset pretraining, step time over clip length (tokens) and batch size:"
+            "\n\n" + "\n".join(part2) + f"\n\n{raw['steps']} timed steps per cell after one warm-up, "
+            f"{raw['threads']} torch threads, device {raw['device']}; 1-minute load average {raw['load_before']:.1f} "
+            f"before and {raw['load_after']:.1f} after on the shared machine.\n\n")
 
 if __name__ == "__main__":
     main()

@@ -13,8 +13,8 @@ From the raw files alone (nothing is rerun):
   intervals;
 - pages whose bench script keeps raw JSON and draws its page from it alone: mutation and the pages in
   ``RENDERED`` below (each script's ``render``).
-The other pages of bench/results/ were written by their scripts before raw files were kept; they are included as
-they are (docs/benchmark.md lists them) until their benches are rerun.
+The other pages of bench/results/ (``STUDY_LOGS``) are study logs written by their scripts before raw files were
+kept; BENCHMARKS.md includes them as they are, each under a banner that says so.
 Then BENCHMARKS.md concatenates the pages of bench/results/ under the section titles below.
 """
 
@@ -46,7 +46,15 @@ RENDERED = [("cost", "bench_cost"), ("first_run", "bench_first_run"), ("monitor"
             ("pipeline", "bench_pipeline"), ("families-calibration", "families_calibration"),
             ("idprob-report", "idprob_report"), ("frontend-cpu", "bench_frontend"),
             ("frontend-cuda", "bench_frontend"), ("speed", "bench_scoring"), ("augment", "bench_augment"),
-            ("audioldm", "bench_audioldm"), ("export", "bench_export"), ("reliability", "bench_reliability")]
+            ("audioldm", "bench_audioldm"), ("export", "bench_export"), ("reliability", "bench_reliability"),
+            ("demo", "demo_difficulty")]
+
+# Study logs written before raw results were kept: included as their scripts printed them, under a banner saying so.
+STUDY_LOGS = {"generalization.md", "baselines.md", "dcase2023.md", "training.md", "scorers.md", "real_slider.md",
+              "classifier.md", "idprob.md", "paper.md"}
+BANNER = ("> **Study log, not rebuilt from raw results.** Written by its script before raw result files were kept; "
+          "the machine, date and command that produced it are given below. Numbers a claim rests on today come from "
+          "the pages rebuilt from committed raw files (the report suite, its intervals, the decisions log).\n\n")
 
 SECTIONS = [
     ("Generalization: rcmae vs the AE and kNN baselines over a suite of unlike data sets", ["generalization.md"]),
@@ -62,7 +70,7 @@ SECTIONS = [
     ("Front-end speed", ["frontend-cpu.md", "frontend-cuda.md"]),
     ("Scoring and training speed", ["speed.md"]),
     ("Augmentation speed", ["augment.md", "audioldm.md"]),
-    ("Workbench quick demo and a newcomer's first run", ["first_run.md", "pipeline.md", "workbench.md"]),
+    ("Workbench quick demo and a newcomer's first run", ["first_run.md", "pipeline.md"]),
     ("Monitoring long recordings", ["monitor.md"]),
     ("Exported bundles: size and speed", ["export.md"]),
     ("Reliability under faults", ["reliability.md"]),
@@ -193,7 +201,8 @@ def benchmarks_page(tables: dict[Path, str]) -> str:
 
     parts = [INTRO, "## Contents\n" + "".join(f"{i}. {title}\n" for i, (title, _) in enumerate(SECTIONS, 1))]
     for i, (title, files) in enumerate(SECTIONS, 1):
-        bodies = [demote(read(RESULTS / f)) for f in files if (RESULTS / f) in tables or (RESULTS / f).is_file()]
+        bodies = [(BANNER if f in STUDY_LOGS else "") + demote(read(RESULTS / f))
+                  for f in files if (RESULTS / f) in tables or (RESULTS / f).is_file()]
         if bodies:
             parts.append(f"## {i}. {title}\n\n" + "\n".join(bodies))
     return "\n".join(parts)

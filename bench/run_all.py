@@ -2,7 +2,8 @@
 
     python bench/run_all.py [--only bench_scoring,bench_training] [--skip bench_audioldm]
 
-Each script writes its own table under bench/results/ (with machine, date and command). A script
+Each script writes its raw numbers and its page under bench/results/ (with machine, date and command), then
+bench/assemble.py rebuilds BENCHMARKS.md. A script
 that is missing or fails is reported and the others still run; the exit status is 1 if any failed
 (a missing script is listed, not counted as a failure).
 """
@@ -16,7 +17,9 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-SCRIPTS = ["bench_frontend", "bench_augment", "bench_audioldm", "demo_difficulty", "bench_scoring", "bench_training"]
+# script -> the arguments that make it write its raw numbers (bench/results/<page>.json) and its page.
+SCRIPTS = {"bench_frontend": [], "bench_augment": ["--write"], "bench_audioldm": [], "demo_difficulty": ["--write"],
+           "bench_scoring": [], "bench_training": [], "bench_export": ["--onnx"], "bench_reliability": []}
 
 
 def main() -> int:
@@ -39,8 +42,9 @@ def main() -> int:
             continue
         print(f"\n=== {name} ===", flush=True)
         start = time.perf_counter()
-        rc = subprocess.call([sys.executable, str(path)], cwd=BENCH.parent)
+        rc = subprocess.call([sys.executable, str(path), *SCRIPTS[name]], cwd=BENCH.parent)
         summary.append((name, "ok" if rc == 0 else f"failed (exit {rc})", time.perf_counter() - start))
+    subprocess.call([sys.executable, str(BENCH / "assemble.py")], cwd=BENCH.parent)  # BENCHMARKS.md from them
     print("\n| script | status | wall s |\n|---|---|---:|")
     for name, status, wall in summary:
         print(f"| {name} | {status} | {wall:.0f} |")

@@ -129,3 +129,20 @@ def test_committed_tables_equal_their_rebuild_from_the_committed_raw_results():
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "assemble.py"), "--check"], capture_output=True,
                           text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_benchmark_page_is_rebuilt_from_raw_results_or_labelled_a_study_log():
+    """A page in bench/results/ is drawn from committed raw numbers (a suite, mutation, or a script's ``render``),
+    or it carries the study-log banner in BENCHMARKS.md; the decisions log is the one hand-written page."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import assemble
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    rebuilt = {p.name for p in assemble.rebuilt()}
+    pages = {p.name for p in (ROOT / "bench" / "results").glob("*.md")}
+    unlabelled = pages - rebuilt - assemble.STUDY_LOGS - {"decisions.md"}
+    assert not unlabelled, f"pages neither rebuilt nor labelled a study log: {sorted(unlabelled)}"
+    assert not rebuilt & assemble.STUDY_LOGS
+    benchmarks = (ROOT / "BENCHMARKS.md").read_text()
+    assert benchmarks.count(assemble.BANNER.strip()) == len(assemble.STUDY_LOGS & pages)

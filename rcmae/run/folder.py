@@ -9,6 +9,7 @@ import math
 import os
 import platform
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -127,8 +128,15 @@ def writer_lock(run: str | os.PathLike, command: str | None = None) -> Iterator[
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        fh.seek(0)
-        holder = fh.read().strip() or "another process"
+        # The holder writes its PID right after it takes the lock: give it a moment to, so the line can name it.
+        holder = ""
+        for _ in range(20):
+            fh.seek(0)
+            holder = fh.read().strip()
+            if holder:
+                break
+            time.sleep(0.025)
+        holder = holder or "another process"
         fh.close()
         raise RunFolderError(f"{run}: in use by {holder}; wait for it to finish, or choose another folder") from None
     fh.seek(0)

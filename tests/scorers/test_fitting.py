@@ -188,3 +188,53 @@ def test_a_training_free_run_exports_and_its_bundle_scores_like_the_detector(sho
     out = bundle.score(load_audio(bundle.path / ex["file"], duration=1.0), ex["machine_type"], ex["machine_id"])
     near = bundle.nearest_examples(out["embedding"], ex["machine_type"], ex["machine_id"], k=1)[0]
     assert near["file"] == ex["file"] and near["distance"] < 1e-6
+
+
+def test_fit_again_into_its_own_run_keeps_the_fit_and_refuses_trained_folders(short_run, free_run, tmp_path, capsys):
+    from rcmae.run.folder import RunFolderError, current_git_commit
+
+    data, trained = short_run
+    run = tmp_path / "free"
+    shutil.copytree(free_run, run)
+    before = json.loads((run / "thresholds.json").read_text())
+    capsys.readouterr()
+    # `rcmae fit` again on its own run folder: allowed (same data: nothing is stale, the fit is kept).
+    assert fit_training_free(data, run, overrides=SHORT_OVERRIDES, progress=False) == run
+    out, err = capsys.readouterr()
+    assert out == ""  # messages go to stderr: stdout stays free for a command's own output
+    n_train = json.loads((run / "run.json").read_text())["n_train"]
+    assert f"{n_train} training clips" in err
+    info = json.loads((run / "run.json").read_text())
+    assert info["training_free"] is True and info["git_commit"] == current_git_commit()
+    assert json.loads((run / "thresholds.json").read_text())["fitted"] == before["fitted"]
+    # A trained run, or a folder holding a trained run's checkpoints, is refused with one line; nothing written.
+    with pytest.raises(RunFolderError, match="already holds a trained run"):
+        fit_training_free(data, trained, overrides=SHORT_OVERRIDES, progress=False)
+    ckpts = tmp_path / "ckpts"
+    (ckpts / "checkpoints").mkdir(parents=True)
+    (ckpts / "checkpoints" / "pretrain.ckpt").write_bytes(b"")
+    with pytest.raises(RunFolderError, match="holds checkpoints of a trained run"):
+        fit_training_free(data, ckpts, overrides=SHORT_OVERRIDES, progress=False)
+    assert sorted(p.name for p in ckpts.iterdir()) == ["checkpoints"]
+
+
+def test_fitting_reports_scorer_k_of_n_from_zero_to_done(free_run, tmp_path, monkeypatch):
+    from rcmae.scorers import fitting
+
+    run = tmp_path / "run"
+    shutil.copytree(free_run, run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["score"]["threshold_q"] = 0.8  # the default's three fits are stale
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    calls = []
+    real = fitting.update_progress
+    monkeypatch.setattr(fitting, "update_progress", lambda r, **kw: (calls.append(kw), real(r, **kw)))
+    Detector.load(run)
+    steps = [(c["state"], c["fit_step"], c["fit_steps"], c["scorer"]) for c in calls]
+    todo = [s for s in Detector.load(run, fit=False).scorers if s in ("stats_maha", "frame_pca", "ensemble")]
+    n = len(todo)
+    assert n == 3
+    assert steps == [("fitting", 0, n, "loading the training clips"),
+                     *[("fitting", k, n, s) for k, s in enumerate(todo)], ("done", n, n, "")]
+    progress = json.loads((run / "progress.json").read_text())
+    assert (progress["fit_step"], progress["fit_steps"], progress["state"]) == (n, n, "done")

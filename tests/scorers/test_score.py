@@ -70,6 +70,13 @@ def test_fit_threshold_gamma_and_percentile():
         fit_threshold(scores, q=1.5)
 
 
+def test_fit_threshold_falls_back_to_the_percentile_when_the_gamma_gives_no_finite_quantile(monkeypatch):
+    scores = np.random.default_rng(1).gamma(shape=3.0, scale=0.5, size=200)
+    monkeypatch.setattr(scipy.stats.gamma, "ppf", lambda *a, **k: np.inf)  # a degenerate fit
+    assert fit_threshold(scores, q=0.8) == pytest.approx(np.quantile(scores, 0.8), rel=1e-12)
+    assert fit_threshold(scores, q=0.95) == pytest.approx(np.quantile(scores, 0.95), rel=1e-12)
+
+
 def test_knn_distances_match_a_python_loop():
     rng = np.random.default_rng(1)
     z = rng.normal(size=(5, 7))

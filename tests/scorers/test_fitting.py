@@ -238,3 +238,13 @@ def test_fitting_reports_scorer_k_of_n_from_zero_to_done(free_run, tmp_path, mon
                      *[("fitting", k, n, s) for k, s in enumerate(todo)], ("done", n, n, "")]
     progress = json.loads((run / "progress.json").read_text())
     assert (progress["fit_step"], progress["fit_steps"], progress["state"]) == (n, n, "done")
+
+
+def test_space_stamp_is_the_stage_that_trained_the_space():
+    from rcmae.scorers.fitting import space_stamp
+
+    info = {"stages": {"pretrain": {"finished": "t1"}, "finetune": {"skipped": "t2"}}}
+    assert (space_stamp(info, "pretrain"), space_stamp(info, "finetune")) == ("t1", "t2")
+    assert space_stamp({"family": "margin", "stages": {"pretrain": {"finished": "t3"}}}, "finetune") == "t3"
+    assert space_stamp({}, "pretrain") is None  # a run.json without stages (training-free, or written before them)
+    assert space_stamp({"stages": {}}, "finetune") is None

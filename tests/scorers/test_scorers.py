@@ -278,3 +278,17 @@ def test_frame_scorer_held_out_folds_and_saved_models(tmp_path):
     again.fit(NormalSet())
     assert np.allclose(again.score(Clips(x[:2], ["fan", "fan"], ["02", "02"], None, lambda name: None)), full,
                        rtol=1e-4)
+
+
+def test_class_logp_defaults_to_the_identity_transform_and_true_classes_checks_lengths():
+    from rcmae.scorers.idprob import class_logp, true_classes
+
+    logits = torch.tensor([[1.0, 2.0, 0.5, -1.0], [0.0, 0.0, 3.0, 1.0]])  # 2 classes x 2 transforms
+    logz = torch.logsumexp(logits.double(), -1, keepdim=True)
+    # By hand: log p(class c, transform 0) is column 2c of the log-softmax.
+    assert torch.allclose(class_logp(logits, 2), (logits.double() - logz)[:, [0, 2]], atol=1e-12)
+    assert torch.allclose(class_logp(logits, 2), class_logp(logits, 2, "identity"), atol=0)
+    classes = [("fan", "00"), ("fan", "01")]
+    assert true_classes(classes, None, ["fan", "fan"], ["01", "00"]) == [[1], [0]]
+    with pytest.raises(ValueError):  # a clip list whose parts disagree in length is a caller's bug, not a score
+        true_classes(classes, None, ["fan", "fan"], ["01"], ["", ""])

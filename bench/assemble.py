@@ -57,7 +57,8 @@ BANNER = ("> **Study log, not rebuilt from raw results.** Written by its script 
           "the pages rebuilt from committed raw files (the report suite, its intervals, the decisions log).\n\n")
 
 SECTIONS = [
-    ("Generalization: rcmae vs the AE and kNN baselines over a suite of unlike data sets", ["generalization.md"]),
+    ("Generalization: rcmae vs the AE and kNN baselines over a suite of unlike data sets",
+     ["design-suite.md", "intervals-design.md", "generalization.md"]),
     ("Detection accuracy on the demo data: rcmae vs the DCASE 2020 AE baseline and kNN", ["baselines.md"]),
     ("Domain shift: rcmae vs the AE baseline on the 2023-style demo set (DCASE 2021-2025 protocol)",
      ["dcase2023.md"]),

@@ -140,5 +140,6 @@ def render(raw: dict) -> str:
               "trained ones. Wall time on a shared machine depends on the other jobs; CPU time much less so."]
     return raw["header"] + "\n".join(table) + "\n"
 
+
 if __name__ == "__main__":
     main()

@@ -166,5 +166,6 @@ def render(raw: dict) -> str:
         lines.append(f"| {r['backend']} | {r['case']} | {1000 * r['median_s']:.1f} | {best} |")
     return raw["header"] + "\n".join(lines) + "\n"
 
+
 if __name__ == "__main__":
     main()

@@ -129,5 +129,6 @@ def render(raw: dict) -> str:
             f"The machine was shared: 1-minute load average {raw['load_before']:.1f} before and "
             f"{raw['load_after']:.1f} after on its 2 cores, so the speeds are lower bounds.\n")
 
+
 if __name__ == "__main__":
     main()

@@ -118,5 +118,6 @@ def render(raw: dict) -> str:
         text += "\nLost:\n" + "".join(f"- `{n}`\n" for n in lost)
     return text
 
+
 if __name__ == "__main__":
     main()

@@ -123,5 +123,6 @@ def main() -> None:
         "header": header(f"Scoring speed ({device})"), "clips": args.clips, "seconds": seconds, "device": args.device,
         "threads": args.threads, "load_before": load_before, "load_after": os.getloadavg()[0], "rows": rows})
 
+
 if __name__ == "__main__":
     main()

@@ -123,5 +123,6 @@ def render_training(raw: dict) -> str:
             f"{raw['threads']} torch threads, device {raw['device']}; 1-minute load average {raw['load_before']:.1f} "
             f"before and {raw['load_after']:.1f} after on the shared machine.\n\n")
 
+
 if __name__ == "__main__":
     main()

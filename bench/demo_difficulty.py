@@ -188,5 +188,6 @@ def render(raw: dict) -> str:
     out.append("## Summary\n\n" + "\n".join(summary) + "\n")
     return "\n".join(out)
 
+
 if __name__ == "__main__":
     main()

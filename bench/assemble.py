@@ -50,8 +50,8 @@ RENDERED = [("cost", "bench_cost"), ("first_run", "bench_first_run"), ("monitor"
             ("demo", "demo_difficulty")]
 
 # Study logs written before raw results were kept: included as their scripts printed them, under a banner saying so.
-STUDY_LOGS = {"generalization.md", "baselines.md", "dcase2023.md", "training.md", "scorers.md", "real_slider.md",
-              "classifier.md", "idprob.md", "paper.md"}
+STUDY_LOGS = {"generalization.md", "baselines.md", "dcase2023.md", "training.md", "scorers.md", "classifier.md",
+              "idprob.md", "paper.md"}
 BANNER = ("> **Study log, not rebuilt from raw results.** Written by its script before raw result files were kept; "
           "the machine, date and command that produced it are given below. Numbers a claim rests on today come from "
           "the pages rebuilt from committed raw files (the report suite, its intervals, the decisions log).\n\n")
@@ -64,7 +64,6 @@ SECTIONS = [
      ["dcase2023.md"]),
     ("RC-MAE in the small-data regime: what was tried", ["training.md"]),
     ("Scorers on unlike data sets: accuracy and speed", ["scorers.md"]),
-    ("A real-data sanity check (DCASE 2020 slider)", ["real_slider.md"]),
     ("The angular-margin classifier family (STgram-style, ArcFace)", ["classifier.md"]),
     ("The paper's own score (idprob): what moves it", ["idprob-report.md", "idprob.md"]),
     ("The demo data: difficulty and generation time", ["demo.md"]),

@@ -41,15 +41,29 @@ def save_raw(name: str, raw: dict) -> Path:
     """Write bench/results/<name>.json (the numbers a page is drawn from) atomically."""
     import json
 
-    path = raw_path(name)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(raw, indent=1) + "\n")
-    tmp.replace(path)
-    return path
+    from rcmae.files import atomic_write_text
+
+    return atomic_write_text(raw_path(name), json.dumps(raw, indent=1) + "\n")
 
 
 def load_raw(name: str) -> dict | None:
-    import json
+    from rcmae.files import read_json
 
     path = raw_path(name)
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path) if path.is_file() else None
+
+
+RUN_MARKERS = ("run.json", "config.yaml", "progress.json")
+
+
+def remove_run(run: Path, part: str | None = None) -> None:
+    """Remove a run folder a bench script made (or its ``part``, e.g. ``checkpoints``): only a folder holding what
+    rcmae writes into a run (``RUN_MARKERS``) goes; anything else in its place is refused, never deleted."""
+    import shutil
+
+    from rcmae.files import check_replaceable
+
+    check_replaceable(run, RUN_MARKERS, "run folder", flag="a bench rerun")
+    if part is not None and not any((run / m).is_file() for m in RUN_MARKERS):
+        return  # nothing of a run there: no part of one to remove
+    shutil.rmtree(run if part is None else run / part, ignore_errors=True)

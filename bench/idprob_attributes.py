@@ -30,6 +30,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _machine import remove_run  # noqa: E402
 
 from rcmae.data.index import index_dataset  # noqa: E402
 from rcmae.evaluation.evaluate import evaluate_run  # noqa: E402
@@ -71,8 +74,7 @@ def summary(res: dict) -> dict:
 
 
 def copy_run(run: Path, dest: Path, overrides: list[str]) -> Path:
-    if dest.exists():
-        shutil.rmtree(dest)
+    remove_run(dest)
     shutil.copytree(run, dest, ignore=shutil.ignore_patterns("eval"))
     cfg = rconfig.load_config(dest / "config.yaml", overrides)
     rconfig.save_config(cfg, dest / "config.yaml")

@@ -36,6 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _machine import remove_run  # noqa: E402
 from idprob_study import test_logmels  # noqa: E402
 
 from rcmae.evaluation.metrics import evaluate_scores  # noqa: E402
@@ -54,7 +55,7 @@ def pretrained(suite_out: Path, name: str, seed: int, work: Path) -> Path:
     src = suite_out / "sets" / name / "systems" / "rcmae" / f"seed{seed}" / "run"
     if not (src / "checkpoints" / "pretrain-last.ckpt").is_file():
         raise FileNotFoundError(f"{src}: no finished suite run to reuse; run `rcmae benchmark --suite` first")
-    shutil.rmtree(run, ignore_errors=True)
+    remove_run(run)
     shutil.copytree(src, run, ignore=shutil.ignore_patterns("finetune-*", "eval"))
     return run
 
@@ -88,7 +89,7 @@ def run_variant(data: Path, work: Path, name: str, overrides: list[str], pre: Pa
     if out.is_file():
         return read_json(out)
     run = work / "runs" / name
-    shutil.rmtree(run, ignore_errors=True)
+    remove_run(run)
     shutil.copytree(pre, run, ignore=shutil.ignore_patterns("finetune-*", "embeddings", "eval"))
     started = time.time()
     train.finetune(run=run, data=data, overrides=overrides, progress=False)
@@ -120,7 +121,7 @@ def run_variant(data: Path, work: Path, name: str, overrides: list[str], pre: Pa
     anomalous = (test["label"] == "anomaly").to_numpy()
     record["p_med_normal"], record["p_med_anomaly"] = float(np.median(p[~anomalous])), float(np.median(p[anomalous]))
     write_json(out, record)
-    shutil.rmtree(run / "checkpoints", ignore_errors=True)
+    remove_run(run, "checkpoints")
     return record
 
 

@@ -28,6 +28,9 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _machine import remove_run  # noqa: E402
 
 from rcmae.data.datasets import compute_logmels  # noqa: E402
 from rcmae.data.index import index_dataset  # noqa: E402
@@ -57,7 +60,7 @@ def pretrained(data: Path, work: Path, preset: str, overrides: list[str]) -> Pat
     run = work / "pretrained"
     if (run / "checkpoints" / "pretrain-last.ckpt").is_file():
         return run
-    shutil.rmtree(run, ignore_errors=True)
+    remove_run(run)
     started = time.time()
     train.pretrain(data=data, out=run, preset=preset, overrides=overrides, progress=False, fit_scores=False)
     write_json(work / "pretrain_time.json", {"wall_s": round(time.time() - started, 1)})
@@ -99,7 +102,7 @@ def run_variant(data: Path, work: Path, name: str, overrides: list[str], pre: Pa
     if out.is_file():
         return read_json(out)
     run = work / "runs" / name
-    shutil.rmtree(run, ignore_errors=True)
+    remove_run(run)
     shutil.copytree(pre, run, ignore=shutil.ignore_patterns("finetune-*", "embeddings", "eval"))
     started = time.time()
     train.finetune(run=run, data=data, overrides=overrides, progress=False, fit_scores=False)
@@ -123,7 +126,7 @@ def run_variant(data: Path, work: Path, name: str, overrides: list[str], pre: Pa
         "finetune_s": round(wall, 1),
     }
     write_json(out, record)
-    shutil.rmtree(run / "checkpoints", ignore_errors=True)  # keep the disk small; the numbers are in the json
+    remove_run(run, "checkpoints")  # keep the disk small; the numbers are in the json
     return record
 
 

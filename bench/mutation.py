@@ -61,6 +61,7 @@ MODULES = {
 }
 RAW = ROOT / "bench" / "results" / "mutation.json"
 READINGS = ROOT / "bench" / "mutation_readings.json"
+WORK_MARKER = ".rcmae-mutation-work"
 STATUS = {"killed": "killed", "survived": "survived", "timeout": "timeout", "no tests": "no tests",
           "not checked": "not checked", "suspicious": "suspicious", "segfault": "crashed"}
 
@@ -100,8 +101,13 @@ def load_raw() -> dict:
 def prepare(work: Path, modules: list[str]) -> None:
     """A copy of the tracked files with mutmut's configuration for ``modules``."""
     if work.exists():
+        # Only a scratch copy this script made goes (its marker says so); --work pointing anywhere else is refused.
+        if any(work.iterdir()) and not (work / WORK_MARKER).is_file():
+            raise SystemExit(f"--work {work}: not a scratch copy bench/mutation.py made (no {WORK_MARKER}); "
+                             "pick a new or empty folder")
         shutil.rmtree(work)
     work.mkdir(parents=True)
+    (work / WORK_MARKER).write_text("a scratch copy of the checkout for mutmut; bench/mutation.py may replace it\n")
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     for f in files:
         if f.startswith("bench/results/") or not (ROOT / f).is_file():

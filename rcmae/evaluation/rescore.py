@@ -6,6 +6,7 @@ overrides, and the copy is fitted and scored. The trained run is never touched.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -65,8 +66,14 @@ def rescored_copy(run: Path, dest: Path, score_overrides: list[str]) -> Path:
         update_run_json(copy, rescore_overrides=list(score_overrides), rescored_from=str(run))
         if dest.exists():
             _check_rescored_copy(dest)  # again, right before it goes: the copy above took a while
-            shutil.rmtree(dest)
+            if any(dest.iterdir()):
+                shutil.rmtree(dest)  # an earlier rescored copy: its run.json records rescore_overrides (just checked)
+            else:
+                dest.rmdir()  # empty: rmdir removes nothing else, and fails if anything appeared meanwhile
         os.replace(copy, dest)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)  # the folder mkdtemp made for this call, nothing else
+        # Only what this call made: the copy it was building (gone once moved into place), then mkdtemp's folder.
+        shutil.rmtree(copy, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            staging.rmdir()
     return dest

@@ -278,3 +278,10 @@ def test_rescored_copy_replaces_only_its_own_copies(tmp_path, monkeypatch):
         rescored_copy(run, late, ["score.knn_k=5"])
     assert (late / "weights.bin").read_bytes() == b"w" and "rescore_overrides" not in (late / "run.json").read_text()
     assert sorted(p.name for p in late.parent.iterdir()) == ["run"]
+    # An empty folder at dest is taken (removed with rmdir, which could remove nothing else).
+    monkeypatch.setattr(rescore_module.shutil, "copytree", real_copytree)
+    empty = tmp_path / "empty" / "run"
+    empty.mkdir(parents=True)
+    rescored_copy(run, empty, ["score.knn_k=7"])
+    assert yaml.safe_load((empty / "config.yaml").read_text())["score"]["knn_k"] == 7
+    assert sorted(p.name for p in empty.parent.iterdir()) == ["run"]

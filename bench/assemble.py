@@ -10,7 +10,7 @@ From the raw files alone (nothing is rerun):
 - its intervals page, bench/results/intervals-<name>.md, from intervals-<name>.json (bench/suite_intervals.py
   computes that file from the same raw files);
 - the README's "What to expect" table (between its ``expect`` markers), from the report suite's raw files and
-  intervals;
+  intervals, and its design-suite table (between its ``design`` markers) from the design suite's raw files;
 - pages whose bench script keeps raw JSON and draws its page from it alone: mutation and the pages in
   ``RENDERED`` below (each script's ``render``).
 The other pages of bench/results/ (``STUDY_LOGS``) are study logs written by their scripts before raw files were
@@ -25,11 +25,24 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 RAW = RESULTS / "raw"
 README = ROOT / "README.md"
 EXPECT = ("<!-- expect:start (bench/assemble.py writes this table) -->", "<!-- expect:end -->")
+DESIGN = ("<!-- design:start (bench/assemble.py writes this table) -->", "<!-- design:end -->")
+# The README's design-suite rows: suite row -> label.
+DESIGN_ROWS = [
+    ("rcmae:ensemble", "rcmae `tiny`, scorer `ensemble` of `stats_maha` + `frame_pca` (**the `tiny` default**)"),
+    ("rcmae:stats_maha", "rcmae `tiny`, scorer `stats_maha`"),
+    ("rcmae:maha", "rcmae `tiny`, scorer `maha` (network embedding + band statistics)"),
+    ("rcmae:knn", "rcmae `tiny`, scorer `knn`"),
+    ("rcmae:idprob", "rcmae `tiny`, scorer `idprob` (the paper's score)"),
+    ("ae", "DCASE 2020 AE baseline (official settings, 100 epochs)"),
+    ("knn", "kNN on per-clip mean/std log-mel"),
+]
 sys.path.insert(0, str(ROOT / "bench"))
 
 INTRO = """# BENCHMARKS
@@ -47,11 +60,11 @@ RENDERED = [("cost", "bench_cost"), ("first_run", "bench_first_run"), ("monitor"
             ("idprob-report", "idprob_report"), ("frontend-cpu", "bench_frontend"),
             ("frontend-cuda", "bench_frontend"), ("speed", "bench_scoring"), ("augment", "bench_augment"),
             ("audioldm", "bench_audioldm"), ("export", "bench_export"), ("reliability", "bench_reliability"),
-            ("demo", "demo_difficulty")]
+            ("demo", "demo_difficulty"), ("paper", "bench_paper")]
 
 # Study logs written before raw results were kept: included as their scripts printed them, under a banner saying so.
 STUDY_LOGS = {"generalization.md", "baselines.md", "dcase2023.md", "training.md", "scorers.md", "classifier.md",
-              "idprob.md", "paper.md"}
+              "idprob.md"}
 BANNER = ("> **Study log, not rebuilt from raw results.** Written by its script before raw result files were kept; "
           "the machine, date and command that produced it are given below. Numbers a claim rests on today come from "
           "the pages rebuilt from committed raw files (the report suite, its intervals, the decisions log).\n\n")
@@ -150,6 +163,50 @@ def expect_table(name: str = "report", row: str = "rcmae:ensemble", base: str = 
     return "\n".join(lines) + "\n"
 
 
+def design_table(name: str = "design", row: str = "rcmae:ensemble", base: str = "ae",
+                 columns: tuple[str, ...] = ("near-identical", "domain-shift")) -> str:
+    """README's design-suite table: suite means (mean ± sample std over seeds of each seed's mean over the sets),
+    two sets' seed means, and the default's lead over the AE with and without the real set."""
+    report = suite_report(name)
+    rows = {r["row"]: r for r in report["rows"]}
+    sets = [s["name"] for s in report["sets"] if s["status"] == "ok"]
+    seeds = report["repeat"]
+
+    def stat(s: dict) -> str:
+        return f"{s['mean']:.3f}" + (f" ± {s['std']:.3f}" if s["n"] > 1 else "")
+
+    def pair(r: dict, n: str) -> str:
+        cell = r["per_set"].get(n)
+        return "-" if cell is None else " / ".join(f"{cell[m]['mean']:.3f}" for m in ("auc", "pauc"))
+
+    lines = ["| system | suite mean AUC | suite mean pAUC | " + " | ".join(f"{c} AUC / pAUC" for c in columns) + " |",
+             "|---|---:|---:|" + "---:|" * len(columns)]
+    for key, label in DESIGN_ROWS:
+        if key not in rows:
+            continue
+        r = rows[key]
+        if not r["complete"]:
+            missing = ", ".join(s for s in sets if s not in r["sets"])
+            label += (f" ({len(r['sets'])} of the {len(sets)} sets: {missing} has one unit, too few classes to "
+                      "fine-tune on)")
+        lines.append(f"| {label} | {stat(r['mean']['auc'])} | {stat(r['mean']['pauc'])} | "
+                     + " | ".join(pair(r, c) for c in columns) + " |")
+    ours, theirs = rows[row], rows[base]
+
+    def lead(keep: list[str]) -> str:
+        diff = {m: np.mean([ours["per_set"][n][m]["mean"] - theirs["per_set"][n][m]["mean"] for n in keep])
+                for m in ("auc", "pauc")}
+        return f"{diff['auc']:+.2f} AUC and {diff['pauc']:+.2f} pAUC"
+
+    synthetic = [n for n in sets if not n.startswith("real")]
+    plural = "s" if seeds > 1 else ""
+    lines += ["", f"{len(sets)} sets, {seeds} training seed{plural} (cells: mean ± std over seeds of "
+              f"the suite mean; per-set cells: seed means). Over these sets the default leads the official AE by "
+              f"{lead(sets)} ({lead(synthetic)} on the {len(synthetic)} synthetic sets). Rebuilt by "
+              f"`python bench/assemble.py` from bench/results/raw/suite-{name}/."]
+    return "\n".join(lines) + "\n"
+
+
 def rebuilt() -> dict[Path, str]:
     """Every file this script writes, as it would write it now."""
     out: dict[Path, str] = {}
@@ -163,7 +220,11 @@ def rebuilt() -> dict[Path, str]:
     if (RAW / "suite-report").is_dir() and (RESULTS / "intervals-report.json").is_file():
         text = README.read_text()
         start, end = text.index(EXPECT[0]) + len(EXPECT[0]), text.index(EXPECT[1])
-        out[README] = text[:start] + "\n" + expect_table() + text[end:]
+        text = text[:start] + "\n" + expect_table() + text[end:]
+        if (RAW / "suite-design").is_dir():
+            start, end = text.index(DESIGN[0]) + len(DESIGN[0]), text.index(DESIGN[1])
+            text = text[:start] + "\n" + design_table() + text[end:]
+        out[README] = text
     import mutation
 
     if mutation.RAW.is_file():

@@ -39,3 +39,29 @@ def test_mutation_scratch_copy_replaces_only_its_own_folder(tmp_path):
     with pytest.raises(SystemExit, match="not a scratch copy"):
         mutation.prepare(work, ["metrics"])
     assert (work / "thesis.tex").read_text() == "keep"
+
+
+def test_paper_page_keeps_a_gpu_measurement_and_draws_it_from_the_raw_numbers(tmp_path, monkeypatch):
+    """Without a GPU, ``--record-unmeasured`` never replaces a measured paper.json; a measured record draws samples/s
+    as batch / step time and the schedule's hours from the record alone."""
+    import _machine
+    import bench_paper
+
+    monkeypatch.setattr(_machine, "raw_path", lambda name: tmp_path / f"{name}.json")
+    monkeypatch.setattr(bench_paper, "write_result", lambda name, text: tmp_path / f"{name}.md")
+    monkeypatch.setattr(bench_paper.torch.cuda, "is_available", lambda: False)
+    measured = {"header": "## h\n\n", "measured": True, "preset": "paper", "gpus": 2, "per_clip": 4, "clips": None,
+                "estimate": None,
+                "times": {"batch": {"pretrain": 128}, "pretrain_step_s": 0.4, "finetune_step_s": 0.25,
+                          "audioldm_s_per_clip": {"10": 1.5, "50": 6.25}}}
+    _machine.save_raw("paper", measured)
+    monkeypatch.setattr(sys, "argv", ["bench_paper.py", "--record-unmeasured"])
+    with pytest.raises(SystemExit, match="holds a GPU measurement"):
+        bench_paper.main()
+    assert _machine.load_raw("paper") == measured
+    page = bench_paper.render(measured)
+    assert "0.400 s/step = 320.0 samples/s; fine-tuning 0.250 s/step" in page
+    assert "S = 10: 1.50 s/clip, S = 50: 6.25 s/clip" in page
+    (tmp_path / "paper.json").unlink()
+    bench_paper.main()
+    assert _machine.load_raw("paper")["measured"] is False

@@ -146,3 +146,45 @@ def test_every_benchmark_page_is_rebuilt_from_raw_results_or_labelled_a_study_lo
     assert not rebuilt & assemble.STUDY_LOGS
     benchmarks = (ROOT / "BENCHMARKS.md").read_text()
     assert benchmarks.count(assemble.BANNER.strip()) == len(assemble.STUDY_LOGS & pages)
+
+
+def _readme_design_rows() -> dict[str, list[str]]:
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index("<!-- design:start"):text.index("<!-- design:end -->")]
+    rows = {}
+    for line in block.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and len(cells) == 5:
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_readme_design_table_is_the_seed_mean_of_the_raw_per_unit_results():
+    """The README's design-suite cells, recomputed here by plain loops from the committed raw runs: per seed, the
+    mean over sets of (mean over machine types of the mean over units); then the mean and sample std over seeds."""
+    base = ROOT / "bench" / "results" / "raw" / "suite-design"
+    sets = [s["name"] for s in json.loads((base / "suite.json").read_text())["sets"] if s["status"] == "ok"]
+    rows = _readme_design_rows()
+    checks = {"rcmae:ensemble": ("rcmae", "**the `tiny` default**"), "ae": ("ae", "DCASE 2020 AE baseline"),
+              "rcmae:stats_maha": ("rcmae", "scorer `stats_maha`")}
+    for row, (system, label) in checks.items():
+        per_seed: dict[int, dict[str, list[float]]] = {}
+        for name in sets:
+            for path in sorted((base / name).glob(f"{system}-seed*.json")):
+                run = json.loads(path.read_text())
+                by_type: dict[str, dict[str, list[float]]] = {}
+                for unit in run["rows"][row]["per_id"]:
+                    for m in ("auc", "pauc"):
+                        by_type.setdefault(unit["machine_type"], {}).setdefault(m, []).append(unit[m])
+                for m in ("auc", "pauc"):
+                    type_means = [sum(v[m]) / len(v[m]) for v in by_type.values()]
+                    per_seed.setdefault(run["seed"], {}).setdefault(m, []).append(sum(type_means) / len(type_means))
+        (cells,) = [c for lab, c in rows.items() if label in lab]
+        for col, m in enumerate(("auc", "pauc")):
+            seed_means = [sum(v[m]) / len(sets) for v in per_seed.values() if len(v[m]) == len(sets)]
+            mean = sum(seed_means) / len(seed_means)
+            shown = [float(x) for x in cells[col].split("±")]
+            assert shown[0] == pytest.approx(mean, abs=5e-4), (row, m)
+            if len(seed_means) > 1:
+                std = (sum((x - mean) ** 2 for x in seed_means) / (len(seed_means) - 1)) ** 0.5
+                assert shown[1] == pytest.approx(std, abs=5e-4), (row, m)

@@ -60,11 +60,11 @@ RENDERED = [("cost", "bench_cost"), ("first_run", "bench_first_run"), ("monitor"
             ("idprob-report", "idprob_report"), ("frontend-cpu", "bench_frontend"),
             ("frontend-cuda", "bench_frontend"), ("speed", "bench_scoring"), ("augment", "bench_augment"),
             ("audioldm", "bench_audioldm"), ("export", "bench_export"), ("reliability", "bench_reliability"),
-            ("demo", "demo_difficulty"), ("paper", "bench_paper")]
+            ("demo", "demo_difficulty"), ("paper", "bench_paper"),
+            ("scorers", "bench_scorers"), ("scorer-candidates", "bench_scorer_candidates")]
 
 # Study logs written before raw results were kept: included as their scripts printed them, under a banner saying so.
-STUDY_LOGS = {"generalization.md", "baselines.md", "dcase2023.md", "training.md", "scorers.md", "classifier.md",
-              "idprob.md"}
+STUDY_LOGS = {"generalization.md", "baselines.md", "dcase2023.md", "training.md", "classifier.md", "idprob.md"}
 BANNER = ("> **Study log, not rebuilt from raw results.** Written by its script before raw result files were kept; "
           "the machine, date and command that produced it are given below. Numbers a claim rests on today come from "
           "the pages rebuilt from committed raw files (the report suite, its intervals, the decisions log).\n\n")
@@ -76,7 +76,7 @@ SECTIONS = [
     ("Domain shift: rcmae vs the AE baseline on the 2023-style demo set (DCASE 2021-2025 protocol)",
      ["dcase2023.md"]),
     ("RC-MAE in the small-data regime: what was tried", ["training.md"]),
-    ("Scorers on unlike data sets: accuracy and speed", ["scorers.md"]),
+    ("Scorers on unlike data sets: accuracy and speed", ["scorers.md", "scorer-candidates.md"]),
     ("The angular-margin classifier family (STgram-style, ArcFace)", ["classifier.md"]),
     ("The paper's own score (idprob): what moves it", ["idprob-report.md", "idprob.md"]),
     ("The demo data: difficulty and generation time", ["demo.md"]),

@@ -124,6 +124,10 @@ class ScoreConfig:
     ensemble: list[str] = field(default_factory=lambda: ["knn", "maha"])
     # frame_pca: principal components of the unit's 5-frame context vectors kept (the rest is the residual).
     frame_components: int = 32
+    # stats_maha: standardise each band statistic with all normal training clips before the per-unit Ledoit-Wolf
+    # Gaussian ("dimension"), or fit it on the statistics as they are ("none"); the shrinkage target (a scaled
+    # identity) differs between the two (bench/results/decisions.md, decision 3).
+    stats_scale: Literal["dimension", "none"] = "dimension"
     # DCASE 2021+ domain shift: knn/knn_joint/maha/stats_maha/frame_* keep separate source and target references
     # per unit and take the minimum score over them (rcmae/scorers/domains.py); false pools the domains.
     domain_banks: bool = True

@@ -179,7 +179,8 @@ class StatsMahaScorer(Scorer):
 
     The features are :func:`rcmae.scorers.frames.band_stats` (per-band mean, std, percentiles, temporal change),
     standardised per dimension with all normal training clips, so that the shrinkage target (a scaled identity)
-    treats them alike. Held-out training scores leave each clip out of its own Gaussian, as ``maha``.
+    treats them alike (``score.stats_scale: dimension``), or used as they are (``none``). Held-out training
+    scores leave each clip out of its own Gaussian, as ``maha``.
     Under domain shift (``score.domain_banks``, DCASE 2021+ names) it keeps one mean per domain with a shared
     within-domain covariance and takes the minimum distance, as ``maha`` does.
     """
@@ -198,7 +199,10 @@ class StatsMahaScorer(Scorer):
         table = normal.get(self.feature)
         if table is not None:
             z = np.asarray(table["z"], dtype=np.float64)
-            self._scale = (z.mean(0), np.maximum(z.std(0), 1e-6))
+            if getattr(self.cfg, "stats_scale", "dimension") == "none":
+                self._scale = (np.zeros(z.shape[1]), np.ones(z.shape[1]))
+            else:
+                self._scale = (z.mean(0), np.maximum(z.std(0), 1e-6))
 
     def score(self, clips: Clips) -> np.ndarray:
         table = self.normal.get(self.feature)

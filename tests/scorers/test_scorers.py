@@ -252,6 +252,28 @@ def test_stats_maha_is_a_ledoit_wolf_mahalanobis_on_standardised_statistics(tmp_
     assert got == pytest.approx(want, rel=1e-6)
 
 
+def test_stats_maha_without_scaling_is_a_ledoit_wolf_mahalanobis_on_the_statistics_as_they_are(tmp_path):
+    from sklearn.covariance import LedoitWolf
+
+    rng = np.random.default_rng(7)
+    table = _stat_table(rng, [("valve", "00"), ("valve", "02")], 10, 5)
+    scaled = StatsMahaScorer(ScoreConfig(), tmp_path)
+    plain = StatsMahaScorer(ScoreConfig(stats_scale="none"), tmp_path)
+    for sc in (scaled, plain):
+        sc.fit(NormalSet({"bandstats": table}))
+    q = rng.normal(size=(1, 5)) * 4 + 3
+    z = table["z"].astype(np.float64)
+    want = np.sqrt(LedoitWolf().fit(z[10:]).mahalanobis(q))[0]
+    clips = Clips(torch.zeros(1, 1, 1), ["valve"], ["02"], None, lambda name: q)
+    assert plain.score(clips)[0] == pytest.approx(want, rel=1e-6)
+    # Unequal scales (0.5 to 5) make the two shrinkage targets differ: the scaled scorer gives another distance.
+    assert abs(scaled.score(clips)[0] - want) > 1e-3 * want
+    from rcmae.run.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="score.stats_scale: expected one of 'dimension', 'none'"):
+        load_config("tiny", ["score.stats_scale=unit"])
+
+
 def test_frame_scorer_held_out_folds_and_saved_models(tmp_path):
     from rcmae.scorers.frames import fold_of, load_frame_models
 

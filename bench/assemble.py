@@ -89,7 +89,8 @@ SECTIONS = [
     ("Reliability under faults", ["reliability.md"]),
     ("The paper on a GPU: throughput, AudioLDM, full-schedule hours", ["paper.md", "cost.md"]),
     ("Decisions: chosen on the design suite, run once on the report suite",
-     ["decisions.md", "report-suite.md", "intervals-report.md", "families-calibration.md"]),
+     ["decisions.md", "report-suite.md", "intervals-report.md", "families-calibration.md",
+      "design-stats-none-suite.md"]),
     ("Mutation testing", ["mutation.md"]),
 ]
 

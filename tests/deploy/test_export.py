@@ -243,6 +243,27 @@ def test_the_tiny_default_ensemble_exports_without_a_fallback(demo_run, tmp_path
     assert_close_on_scale(gots, refs, rtol=1e-5)  # z-scored ensemble scores cross zero (docs/DESIGN.md)
 
 
+def test_stats_maha_without_scaling_exports_the_scores_of_its_run(demo_run, tmp_path):
+    # score.stats_scale: none (decision 3's candidate) fits the Gaussian to the statistics as they are; the bundle's
+    # graph carries that (a zero mean and unit scale) and scores as the run does.
+    run = tmp_path / "run"
+    shutil.copytree(demo_run, run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["score"].update(stats_scale="none", default_scorer="stats_maha")
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    det, scaled = Detector.load(run), Detector.load(demo_run)
+    bundle = export_run(run, tmp_path / "bundle", examples=0)
+    b = Bundle(bundle)
+    refs, gots, olds = [], [], []
+    for clip in _clips(demo_run):
+        ref = det.score(clip)
+        refs.append(ref["score"])
+        gots.append(b.score(load_audio(clip), ref["machine_type"], ref["machine_id"])["score"])
+        olds.append(scaled.score(clip, scorer="stats_maha")["score"])
+    assert_close_on_scale(gots, refs, rtol=1e-5)
+    assert np.max(np.abs(np.subtract(refs, olds))) > 1e-3 * np.max(np.abs(olds))  # the option changed the scores
+
+
 def test_a_default_scorer_without_a_graph_falls_back_to_maha_and_says_so(demo_run, tmp_path, capsys, monkeypatch):
     # A family without a graph (as stats_maha and frame_pca were before they had one) in the default ensemble.
     monkeypatch.delitem(BUILDERS, "frame_pca")

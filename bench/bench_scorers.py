@@ -9,11 +9,12 @@ bench/results/scorers.md from them alone (``render``; bench/assemble.py redraws 
 
 Usage: ``python bench/bench_scorers.py --run NAME=RUN [...] [--write]``
 
-The committed page uses the design suite's seed-0 ``tiny`` runs of three generated sets (``rcmae benchmark --suite
+The committed page uses the design suite's seed-0 ``tiny`` runs of its five sets (``rcmae benchmark --suite
 design``; each run folder copied first, because fitting rewrites its thresholds)::
 
-    python bench/bench_scorers.py --run demo-s0=RUNS/demo-s0 --run near-identical=RUNS/near-identical \\
-        --run domain-shift=RUNS/domain-shift --write
+    python bench/bench_scorers.py --run demo-s0=RUNS/demo-s0 --run demo-s1=RUNS/demo-s1 \\
+        --run near-identical=RUNS/near-identical --run domain-shift=RUNS/domain-shift \\
+        --run real-slider=RUNS/real-slider --write
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from rcmae import scorers as score_scorers
@@ -77,19 +79,25 @@ def one_run(name: str, run: Path) -> tuple[list[dict], list[dict]]:
         score_s = time.time() - t0
         speed.append({"set": name, "scorer": s, "fit_s": round(fit_s, 2), "clips_per_s": round(len(x) / score_s, 1),
                       "n_train": len(paths), "n_test": len(x)})
-        avg = evaluate_scores(test.assign(score=scores), system=s, data=name)["average"]
-        acc.append({"set": name, "scorer": s, "auc": avg["auc"], "pauc": avg["pauc"]})
+        acc.append(_accuracy(test, scores, name, s))
     det._memo.clear()
     for members in ENSEMBLES:
         det.cfg.score.ensemble = members
         det._memo.pop(("score", "ensemble"), None)
         scores = det.score_logmels(x, tt, ti, "ensemble")
-        avg = evaluate_scores(test.assign(score=scores), system="ensemble", data=name)["average"]
-        acc.append({"set": name, "scorer": "ensemble[" + ",".join(members) + "]", "auc": avg["auc"],
-                    "pauc": avg["pauc"]})
+        acc.append(_accuracy(test, scores, name, "ensemble[" + ",".join(members) + "]"))
     speed.append({"set": name, "scorer": "(log-mel front-end)", "fit_s": None,
                   "clips_per_s": round(len(x) / logmel_s, 1), "n_train": len(paths), "n_test": len(x)})
     return acc, speed
+
+
+def _accuracy(test: pd.DataFrame, scores, name: str, scorer: str) -> dict:
+    """One accuracy row: the set's average AUC / pAUC and every unit's (the raw numbers the average comes from)."""
+    res = evaluate_scores(test.assign(score=scores), system=scorer, data=name)
+    per_id = [{k: u[k] for k in ("machine_type", "machine_id", "auc", "pauc")} for u in res["per_id"]]
+    avg = {m: (None if res["average"][m] is None or np.isnan(res["average"][m]) else res["average"][m])
+           for m in ("auc", "pauc")}  # NaN: the scorer has no score on this set (idprob on a one-unit set)
+    return {"set": name, "scorer": scorer, **avg, "per_id": per_id}
 
 
 def markdown(frame: pd.DataFrame, index: bool = True) -> str:
@@ -128,11 +136,16 @@ def render(raw: dict) -> str:
     """bench/results/scorers.md from the raw numbers alone (bench/assemble.py calls it)."""
     table = pd.DataFrame(raw["acc"])
     sets = list(raw["runs"])
-    auc = table.pivot(index="scorer", columns="set", values="auc")[sets]
-    pauc = table.pivot(index="scorer", columns="set", values="pauc")[sets]
+    auc = table.pivot(index="scorer", columns="set", values="auc")[sets].astype(float)
+    pauc = table.pivot(index="scorer", columns="set", values="pauc")[sets].astype(float)
+    partial = auc.isna().any(axis=1)
     auc["mean"], pauc["mean"] = auc.mean(axis=1), pauc.mean(axis=1)
-    both = auc.map(lambda v: f"{v:.3f}") + " / " + pauc.map(lambda v: f"{v:.3f}")
+    both = auc.map(lambda v: "-" if v != v else f"{v:.3f}") + " / " + pauc.map(lambda v: "-" if v != v else f"{v:.3f}")
+    both.loc[partial, "mean"] = both.loc[partial, "mean"] + " *"
     both = both.loc[auc["mean"].sort_values(ascending=False, kind="stable").index]
+    shipped = "ensemble"
+    beat = [r for r in auc.index if r.startswith("ensemble[") and auc.loc[r, "mean"] > auc.loc[shipped, "mean"]
+            and pauc.loc[r, "mean"] > pauc.loc[shipped, "mean"]]
     speed = pd.DataFrame(raw["speed"])
     speed["fit_s"] = speed["fit_s"].map(lambda v: "-" if v is None or v != v else f"{v:.2f}")
     speed["clips_per_s"] = speed["clips_per_s"].map(lambda v: f"{v:.1f}")
@@ -150,8 +163,12 @@ def render(raw: dict) -> str:
         "times are upper bounds.", "",
         "## Accuracy: every scorer on every set (AUC / pAUC, mean over types; sorted by mean AUC)", "",
         "`ensemble[...]` rows re-score the same run with another member list (equal weights, members z-scored per "
-        "unit with their held-out normal moments); the plain `ensemble` row is the preset's own list.", "",
+        "unit with their held-out normal moments): decision 1's eight candidates (bench/results/decisions.md), "
+        "re-measured on these runs. The plain `ensemble` row is the preset's own list.", "",
         markdown(both), "",
+        "\\* no score on every set (`idprob` needs two units to fine-tune on): its mean is over the sets it has.", "",
+        "Other member lists that beat the run's own `ensemble` on both the mean AUC and the mean pAUC (decision 1's "
+        "rule, bench/results/decisions.md): " + (", ".join(f"`{r}`" for r in beat) if beat else "none") + ".", "",
         "## Speed (fit on each set's normal training clips, scoring its test clips: `n_train`, `n_test`)", "",
         "`fit_s`: the scorer's fit plus its held-out scores of the training clips (what `fit_run` does for it), in "
         "seconds; `clips_per_s`: scoring the test log-mels (embedding included; the log-mel front-end has its own "

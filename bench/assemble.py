@@ -61,7 +61,8 @@ RENDERED = [("cost", "bench_cost"), ("first_run", "bench_first_run"), ("monitor"
             ("frontend-cuda", "bench_frontend"), ("speed", "bench_scoring"), ("augment", "bench_augment"),
             ("audioldm", "bench_audioldm"), ("export", "bench_export"), ("reliability", "bench_reliability"),
             ("demo", "demo_difficulty"), ("paper", "bench_paper"),
-            ("scorers", "bench_scorers"), ("scorer-candidates", "bench_scorer_candidates")]
+            ("scorers", "bench_scorers"), ("scorer-candidates", "bench_scorer_candidates"),
+            ("dcase2023-default", "dcase2023_default")]
 
 # Study logs written before raw results were kept: included as their scripts printed them, under a banner saying so.
 STUDY_LOGS = {"generalization.md", "baselines.md", "dcase2023.md", "training.md", "classifier.md", "idprob.md"}
@@ -74,7 +75,7 @@ SECTIONS = [
      ["design-suite.md", "intervals-design.md", "generalization.md"]),
     ("Detection accuracy on the demo data: rcmae vs the DCASE 2020 AE baseline and kNN", ["baselines.md"]),
     ("Domain shift: rcmae vs the AE baseline on the 2023-style demo set (DCASE 2021-2025 protocol)",
-     ["dcase2023.md"]),
+     ["dcase2023-default.md", "dcase2023.md"]),
     ("RC-MAE in the small-data regime: what was tried", ["training.md"]),
     ("Scorers on unlike data sets: accuracy and speed", ["scorers.md", "scorer-candidates.md"]),
     ("The angular-margin classifier family (STgram-style, ArcFace)", ["classifier.md"]),

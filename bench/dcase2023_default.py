@@ -56,7 +56,7 @@ def render(raw: dict) -> str:
     bench = {**raw["bench"], "rows": _aggregate(raw["systems"])}
     official = {r["row"]: r["official"]["score"]["mean"] for r in bench["rows"] if r.get("official")}
     default, ae = official.get("rcmae:ensemble"), official.get("ae")
-    lead = (f"The default (`rcmae:ensemble`, `[stats_maha, frame_pca]` with domain banks) scores an official score of "
+    lead = (f"The default (`rcmae:ensemble`, the preset's own, with domain banks) scores an official score of "
             f"**{100 * default:.1f}** against **{100 * ae:.1f}** for the AE at its official 100 epochs."
             if default is not None and ae is not None else "")
     table = render_table(bench).split("\n", 2)[2]  # without the "# Benchmark on ..." title

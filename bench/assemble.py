@@ -13,8 +13,8 @@ From the raw files alone (nothing is rerun):
   intervals, and its design-suite table (between its ``design`` markers) from the design suite's raw files;
 - pages whose bench script keeps raw JSON and draws its page from it alone: mutation and the pages in
   ``RENDERED`` below (each script's ``render``).
-The other pages of bench/results/ (``STUDY_LOGS``) are study logs written by their scripts before raw files were
-kept; BENCHMARKS.md includes them as they are, each under a banner that says so.
+The one hand-written page is the decisions log (bench/results/decisions.md). Study logs written before raw files
+were kept live in docs/studies/, outside BENCHMARKS.md.
 Then BENCHMARKS.md concatenates the pages of bench/results/ under the section titles below.
 """
 
@@ -51,35 +51,33 @@ Every number here was measured by a command in `bench/` (or `rcmae benchmark`), 
 given with it; `python bench/run_all.py` reruns the speed and difficulty scripts, each writes its table to
 `bench/results/`, and `python bench/assemble.py` rebuilds this page from them. No GPU was lent to the
 sessions that measured these: every number is from a 2-core AMD EPYC VM shared with other jobs (load
-average 2-8), so wall times are upper bounds.
+average 2-8), so wall times are upper bounds. Every page below is drawn from committed raw results; the study
+logs of how presets and defaults were first chosen, written before raw files were kept, are in docs/studies/.
 """
 
 # Pages drawn by a bench script's ``render(raw)`` from bench/results/<page>.json alone: (page, script).
 RENDERED = [("cost", "bench_cost"), ("first_run", "bench_first_run"), ("monitor", "bench_monitor"),
             ("pipeline", "bench_pipeline"), ("families-calibration", "families_calibration"),
-            ("idprob-report", "idprob_report"), ("frontend-cpu", "bench_frontend"),
+            ("idprob-report", "idprob_report"), ("idprob-design", "idprob_report"), ("frontend-cpu", "bench_frontend"),
             ("frontend-cuda", "bench_frontend"), ("speed", "bench_scoring"), ("augment", "bench_augment"),
             ("audioldm", "bench_audioldm"), ("export", "bench_export"), ("reliability", "bench_reliability"),
             ("demo", "demo_difficulty"), ("paper", "bench_paper"),
             ("scorers", "bench_scorers"), ("scorer-candidates", "bench_scorer_candidates"),
-            ("dcase2023-default", "dcase2023_default")]
+            ("dcase2023-default", "benchmark_pages"), ("baselines", "benchmark_pages"),
+            ("ablations", "benchmark_pages")]
 
-# Study logs written before raw results were kept: included as their scripts printed them, under a banner saying so.
-STUDY_LOGS = {"generalization.md", "baselines.md", "dcase2023.md", "training.md", "classifier.md", "idprob.md"}
-BANNER = ("> **Study log, not rebuilt from raw results.** Written by its script before raw result files were kept; "
-          "the machine, date and command that produced it are given below. Numbers a claim rests on today come from "
-          "the pages rebuilt from committed raw files (the report suite, its intervals, the decisions log).\n\n")
-
+# BENCHMARKS.md: (section title, pages of bench/results/ in order). Study logs (docs/studies/) are not included.
 SECTIONS = [
     ("Generalization: rcmae vs the AE and kNN baselines over a suite of unlike data sets",
-     ["design-suite.md", "intervals-design.md", "generalization.md"]),
-    ("Detection accuracy on the demo data: rcmae vs the DCASE 2020 AE baseline and kNN", ["baselines.md"]),
+     ["design-suite.md", "intervals-design.md"]),
+    ("Detection accuracy on the demo data: rcmae vs the DCASE 2020 AE baseline and kNN, and rcmae's ablations",
+     ["baselines.md", "ablations.md"]),
     ("Domain shift: rcmae vs the AE baseline on the 2023-style demo set (DCASE 2021-2025 protocol)",
-     ["dcase2023-default.md", "dcase2023.md"]),
-    ("RC-MAE in the small-data regime: what was tried", ["training.md"]),
+     ["dcase2023-default.md"]),
     ("Scorers on unlike data sets: accuracy and speed", ["scorers.md", "scorer-candidates.md"]),
-    ("The angular-margin classifier family (STgram-style, ArcFace)", ["classifier.md"]),
-    ("The paper's own score (idprob): what moves it", ["idprob-report.md", "idprob.md"]),
+    ("The angular-margin classifier family (STgram-style, ArcFace)", ["design-margin-suite.md"]),
+    ("The paper's own score (idprob) with augmented pseudo-classes, three seeds",
+     ["idprob-report.md", "idprob-design.md"]),
     ("The demo data: difficulty and generation time", ["demo.md"]),
     ("Front-end speed", ["frontend-cpu.md", "frontend-cuda.md"]),
     ("Scoring and training speed", ["speed.md"]),
@@ -264,7 +262,7 @@ def benchmarks_page(tables: dict[Path, str]) -> str:
 
     parts = [INTRO, "## Contents\n" + "".join(f"{i}. {title}\n" for i, (title, _) in enumerate(SECTIONS, 1))]
     for i, (title, files) in enumerate(SECTIONS, 1):
-        bodies = [(BANNER if f in STUDY_LOGS else "") + demote(read(RESULTS / f))
+        bodies = [demote(read(RESULTS / f))
                   for f in files if (RESULTS / f) in tables or (RESULTS / f).is_file()]
         if bodies:
             parts.append(f"## {i}. {title}\n\n" + "\n".join(bodies))

@@ -13,8 +13,9 @@ whose fine-tuning learned section + attribute classes (``finetune.classes=auto``
     python bench/idprob_attributes.py --run RUN --data DATA --work WORK
     python bench/idprob_attributes.py ... --arm "attribute e100:finetune.epochs=100"   # more fine-tuning arms
 
-Each arm's numbers go to ``WORK/idprob_attributes.json`` and a table to stdout (paste into
-bench/results/dcase2023.md with the machine and date).
+Each arm's numbers go to ``WORK/idprob_attributes.json`` and a table to stdout (the study log
+docs/studies/dcase2023.md quotes them). A new result a claim rests on keeps its JSON and draws its page from
+it (see docs/studies/README.md).
 """
 
 from __future__ import annotations

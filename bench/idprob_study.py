@@ -11,8 +11,9 @@ with another's (a float32 ``-log p`` of a saturated softmax is exactly 0).
     python bench/idprob_study.py --data /tmp/cls/demoA /tmp/cls/demoB --work /tmp/cls/idprob
     python bench/idprob_study.py ... --variants base,ls0.1      # a subset; finished variants are reused
 
-Each variant's numbers go to ``WORK/<set>/<variant>.json``; the table to stdout (paste into
-bench/results/idprob.md with the machine and date).
+Each variant's numbers go to ``WORK/<set>/<variant>.json``; the table to stdout (the study log
+docs/studies/idprob.md quotes them). A new result a claim rests on keeps its JSON and draws its page from
+it (see docs/studies/README.md).
 """
 
 from __future__ import annotations

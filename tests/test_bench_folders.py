@@ -65,3 +65,42 @@ def test_paper_page_keeps_a_gpu_measurement_and_draws_it_from_the_raw_numbers(tm
     (tmp_path / "paper.json").unlink()
     bench_paper.main()
     assert _machine.load_raw("paper")["measured"] is False
+
+
+def _run(seed: int, row: str, per_type: dict[str, tuple[float, float]]) -> dict:
+    """One benchmark run as benchmark.json keeps it: one row with per-type AUC / pAUC and their mean."""
+    result = {"per_type": {t: {"auc": a, "pauc": p} for t, (a, p) in per_type.items()},
+              "average": {"auc": sum(a for a, _ in per_type.values()) / len(per_type),
+                          "pauc": sum(p for _, p in per_type.values()) / len(per_type)}}
+    return {"seed": seed, "status": "ok", "error": None, "wall_s": 10.0 + seed, "peak_mib": 100.0, "commit": "abc",
+            "rows": {row: result}}
+
+
+def test_benchmark_page_draws_seed_means_and_the_lead_from_the_raw_runs():
+    """A two-seed, two-type raw record drawn by bench/benchmark_pages.py: the table's cells and the lead sentence
+    are the seed means computed by hand here, and a type where the AE is ahead on pAUC is not counted as won."""
+    import benchmark_pages
+
+    systems = {
+        "rcmae": {"runs": [_run(0, "rcmae:ensemble", {"fan": (0.9, 0.8), "pump": (0.7, 0.5)}),
+                           _run(1, "rcmae:ensemble", {"fan": (0.8, 0.6), "pump": (0.9, 0.7)})]},
+        "ae": {"runs": [_run(0, "ae", {"fan": (0.6, 0.5), "pump": (0.6, 0.7)}),
+                        _run(1, "ae", {"fan": (0.7, 0.5), "pump": (0.6, 0.7)})]}}
+    machine = {"cpu": "x", "usable_cores": 2, "gpu": [], "torch": "2"}
+    raw = {"page": "baselines", "header": "## t\n\n- machine: m\n", "data_command": "rcmae demo-data SET",
+           "bench": {"data": "SET", "preset": "tiny", "repeat": 2, "overrides": [], "date": "d", "command": "c",
+                     "augmentation": "procedural", "machine": machine},
+           "systems": systems}
+    text = benchmark_pages.render(raw)
+    # rcmae: fan (0.85, 0.70), pump (0.80, 0.60) -> average 82.5 / 65.0; AE: fan (0.65, 0.50), pump (0.60, 0.70)
+    # -> 62.5 / 60.0. Ahead on both metrics: fan only (pump's pAUC 60.0 < 70.0).
+    assert "averages **82.5 AUC / 65.0 pAUC** against **62.5 / 60.0**" in text
+    assert "ahead on both on 1 of the 2 machine types" in text
+    (row,) = [line for line in text.splitlines() if line.startswith("| rcmae:ensemble |")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1].startswith("85.00") and cells[4].startswith("60.00")  # fan AUC, pump pAUC
+    # The ablations page's summary: one line per system, the seed-mean average per scorer, "-" where absent.
+    from rcmae.evaluation.benchmark import aggregate_runs
+
+    lines = benchmark_pages.summary(aggregate_runs(systems)).splitlines()
+    assert lines[2] == "| rcmae | 82.5 / 65.0 | - | - | - | - | 10 |"  # wall: mean of 10 and 11 s, rounded to even

@@ -124,7 +124,8 @@ def add_benchmark(sub) -> None:
                         "sets/<set>/ with --suite); required")
     p.add_argument("--systems", default="rcmae,ae,knn",
                    help="comma list of: rcmae, rcmae-nodda, rcmae-novcr, rcmae-contrastive, rcmae-mae, "
-                        "rcmae-nopretrain, ae, knn (default rcmae,ae,knn)")
+                        "rcmae-nopretrain, margin (the angular-margin classifier, its own preset), ae, knn "
+                        "(default rcmae,ae,knn)")
     p.add_argument("--preset", default="tiny", help="rcmae preset: tiny | paper | a YAML file (default tiny)")
     p.add_argument("--repeat", type=int, default=1, help="repeat with N seeds; mean and spread per cell")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

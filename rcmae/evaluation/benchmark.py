@@ -269,7 +269,7 @@ def seed_stat(values: list[float | None]) -> dict:
     return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0, "n": int(arr.size)}
 
 
-def _aggregate(system_records: dict[str, dict]) -> list[dict]:
+def aggregate_runs(system_records: dict[str, dict]) -> list[dict]:
     """One row per system[:scorer]: per-type and average AUC/pAUC, wall time and peak memory over seeds."""
     rows = []
     for system, rec in system_records.items():
@@ -482,7 +482,7 @@ def run_benchmark(
         "aug_options": dict(aug_options or {}),
         "systems": records,
         "augmentation": augmentation,
-        "rows": _aggregate(records),
+        "rows": aggregate_runs(records),
         "machine": machine_info(),
         "date": started.isoformat(timespec="seconds"),
         "wall_s": round((dt.datetime.now(dt.UTC) - started).total_seconds(), 1),

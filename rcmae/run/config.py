@@ -72,7 +72,7 @@ class FinetuneConfig(StageConfig):
     # SpecAugment on the fine-tuning inputs (same settings as pretraining) regularises a small data set.
     augment: bool = True
     grad_clip: float | None = None
-    # Choices the paper leaves open (the idprob study, bench/results/idprob.md); the defaults are the paper's.
+    # Choices the paper leaves open (the idprob study, docs/studies/idprob.md); the defaults are the paper's.
     label_smoothing: float = 0.0
     # Mixup of the fine-tuning log-mels (Beta(alpha, alpha) weight, folded to >= 0.5; 0 = off): the CE mixes both
     # labels, SupCon takes the dominant one.

@@ -147,7 +147,7 @@ class IdProbScorer(Scorer):
             xb = x[b : b + bs].to(self.device)
             sb = sets[b : b + bs]
             # float64: a confident classifier's float32 -log p is exactly 0 (p rounds to 1) for most clips, and
-            # those ties flatten the ranking (bench/results/idprob.md).
+            # those ties flatten the ranking (docs/studies/idprob.md).
             # Per window: log p(class | clip) [B, C] (of the class unchanged, or summed over its transforms).
             per_class = [class_logp(self.model.classify(self.model.embed(w)), self.n_transforms,
                                     getattr(self.cfg, "idprob_pseudo", "identity")) for w in self.windows(xb)]

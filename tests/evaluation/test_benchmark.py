@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 import yaml
 from conftest import check_results
 
-from rcmae.evaluation.benchmark import SYSTEMS, _aggregate, _split_overrides, render_table, run_benchmark
+from rcmae.evaluation.benchmark import SYSTEMS, _split_overrides, aggregate_runs, render_table, run_benchmark
 
 TINY = ["pretrain.epochs=1", "finetune.epochs=1", "ae.epochs=1"]
 
@@ -138,7 +139,7 @@ def test_repeat_cells_are_mean_and_sample_std_over_seeds():
         {"seed": 0, "status": "ok", "error": None, "wall_s": 10.0, "peak_mib": 100.0, "rows": {"ae": res(0.8, 0.6)}},
         {"seed": 1, "status": "ok", "error": None, "wall_s": 12.0, "peak_mib": 110.0, "rows": {"ae": res(0.9, 0.7)}},
     ]}}
-    (row,) = _aggregate(records)
+    (row,) = aggregate_runs(records)
     assert row["per_type"]["fan"]["auc"]["mean"] == pytest.approx(0.85)
     assert row["per_type"]["fan"]["auc"]["std"] == pytest.approx(np.std([0.8, 0.9], ddof=1))
     assert row["wall_s"]["mean"] == pytest.approx(11.0) and row["wall_s"]["std"] == pytest.approx(np.sqrt(2))
@@ -285,3 +286,15 @@ def test_rescored_copy_replaces_only_its_own_copies(tmp_path, monkeypatch):
     rescored_copy(run, empty, ["score.knn_k=7"])
     assert yaml.safe_load((empty / "config.yaml").read_text())["score"]["knn_k"] == 7
     assert sorted(p.name for p in empty.parent.iterdir()) == ["run"]
+
+
+def test_benchmark_help_names_every_system():
+    """`rcmae benchmark --help` lists each system the benchmark can run (a new system is not hidden from users)."""
+    from rcmae.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    help_text = next(a.help for a in sub.choices["benchmark"]._actions if "--systems" in a.option_strings)
+    listed = {w.strip(" ,.()") for w in help_text.split("of:", 1)[1].split("(default")[0].split(",")}
+    listed = {w.split(" ")[0] for w in listed}
+    assert set(SYSTEMS) <= listed, sorted(set(SYSTEMS) - listed)

@@ -143,7 +143,7 @@ def test_presets_load():
     assert margin.family == "margin" and margin.margin.head == "arcface" and margin.score.ensemble == ["idprob", "knn"]
     paper, plus = load_config("paper"), load_config("paper+")
     assert paper.family == "rcmae" and paper.finetune.label_smoothing == 0.0 and paper.finetune.head == "linear"
-    # paper+ is the paper but for the label smoothing of bench/results/idprob.md.
+    # paper+ is the paper but for the label smoothing of docs/studies/idprob.md.
     a, b = config_to_dict(paper), config_to_dict(plus)
     assert (a["finetune"].pop("label_smoothing"), b["finetune"].pop("label_smoothing")) == (0.0, 0.1)
     assert a == b

@@ -42,6 +42,7 @@ PAGES = {
         "title": "rcmae's ablation arms on the demo data",
         "data": "demo", "data_args": [], "systems": ABLATIONS, "repeat": 1,
         "about": "the default demo set of the `baselines` page; the full `rcmae` rows are that page's",
+        "summary": True,
     },
     "dcase2023-default": {
         "title": "The default on the 2023-style demo set (DCASE 2021-2025 protocol)",
@@ -78,10 +79,11 @@ def collect(page: str, out: Path, note: str = "") -> dict:
             "systems": systems} | ({"note": note} if note else {})
 
 
-def lead(rows: list[dict], page: str) -> str:
-    """One sentence comparing the preset's default with the AE, from the aggregated rows."""
+def lead(rows: list[dict]) -> str:
+    """One sentence comparing the preset's default with the AE, from the aggregated rows: the official score where
+    the runs have one (DCASE 2021-2025 data), else the average AUC / pAUC and the machine types won."""
     by = {r["row"]: r for r in rows if r.get("status") != "failed"}
-    if page == "dcase2023-default":
+    if any(r.get("official") for r in by.values()):
         official = {k: r["official"]["score"]["mean"] for k, r in by.items() if r.get("official")}
         default, ae = official.get("rcmae:ensemble"), official.get("ae")
         if default is None or ae is None:
@@ -126,16 +128,15 @@ def render(raw: dict) -> str:
     """bench/results/<page>.md from the raw runs alone."""
     from rcmae.evaluation.benchmark import aggregate_runs, render_table
 
-    page = raw.get("page", "dcase2023-default")  # the first page's record predates the key
-    spec = PAGES[page]
+    spec = PAGES[raw["page"]]
     bench = {**raw["bench"], "rows": aggregate_runs(raw["systems"])}
     table = render_table(bench).split("\n", 2)[2]  # without the "# Benchmark on ..." title
     seeds = raw["bench"]["repeat"]
     parts = [raw["header"].rstrip(), "",
              f"Data: `{raw['data_command']}`, {spec['about']}. Systems: `{spec['systems']}`, "
              f"{seeds} seed{'s' if seeds > 1 else ''}, nothing edited by hand: the rows are the benchmark's own."
-             + "".join(f" {t}" for t in (lead(bench["rows"], page), raw.get("note", "")) if t), ""]
-    if page == "ablations":
+             + "".join(f" {t}" for t in (lead(bench["rows"]), raw.get("note", "")) if t), ""]
+    if spec.get("summary"):
         parts += ["Average AUC / pAUC in % per arm and scorer (the default `ensemble` and its training-free members "
                   "do not use the network, so they are the same in every arm by construction; the network's scorers "
                   "are what an arm can move):", "", summary(bench["rows"]), "", "Every row, per machine type:", ""]

@@ -24,9 +24,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import header, save_raw, write_result  # noqa: E402
+from _machine import header, load_raw, save_raw, write_result  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SETS = {"report": ("report-s10", "report-s11", "report-near-identical", "report-domain-shift",
                    "report-families-hard", "report-families"),
         "design": ("demo-s0", "demo-s1", "near-identical", "domain-shift")}
@@ -83,9 +82,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, help="default /tmp/idprob-<suite>")
     ap.add_argument("--render", action="store_true")
     args = ap.parse_args()
-    page, raw_file = f"idprob-{args.suite}", RESULTS / f"idprob-{args.suite}.json"
+    page = f"idprob-{args.suite}"
     if args.render:
-        print(write_result(page, render(json.loads(raw_file.read_text()))))
+        print(write_result(page, render(load_raw(page))))
         return
     work_root = args.work or Path(f"/tmp/idprob-{args.suite}")
     seeds = [int(s) for s in args.seeds.split(",")]

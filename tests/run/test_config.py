@@ -67,7 +67,8 @@ def test_overrides_are_typed_by_field():
     assert cfg.score.knn_space == "pretrain"
     assert cfg.features.fmax == 7000.0 and isinstance(cfg.features.fmax, float)
     assert cfg.pretrain.grad_clip is None
-    # The paper stays paper-faithful (idprob, its loss weights); tiny scores with maha (docs/studies/training.md).
+    # The paper stays paper-faithful (idprob, its loss weights); tiny's default is the training-free ensemble
+    # of decision 1 (bench/results/decisions.md).
     paper = load_config("paper")
     assert paper.score.default_scorer == "idprob" and cfg.score.default_scorer == "ensemble"
     assert cfg.score.ensemble == ["stats_maha", "frame_pca"]

@@ -64,7 +64,7 @@ RENDERED = [("cost", "bench_cost"), ("first_run", "bench_first_run"), ("monitor"
             ("demo", "demo_difficulty"), ("paper", "bench_paper"),
             ("scorers", "bench_scorers"), ("scorer-candidates", "bench_scorer_candidates"),
             ("dcase2023-default", "benchmark_pages"), ("baselines", "benchmark_pages"),
-            ("ablations", "benchmark_pages")]
+            ("ablations", "benchmark_pages"), ("training-step", "bench_training_step")]
 
 # BENCHMARKS.md: (section title, pages of bench/results/ in order). Study logs (docs/studies/) are not included.
 SECTIONS = [
@@ -80,7 +80,7 @@ SECTIONS = [
      ["idprob-report.md", "idprob-design.md"]),
     ("The demo data: difficulty and generation time", ["demo.md"]),
     ("Front-end speed", ["frontend-cpu.md", "frontend-cuda.md"]),
-    ("Scoring and training speed", ["speed.md"]),
+    ("Scoring and training speed", ["speed.md", "training-step.md"]),
     ("Augmentation speed", ["augment.md", "audioldm.md"]),
     ("Workbench quick demo and a newcomer's first run", ["first_run.md", "pipeline.md"]),
     ("Monitoring long recordings", ["monitor.md"]),

@@ -75,6 +75,10 @@ def pipeline(data: Path, run: Path, epochs: tuple[int, int] | None, checkout: Pa
             m = re.search(rf"^\s*{re.escape(name)}: AUC ([0-9.]+)\s+pAUC ([0-9.]+)", log, re.M)
             out[stage]["default"] = {"scorer": name, "auc": float(m.group(1)),
                                      "pauc": float(m.group(2))} if m and name else None
+            # Every scorer's averages, from the files evaluate wrote (eval/<scorer>/results.json).
+            out[stage]["scorers"] = {
+                path.parent.name: [round(json.loads(path.read_text())["average"][k], 4) for k in ("auc", "pauc")]
+                for path in sorted((run / "eval").glob("*/results.json"))}
         print(checkout.name, stage, out[stage], flush=True)
     out["total_s"] = round(sum(v["wall_s"] for v in out.values()), 1)
     out["train_s"] = round(sum(v["train_s"] for k, v in out.items() if isinstance(v, dict)), 1)

@@ -187,9 +187,17 @@ def sincos_pos_embed_2d(dim: int, grid_f: int, grid_t: int) -> Tensor:
 def clip_stats(x: Tensor) -> Tensor:
     """Per-clip band statistics: ``x [B, F, T]`` -> ``[B, 2F]`` = mean over time of each band, then std.
 
-    The std is the population std (``unbiased=False``) so that a one-frame clip gives 0, not NaN.
+    The std is the population std (``unbiased=False``) so that a one-frame clip gives 0, not NaN. It is taken
+    as the root of the mean squared deviation, which equals ``x.std(dim=-1, unbiased=False)`` to rounding and is
+    quicker than torch's std kernel on CPU (part of a training step's speed-up, bench/results/training-step.md);
+    a band with zero spread gets a zero gradient, as ``std``'s own backward gives it, not NaN.
     """
-    return torch.cat([x.mean(dim=-1), x.std(dim=-1, unbiased=False)], dim=-1)
+    mean = x.mean(dim=-1)
+    var = (x - mean.unsqueeze(-1)).square().mean(dim=-1)
+    spread = var > 0
+    # sqrt's slope is infinite at 0; the where keeps that branch out of the gradient there.
+    std = torch.where(spread, var.clamp_min(torch.finfo(var.dtype).tiny).sqrt(), torch.zeros_like(var))
+    return torch.cat([mean, std], dim=-1)
 
 
 def _blocks(dim: int, depth: int, heads: int, mlp_ratio: float, dropout: float) -> nn.ModuleList:

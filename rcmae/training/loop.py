@@ -76,7 +76,11 @@ class StageModule(L.LightningModule):
         s = self.stage_cfg
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt_cls = torch.optim.AdamW if s.optimizer == "adamw" else torch.optim.Adam
-        opt = opt_cls(params, lr=s.lr, weight_decay=s.weight_decay)
+        # The fused kernel updates each parameter in one pass instead of a chain of elementwise ops: with `tiny`'s
+        # many small tensors that is part of a step's speed-up (bench/results/training-step.md). Lightning refuses
+        # gradient clipping beside it under mixed precision, so a clipped run keeps the unfused update.
+        fused = s.grad_clip is None and all(p.device.type in ("cpu", "cuda") for p in params)
+        opt = opt_cls(params, lr=s.lr, weight_decay=s.weight_decay, fused=fused or None)
         total = max(1, s.epochs * self.steps_per_epoch)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lr_lambda(s.warmup_epochs * self.steps_per_epoch, total, s.schedule)

@@ -56,9 +56,13 @@ class PretrainModule(StageModule):
         mask_ratio = self.model.sample_mask_ratio(gen)
         # Masks are drawn on the compute device; the stream is still fixed by (seed, epoch, batch).
         gen_dev = self._generator(batch_idx, device=self.device) if self.device.type != "cpu" else gen
-        latent, mask, ids_restore = self.model.forward_encoder(x, mask_ratio, gen_dev)
+        # One encoder pass over clip and twin: both branches share the mask ratio, so they stack. The clips'
+        # masks are drawn first, as two passes would draw them.
+        n = len(x)
+        latent_both, mask_both, restore_both = self.model.forward_encoder(torch.cat([x, twin]), mask_ratio, gen_dev)
+        latent, latent_aug = latent_both[:n], latent_both[n:]
+        mask, ids_restore = mask_both[:n], restore_both[:n]
         pred = self.model.forward_decoder(latent, ids_restore)
-        latent_aug, _, _ = self.model.forward_encoder(twin, mask_ratio, gen_dev)
         z = self.model.project(latent, x)
         z_aug = self.model.project(latent_aug, twin)
         p = self.cfg.pretrain

@@ -305,6 +305,23 @@ def test_clip_stats_matches_numpy():
     np.testing.assert_allclose(s[:, 32:], xn.std(axis=2), rtol=1e-12)
 
 
+def test_clip_stats_gradient_is_torch_std_s_and_zero_on_a_flat_band():
+    # Reference: autograd through torch's own population std, whose backward sets a zero-spread band's
+    # gradient to 0. A plain sqrt of the variance would give NaN there (an infinite slope times 0).
+    x = torch.randn(3, 6, 9, generator=gen(), dtype=torch.float64)
+    x[0, 2] = 0.7  # a flat band
+    x[1] = -1.0  # a clip of flat bands
+    x.requires_grad_(True)
+    weights = torch.randn(3, 12, generator=gen(1), dtype=torch.float64)
+    ours = clip_stats(x)
+    ref = torch.cat([x.mean(dim=-1), x.std(dim=-1, unbiased=False)], dim=-1)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-15)
+    (g_ours,) = torch.autograd.grad((ours * weights).sum(), x)
+    (g_ref,) = torch.autograd.grad((ref * weights).sum(), x)
+    assert torch.isfinite(g_ours).all()
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-10, atol=1e-12)
+
+
 def test_stat_fusion_carries_band_level():
     m = tiny(stat_fusion=True)
     with pytest.raises(ValueError, match="stat_fusion"):

@@ -255,6 +255,47 @@ def test_trainer_options_without_gpu():
         loop.trainer_options(accelerator="gpu")
 
 
+def test_pretraining_step_equals_two_encoder_passes_drawn_in_order(short_data):
+    # The step encodes clip and twin in one stacked pass. Reference: the paper's two passes, clip first
+    # (its masks drawn first), then the decoder, then the twin, with the same generator stream.
+    from rcmae.data.datasets import random_crops
+    from rcmae.models.rcmae import RCMAE
+
+    cfg = load_config("tiny", SHORT)
+    data, _ = trainset.load_train_data(short_data, cfg, progress=False)
+    torch.manual_seed(0)
+    model = RCMAE(cfg.model)
+    source = pairs.PairSource(specaugment=cfg.pretrain.specaugment)
+    module = modules.PretrainModule(model, cfg, data.x, data.labels, 1, source)
+    idx = torch.arange(6)
+    step_loss = module.training_step((idx, data.labels[idx]), 3)
+
+    gen = module._generator(3)
+    x = data.x[idx]
+    twin = source.twins(x, idx, gen)
+    x, twin = random_crops([x, twin], cfg.pretrain.crop_frames, gen)
+    ratio = model.sample_mask_ratio(gen)
+    latent, mask, ids_restore = model.forward_encoder(x, ratio, gen)
+    pred = model.forward_decoder(latent, ids_restore)
+    latent_aug, mask_aug, _ = model.forward_encoder(twin, ratio, gen)
+    assert not torch.equal(mask, mask_aug)  # the twin's masks are its own draw
+    p = cfg.pretrain
+    want = losses.pretrain_loss(model.project(latent, x), model.project(latent_aug, twin), pred, model.target(x),
+                                mask, w_nce=p.w_nce, w_vcr=p.w_vcr, w_mae=p.w_mae, tau=p.tau)["loss"]
+    torch.testing.assert_close(step_loss, want, rtol=1e-5, atol=1e-6)
+
+
+def test_optimizer_is_fused_unless_gradients_are_clipped(short_data):
+    from rcmae.models.rcmae import RCMAE
+
+    data, _ = trainset.load_train_data(short_data, load_config("tiny", SHORT), progress=False)
+    for clip, fused in ((None, True), (1.0, None)):
+        cfg = load_config("tiny", [*SHORT, f"pretrain.grad_clip={clip if clip else 'null'}"])
+        module = modules.PretrainModule(RCMAE(cfg.model), cfg, data.x, data.labels, 4, pairs.PairSource())
+        opt = module.configure_optimizers()["optimizer"]
+        assert type(opt) is torch.optim.AdamW and opt.defaults["fused"] is fused, clip
+
+
 def test_lr_schedule_is_warmup_then_cosine():
     f = loop.lr_lambda(warmup_steps=4, total_steps=14, schedule="cosine")
     assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]

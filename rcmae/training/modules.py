@@ -57,7 +57,7 @@ class PretrainModule(StageModule):
         # Masks are drawn on the compute device; the stream is still fixed by (seed, epoch, batch).
         gen_dev = self._generator(batch_idx, device=self.device) if self.device.type != "cpu" else gen
         # One encoder pass over clip and twin: both branches share the mask ratio, so they stack. The clips'
-        # masks are drawn first, as two passes would draw them.
+        # masks are drawn first, as two passes would draw them (the same masks on the CPU generator).
         n = len(x)
         latent_both, mask_both, restore_both = self.model.forward_encoder(torch.cat([x, twin]), mask_ratio, gen_dev)
         latent, latent_aug = latent_both[:n], latent_both[n:]

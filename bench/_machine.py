@@ -26,6 +26,11 @@ def header(title: str) -> str:
             f"- command: `python {cmd}`\n\n")
 
 
+def header_date(text: str) -> str:
+    """The date line of a :func:`header` (``2026-12-07 02:25 UTC``)."""
+    return text.split("- date: ", 1)[1].split("\n", 1)[0]
+
+
 def write_result(name: str, text: str) -> Path:
     path = Path(__file__).parent / "results" / f"{name}.md"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,6 @@ Writes bench/results/pipeline.md and the raw numbers bench/results/pipeline.json
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -30,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
-from _machine import header, write_result  # noqa: E402
+from _machine import header, header_date, load_raw, save_raw, write_result  # noqa: E402
 from bench_first_run import pipeline, rcmae  # noqa: E402
 
 
@@ -46,15 +45,14 @@ def main() -> None:
     epochs = None if args.epochs == "default" else tuple(int(e) for e in args.epochs.split(","))
     tmp = args.out or Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
     tmp.mkdir(parents=True, exist_ok=True)
-    raw_path = ROOT / "bench" / "results" / "pipeline.json"
     data = tmp / "demo"
     res: dict = {"epochs": epochs or "preset", "load_before": os.getloadavg()[0]}
-    earlier = json.loads(raw_path.read_text()) if raw_path.is_file() else {}
+    earlier = load_raw("pipeline") or {}
     if args.only_ae:
         res = earlier
     elif not args.ae and "ae" in earlier:
         # The AE's 48 minutes are not rerun with every pipeline timing: its earlier wall time is kept, with its date.
-        res["ae"] = {"date": earlier["header"].split("- date: ")[1].split("\n")[0], **earlier["ae"]}
+        res["ae"] = {"date": header_date(earlier["header"]), **earlier["ae"]}
     res["demo_data_s"] = round(rcmae(["demo-data", str(data), "--quiet", "--if-missing"])[0], 1)
     dev = data / "dev_data"
     if not args.only_ae:
@@ -77,7 +75,7 @@ def main() -> None:
                                               / max(now["total_s"] - now["train_s"], 1e-9), 2))
     text = render(res)
     print(text)
-    raw_path.write_text(json.dumps(res, indent=1) + "\n")
+    save_raw("pipeline", res)
     print(write_result("pipeline", text))
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _machine import header, load_raw, save_raw, write_result  # noqa: E402
+from _machine import header, header_date, load_raw, save_raw, write_result  # noqa: E402
 
 # Kernels whose own time is the step's matrix arithmetic (profiler names, CPU): linear layers and the patch
 # convolution, forward and backward. Attention is listed beside them but not counted: its kernel is a choice
@@ -58,9 +58,10 @@ torch.set_num_threads(threads)
 cfg = load_config("tiny")
 torch.manual_seed(0)
 n, batch = 750, cfg.pretrain.batch_size
+steps_per_epoch = n * cfg.pretrain.crops_per_clip // batch
 x = torch.randn(n, cfg.features.n_mels, 313, generator=torch.Generator().manual_seed(1))
 labels = torch.arange(n) % 15
-module = PretrainModule(RCMAE(cfg.model), cfg, x, labels, n * cfg.pretrain.crops_per_clip // batch,
+module = PretrainModule(RCMAE(cfg.model), cfg, x, labels, steps_per_epoch,
                         PairSource(specaugment=cfg.pretrain.specaugment))
 opt = module.configure_optimizers()["optimizer"]
 order = torch.randperm(n, generator=torch.Generator().manual_seed(2))
@@ -78,7 +79,8 @@ t0 = time.perf_counter()
 for i in range(10, 10 + steps):
     loss = step(i)
 out = {"ms_per_step": (time.perf_counter() - t0) / steps * 1e3, "loss": loss,
-       "optimizer": type(opt).__name__, "fused": bool(opt.defaults.get("fused"))}
+       "optimizer": type(opt).__name__, "fused": bool(opt.defaults.get("fused")),
+       "pipeline_steps": cfg.pretrain.epochs * steps_per_epoch}
 if profile:
     from torch.profiler import profile as prof
     with prof() as p:
@@ -122,7 +124,7 @@ def main() -> None:
     if pipeline:  # the README pipeline this step is the loop of (bench_pipeline.py), for the arithmetic below
         raw["pipeline"] = {"baseline_total_s": pipeline["baseline"]["total_s"],
                            "now_outside_s": round(pipeline["now"]["total_s"] - pipeline["now"]["train_s"], 1),
-                           "date": pipeline["header"].split("- date: ")[1].split("\n")[0]}
+                           "date": header_date(pipeline["header"])}
     save_raw("training-step", raw)
     text = render(raw)
     print(text)
@@ -131,27 +133,27 @@ def main() -> None:
 
 def render(raw: dict) -> str:
     """bench/results/training-step.md from the raw numbers alone (bench/assemble.py calls it)."""
-    now = statistics.median(r["ms_per_step"] for r in raw["now"])
+    median = {side: statistics.median(r["ms_per_step"] for r in raw[side]) for side in ("now", "baseline")
+              if raw[side]}
+    now = median["now"]
     prof = raw["profile"]["profile_ms"]
     total = sum(prof.values())
     dense = sum(prof.get(k, 0.0) for k in DENSE)
-    steps = 60 * 93  # tiny: 60 epochs of 750 x 4 crops // 32
+    steps = raw["profile"]["pipeline_steps"]  # the preset's epochs x steps per epoch on the demo set's 750 clips
     lines = ["# One `tiny` pretraining step (CPU)\n", raw["header"],
              f"The real `PretrainModule.training_step` + backward + the stage's optimizer, batch 32 (clip and twin), "
              f"750 random log-mels of 128 x 313; {raw['steps']} timed steps after 10 warm-up steps, {raw['threads']} "
              f"torch threads, median of {len(raw['now'])} alternating runs per checkout.\n",
              "| checkout | ms per step (runs) | optimizer | loss after the timed steps |", "|---|---:|---|---:|"]
-    rows = [("this", raw["now"])] + ([(f"baseline `{raw['baseline_name']}`", raw["baseline"])]
-                                     if raw["baseline"] else [])
-    for name, runs in rows:
-        ms = statistics.median(r["ms_per_step"] for r in runs)
+    rows = [("this", "now")] + ([(f"baseline `{raw['baseline_name']}`", "baseline")] if raw["baseline"] else [])
+    for name, side in rows:
+        runs, ms = raw[side], median[side]
         each = ", ".join(f"{r['ms_per_step']:.1f}" for r in runs)
         opt = f"{runs[0]['optimizer']}{' (fused)' if runs[0]['fused'] else ''}"
         lines.append(f"| {name} | **{ms:.1f}** ({each}) | {opt} | {runs[0]['loss']:.6f} |")
     if raw["baseline"]:
-        base = statistics.median(r["ms_per_step"] for r in raw["baseline"])
-        lines += ["", f"Speed-up of the step: **{base / now:.2f}x**. The losses agree to the digits shown: the same "
-                  "draws and arithmetic, in a different order of operations."]
+        lines += ["", f"Speed-up of the step: **{median['baseline'] / now:.2f}x**. The losses agree to the digits "
+                  "shown: the same draws and arithmetic, in a different order of operations."]
     lines += ["", f"Where this checkout's step goes (torch.profiler, 30 steps, self time per step; "
               f"{raw['profile']['calls_per_step']:.0f} operator calls per step):", "",
               "| part | ms per step | share |", "|---|---:|---:|"]

@@ -194,9 +194,8 @@ def clip_stats(x: Tensor) -> Tensor:
     """
     mean = x.mean(dim=-1)
     var = (x - mean.unsqueeze(-1)).square().mean(dim=-1)
-    spread = var > 0
     # sqrt's slope is infinite at 0; the where keeps that branch out of the gradient there.
-    std = torch.where(spread, var.clamp_min(torch.finfo(var.dtype).tiny).sqrt(), torch.zeros_like(var))
+    std = torch.where(var > 0, var.clamp_min(torch.finfo(var.dtype).tiny).sqrt(), 0.0)
     return torch.cat([mean, std], dim=-1)
 
 
